@@ -1,0 +1,311 @@
+//! Pool space: the allocator (free-extent table plus the pool's high-water mark) and refcounts.
+//!
+//! Invariants, checked by `check()`: every block below `pool_blocks` is exactly one of free,
+//! referenced, or (only inside an open transaction) pending-free; a block referenced `n >= 2`
+//! times is covered by a refcount record with `count == n`; blocks referenced once have none.
+
+use crate::codec::{decode, encode, FreeRecord, RefcountRecord};
+use crate::error::{Error, Result};
+use crate::tables::Ctx;
+use redb::ReadableTable;
+
+/// How many free-table records the next-fit search looks at before growing the pool instead.
+const FREE_PROBES: usize = 64;
+
+impl Ctx<'_> {
+    fn free_records(&self, from: u64, limit: usize) -> Result<Vec<(u64, FreeRecord)>> {
+        let mut out = Vec::new();
+        for item in self.free.range(from..)?.take(limit) {
+            let (k, v) = item?;
+            out.push((k.value(), decode::<FreeRecord>(v.value(), &k.value())?));
+        }
+        Ok(out)
+    }
+
+    fn free_record_before(&self, at: u64) -> Result<Option<(u64, FreeRecord)>> {
+        match self.free.range(..=at)?.next_back() {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some((
+                    k.value(),
+                    decode::<FreeRecord>(v.value(), &k.value())?,
+                )))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Take `[start, start+n)` out of the free record at `rec_start`.
+    fn take_free(&mut self, rec_start: u64, rec: FreeRecord, start: u64, n: u64) -> Result<()> {
+        self.free.remove(rec_start)?;
+        if start > rec_start {
+            self.free.insert(
+                rec_start,
+                encode(&FreeRecord {
+                    len: start - rec_start,
+                })
+                .as_slice(),
+            )?;
+        }
+        let rec_end = rec_start + rec.len;
+        if start + n < rec_end {
+            self.free.insert(
+                start + n,
+                encode(&FreeRecord {
+                    len: rec_end - start - n,
+                })
+                .as_slice(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Allocate `n` contiguous blocks, at `hint` if it is free (so appends extend their extent),
+    /// else the first free run that fits after the cursor, else at the end of the pool.
+    pub fn alloc(&mut self, n: u64, hint: Option<u64>) -> Result<u64> {
+        debug_assert!(n > 0);
+        let start = self.find_space(n, hint)?;
+        self.mem.txn_alloc.insert(start, n);
+        self.mem.cursor = start + n;
+        self.mem.dirty = true;
+        Ok(start)
+    }
+
+    fn find_space(&mut self, n: u64, hint: Option<u64>) -> Result<u64> {
+        let end_of_pool = self.mem.state.pool_blocks;
+        if let Some(h) = hint {
+            if h == end_of_pool {
+                return self.grow_pool(n);
+            }
+            if let Some((s, rec)) = self.free_record_before(h)? {
+                if s + rec.len >= h + n {
+                    self.take_free(s, rec, h, n)?;
+                    return Ok(h);
+                }
+            }
+        }
+        let cursor = self.mem.cursor.min(end_of_pool);
+        let mut candidates = self.free_records(cursor, FREE_PROBES)?;
+        if candidates.len() < FREE_PROBES {
+            candidates.extend(self.free_records(0, FREE_PROBES - candidates.len())?);
+        }
+        if let Some((s, rec)) = candidates.into_iter().find(|(_, r)| r.len >= n) {
+            self.take_free(s, rec, s, n)?;
+            return Ok(s);
+        }
+        // A free run that ends at the pool's end can be extended in place.
+        if let Some((s, rec)) = self.free_record_before(end_of_pool.saturating_sub(1))? {
+            if s + rec.len == end_of_pool && end_of_pool > 0 {
+                self.free.remove(s)?;
+                self.grow_pool(n - rec.len)?;
+                return Ok(s);
+            }
+        }
+        self.grow_pool(n)
+    }
+
+    fn grow_pool(&mut self, n: u64) -> Result<u64> {
+        let start = self.mem.state.pool_blocks;
+        let end = start.checked_add(n).ok_or(Error::NoSpace)?;
+        if end.checked_mul(self.bs).is_none_or(|b| b > i64::MAX as u64) {
+            return Err(Error::NoSpace);
+        }
+        self.mem.state.pool_blocks = end;
+        Ok(start)
+    }
+
+    /// Put a run back into the free table, merging with its neighbours.
+    pub fn insert_free(&mut self, mut start: u64, mut len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if let Some((s, rec)) = self.free_record_before(start)? {
+            if s + rec.len > start {
+                return Err(Error::corrupt(format!(
+                    "double free: pool blocks {start}..{} overlap free run {s}..{}",
+                    start + len,
+                    s + rec.len
+                )));
+            }
+            if s + rec.len == start {
+                self.free.remove(s)?;
+                start = s;
+                len += rec.len;
+            }
+        }
+        let end = start + len;
+        let next = match self.free.get(end)? {
+            Some(v) => Some(decode::<FreeRecord>(v.value(), &end)?),
+            None => None,
+        };
+        if let Some(next) = next {
+            self.free.remove(end)?;
+            len += next.len;
+        }
+        self.free
+            .insert(start, encode(&FreeRecord { len }).as_slice())?;
+        Ok(())
+    }
+
+    /// Release blocks no longer referenced. Blocks allocated in this transaction are free at once;
+    /// committed blocks wait until the commit that frees them is durable.
+    pub fn release_blocks(&mut self, start: u64, len: u64) -> Result<()> {
+        let fresh = self.mem.txn_alloc.intersect(start, len);
+        let mut pos = start;
+        for (s, l) in fresh
+            .iter()
+            .copied()
+            .chain(std::iter::once((start + len, 0)))
+        {
+            if s > pos {
+                self.mem.pending_free.insert(pos, s - pos);
+            }
+            if l > 0 {
+                self.mem.txn_alloc.remove(s, l);
+                self.insert_free(s, l)?;
+                self.pool
+                    .punch(s * self.bs, l * self.bs)
+                    .map_err(Error::from_io)?;
+            }
+            pos = s + l;
+        }
+        self.mem.dirty = true;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ refcounts
+
+    fn refcount_at_or_before(&self, at: u64) -> Result<Option<(u64, RefcountRecord)>> {
+        match self.refcounts.range(..=at)?.next_back() {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some((
+                    k.value(),
+                    decode::<RefcountRecord>(v.value(), &k.value())?,
+                )))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Make sure no refcount record straddles block `at`.
+    fn refcount_split(&mut self, at: u64) -> Result<()> {
+        if at == 0 {
+            return Ok(());
+        }
+        if let Some((s, rec)) = self.refcount_at_or_before(at - 1)? {
+            if s < at && s + rec.len > at {
+                self.refcounts.insert(
+                    s,
+                    encode(&RefcountRecord {
+                        len: at - s,
+                        count: rec.count,
+                    })
+                    .as_slice(),
+                )?;
+                self.refcounts.insert(
+                    at,
+                    encode(&RefcountRecord {
+                        len: s + rec.len - at,
+                        count: rec.count,
+                    })
+                    .as_slice(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn refcounts_within(&self, start: u64, end: u64) -> Result<Vec<(u64, RefcountRecord)>> {
+        let mut out = Vec::new();
+        for item in self.refcounts.range(start..end)? {
+            let (k, v) = item?;
+            out.push((k.value(), decode::<RefcountRecord>(v.value(), &k.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Whether any block of the run is referenced more than once.
+    pub fn is_shared(&self, start: u64, len: u64) -> Result<bool> {
+        match self.refcount_at_or_before(start + len - 1)? {
+            Some((s, rec)) => Ok(s + rec.len > start),
+            None => Ok(false),
+        }
+    }
+
+    /// One more reference to every block of the run.
+    pub fn incref(&mut self, start: u64, len: u64) -> Result<()> {
+        let end = start + len;
+        self.refcount_split(start)?;
+        self.refcount_split(end)?;
+        let mut pos = start;
+        for (s, rec) in self.refcounts_within(start, end)? {
+            if s > pos {
+                self.refcounts.insert(
+                    pos,
+                    encode(&RefcountRecord {
+                        len: s - pos,
+                        count: 2,
+                    })
+                    .as_slice(),
+                )?;
+            }
+            self.refcounts.insert(
+                s,
+                encode(&RefcountRecord {
+                    len: rec.len,
+                    count: rec.count + 1,
+                })
+                .as_slice(),
+            )?;
+            pos = s + rec.len;
+        }
+        if pos < end {
+            self.refcounts.insert(
+                pos,
+                encode(&RefcountRecord {
+                    len: end - pos,
+                    count: 2,
+                })
+                .as_slice(),
+            )?;
+        }
+        self.mem.dirty = true;
+        Ok(())
+    }
+
+    /// One reference fewer to every block of the run; blocks that reach zero are released.
+    pub fn decref(&mut self, start: u64, len: u64) -> Result<()> {
+        let end = start + len;
+        self.refcount_split(start)?;
+        self.refcount_split(end)?;
+        let mut pos = start;
+        let mut unreferenced = Vec::new();
+        for (s, rec) in self.refcounts_within(start, end)? {
+            if s > pos {
+                unreferenced.push((pos, s - pos));
+            }
+            if rec.count <= 2 {
+                self.refcounts.remove(s)?;
+            } else {
+                self.refcounts.insert(
+                    s,
+                    encode(&RefcountRecord {
+                        len: rec.len,
+                        count: rec.count - 1,
+                    })
+                    .as_slice(),
+                )?;
+            }
+            pos = s + rec.len;
+        }
+        if pos < end {
+            unreferenced.push((pos, end - pos));
+        }
+        for (s, l) in unreferenced {
+            self.release_blocks(s, l)?;
+        }
+        self.mem.dirty = true;
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+pub struct CheckReport;
+pub struct Problem;
+pub enum ProblemKind {}

@@ -1,0 +1,605 @@
+//! File data: extent maps, redirect-on-write writes, reads as pool segments, reflink clones,
+//! truncate, hole punching and SEEK_DATA/SEEK_HOLE.
+//!
+//! Invariant: bytes of a mapped block past the file's size are zero, so growing a file (by
+//! truncate or a write past the end) never exposes stale data, and a file's last block can be
+//! shared by a clone that ends at the same end of file.
+
+use crate::codec::{decode, encode, ExtentRecord, InodeRecord};
+use crate::error::{Error, Result};
+use crate::io::zero_range;
+use crate::tables::Ctx;
+use crate::types::{FileKind, SeekWhence, Segment, Timespec};
+use redb::ReadableTable;
+
+/// Largest file size: keeps every byte offset and block number well inside i64.
+pub const MAX_FILE_SIZE: u64 = 1 << 50;
+
+/// One mapped piece of a file: `len` blocks from file block `fb` at pool block `phys`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mapping {
+    pub fb: u64,
+    pub phys: u64,
+    pub len: u64,
+}
+
+/// Where the bytes of a write come from.
+pub(crate) enum Source<'a> {
+    Bytes(&'a [u8]),
+    /// Pool segments (or holes) covering the whole length, in order.
+    Pool(&'a [Segment]),
+    Zeros,
+}
+
+impl Ctx<'_> {
+    /// Mapped pieces of `[fb, fb+n)`, clipped to the range, in file order.
+    pub fn mappings(&self, ino: u64, fb: u64, n: u64) -> Result<Vec<Mapping>> {
+        let end = fb.saturating_add(n);
+        let mut out = Vec::new();
+        if let Some(item) = self.extents.range((ino, 0)..=(ino, fb))?.next_back() {
+            let (k, v) = item?;
+            let (_, kfb) = k.value();
+            let e: ExtentRecord = decode(v.value(), &k.value())?;
+            if kfb + e.len > fb {
+                let skip = fb - kfb;
+                out.push(Mapping {
+                    fb,
+                    phys: e.phys + skip,
+                    len: (e.len - skip).min(end - fb),
+                });
+            }
+        }
+        if fb < u64::MAX {
+            for item in self.extents.range((ino, fb + 1)..(ino, end))? {
+                let (k, v) = item?;
+                let (_, kfb) = k.value();
+                let e: ExtentRecord = decode(v.value(), &k.value())?;
+                out.push(Mapping {
+                    fb: kfb,
+                    phys: e.phys,
+                    len: e.len.min(end - kfb),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove the mapping of `[fb, fb+n)`, splitting extents at the edges; returns what was removed.
+    /// The caller owns the removed references (usually: `decref`).
+    fn unmap(&mut self, ino: u64, rec: &mut InodeRecord, fb: u64, n: u64) -> Result<Vec<Mapping>> {
+        let end = fb.saturating_add(n);
+        let mut raw = Vec::new();
+        if let Some(item) = self.extents.range((ino, 0)..(ino, fb))?.next_back() {
+            let (k, v) = item?;
+            let e: ExtentRecord = decode(v.value(), &k.value())?;
+            if k.value().1 + e.len > fb {
+                raw.push((k.value().1, e));
+            }
+        }
+        for item in self.extents.range((ino, fb)..(ino, end))? {
+            let (k, v) = item?;
+            raw.push((k.value().1, decode::<ExtentRecord>(v.value(), &k.value())?));
+        }
+        let mut removed = Vec::new();
+        for (kfb, e) in raw {
+            self.extents.remove((ino, kfb))?;
+            let e_end = kfb + e.len;
+            if kfb < fb {
+                self.extents.insert(
+                    (ino, kfb),
+                    encode(&ExtentRecord {
+                        phys: e.phys,
+                        len: fb - kfb,
+                    })
+                    .as_slice(),
+                )?;
+            }
+            if e_end > end {
+                let off = end - kfb;
+                self.extents.insert(
+                    (ino, end),
+                    encode(&ExtentRecord {
+                        phys: e.phys + off,
+                        len: e_end - end,
+                    })
+                    .as_slice(),
+                )?;
+            }
+            let cut_start = kfb.max(fb);
+            let cut_end = e_end.min(end);
+            removed.push(Mapping {
+                fb: cut_start,
+                phys: e.phys + (cut_start - kfb),
+                len: cut_end - cut_start,
+            });
+        }
+        let gone: u64 = removed.iter().map(|m| m.len).sum();
+        rec.blocks = rec.blocks.saturating_sub(gone);
+        self.mem.dirty = true;
+        Ok(removed)
+    }
+
+    /// Unmap a range and drop the references it held.
+    fn unmap_and_release(
+        &mut self,
+        ino: u64,
+        rec: &mut InodeRecord,
+        fb: u64,
+        n: u64,
+    ) -> Result<()> {
+        for m in self.unmap(ino, rec, fb, n)? {
+            self.decref(m.phys, m.len)?;
+        }
+        Ok(())
+    }
+
+    /// Map `[fb, fb+len)` (which must be unmapped) to pool blocks from `phys`, merging with
+    /// neighbouring extents that continue physically.
+    fn map(
+        &mut self,
+        ino: u64,
+        rec: &mut InodeRecord,
+        mut fb: u64,
+        mut phys: u64,
+        mut len: u64,
+    ) -> Result<()> {
+        let added = len;
+        if fb > 0 {
+            let prev = match self.extents.range((ino, 0)..(ino, fb))?.next_back() {
+                Some(item) => {
+                    let (k, v) = item?;
+                    Some((k.value().1, decode::<ExtentRecord>(v.value(), &k.value())?))
+                }
+                None => None,
+            };
+            if let Some((pfb, p)) = prev {
+                if pfb + p.len == fb && p.phys + p.len == phys {
+                    self.extents.remove((ino, pfb))?;
+                    fb = pfb;
+                    phys = p.phys;
+                    len += p.len;
+                }
+            }
+        }
+        let next = match self.extents.get((ino, fb + len))? {
+            Some(v) => Some(decode::<ExtentRecord>(v.value(), &(ino, fb + len))?),
+            None => None,
+        };
+        if let Some(nx) = next {
+            if nx.phys == phys + len {
+                self.extents.remove((ino, fb + len))?;
+                len += nx.len;
+            }
+        }
+        self.extents
+            .insert((ino, fb), encode(&ExtentRecord { phys, len }).as_slice())?;
+        rec.blocks += added;
+        self.mem.dirty = true;
+        Ok(())
+    }
+
+    /// Copy `len` bytes of `src` starting at `src_off` to pool byte `pos`.
+    fn emit(&self, src: &Source<'_>, src_off: u64, pos: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        match src {
+            Source::Bytes(b) => {
+                let s = src_off as usize;
+                self.pool
+                    .write_at(&b[s..s + len as usize], pos)
+                    .map_err(Error::from_io)
+            }
+            Source::Zeros => zero_range(self.pool, pos, len).map_err(Error::from_io),
+            Source::Pool(segs) => {
+                let mut seg_start = 0u64;
+                let want_end = src_off + len;
+                for seg in segs.iter() {
+                    let seg_end = seg_start + seg.len();
+                    let a = seg_start.max(src_off);
+                    let b = seg_end.min(want_end);
+                    if a < b {
+                        let to = pos + (a - src_off);
+                        match *seg {
+                            Segment::Pool { pos: p, .. } => self
+                                .pool
+                                .copy_within(p + (a - seg_start), to, b - a)
+                                .map_err(Error::from_io)?,
+                            Segment::Hole { .. } => {
+                                zero_range(self.pool, to, b - a).map_err(Error::from_io)?
+                            }
+                        }
+                    }
+                    if seg_end >= want_end {
+                        break;
+                    }
+                    seg_start = seg_end;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Copy the bytes `[from, to)` of block `b` (relative to the block) from its current content
+    /// (`old` pool block or a hole) into new pool block `new`.
+    fn carry_over(&self, old: Option<u64>, new: u64, from: u64, to: u64) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        let dst = new * self.bs + from;
+        match old {
+            Some(p) => self
+                .pool
+                .copy_within(p * self.bs + from, dst, to - from)
+                .map_err(Error::from_io),
+            None => zero_range(self.pool, dst, to - from).map_err(Error::from_io),
+        }
+    }
+
+    /// Write `len` bytes from `src` at byte `off` of the file. Blocks allocated in the open
+    /// transaction and not shared are rewritten in place; all others are redirected to new blocks.
+    pub fn write_data(
+        &mut self,
+        ino: u64,
+        rec: &mut InodeRecord,
+        off: u64,
+        len: u64,
+        src: &Source<'_>,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Error::FileTooBig)?;
+        let bs = self.bs;
+        let first = off / bs;
+        let last_excl = end.div_ceil(bs);
+        let existing = self.mappings(ino, first, last_excl - first)?;
+
+        // Split the block range into runs: reusable mapped pieces (in place) and runs needing new blocks.
+        let mut runs: Vec<(u64, u64, Option<u64>)> = Vec::new(); // (fb, len, Some(phys) if in place)
+        let mut pos = first;
+        for m in &existing {
+            if m.fb > pos {
+                push_new_run(&mut runs, pos, m.fb - pos);
+            }
+            let in_place =
+                self.mem.txn_alloc.contains_all(m.phys, m.len) && !self.is_shared(m.phys, m.len)?;
+            if in_place {
+                runs.push((m.fb, m.len, Some(m.phys)));
+            } else {
+                push_new_run(&mut runs, m.fb, m.len);
+            }
+            pos = m.fb + m.len;
+        }
+        if pos < last_excl {
+            push_new_run(&mut runs, pos, last_excl - pos);
+        }
+
+        for (rfb, rlen, in_place) in runs {
+            let byte_start = (rfb * bs).max(off);
+            let byte_end = ((rfb + rlen) * bs).min(end);
+            match in_place {
+                Some(phys) => {
+                    self.emit(
+                        src,
+                        byte_start - off,
+                        phys * bs + (byte_start - rfb * bs),
+                        byte_end - byte_start,
+                    )?;
+                }
+                None => {
+                    let old_of = |b: u64| {
+                        existing
+                            .iter()
+                            .find(|m| m.fb <= b && b < m.fb + m.len)
+                            .map(|m| m.phys + (b - m.fb))
+                    };
+                    let hint = if rfb > 0 {
+                        self.mappings(ino, rfb - 1, 1)?.first().map(|m| m.phys + 1)
+                    } else {
+                        None
+                    };
+                    let new = self.alloc(rlen, hint)?;
+                    // Head: the untouched front of the first block keeps its old bytes; tail likewise.
+                    let head = byte_start - rfb * bs;
+                    let last_b = rfb + rlen - 1;
+                    let tail_from = byte_end - last_b * bs;
+                    let filled = self
+                        .carry_over(old_of(rfb), new, 0, head)
+                        .and_then(|_| {
+                            self.carry_over(old_of(last_b), new + rlen - 1, tail_from, bs)
+                        })
+                        .and_then(|_| {
+                            self.emit(
+                                src,
+                                byte_start - off,
+                                new * bs + head,
+                                byte_end - byte_start,
+                            )
+                        });
+                    if let Err(e) = filled {
+                        // Nothing points at the new blocks yet: give them back (e.g. on ENOSPC).
+                        self.release_blocks(new, rlen)?;
+                        return Err(e);
+                    }
+                    self.unmap_and_release(ino, rec, rfb, rlen)?;
+                    self.map(ino, rec, rfb, new, rlen)?;
+                }
+            }
+        }
+        if end > rec.size {
+            rec.size = end;
+        }
+        Ok(())
+    }
+
+    /// Zero `[off, off+len)` of a file where it is mapped (holes already read as zero).
+    fn zero_mapped(&mut self, ino: u64, rec: &mut InodeRecord, off: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let fb = off / self.bs;
+        let n = (off + len).div_ceil(self.bs) - fb;
+        for m in self.mappings(ino, fb, n)? {
+            let a = (m.fb * self.bs).max(off);
+            let b = ((m.fb + m.len) * self.bs).min(off + len);
+            if a < b {
+                let size = rec.size;
+                self.write_data(ino, rec, a, b - a, &Source::Zeros)?;
+                rec.size = size;
+            }
+        }
+        Ok(())
+    }
+
+    /// Set a regular file's size: shrinking zeroes the tail of the new last block and frees the rest.
+    pub fn truncate(&mut self, ino: u64, rec: &mut InodeRecord, size: u64) -> Result<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(Error::FileTooBig);
+        }
+        if size < rec.size {
+            let keep = size.div_ceil(self.bs);
+            if size % self.bs != 0 {
+                let tail_end = (keep * self.bs).min(rec.size);
+                self.zero_mapped(ino, rec, size, tail_end - size)?;
+            }
+            self.unmap_and_release(ino, rec, keep, u64::MAX - keep)?;
+        }
+        rec.size = size;
+        Ok(())
+    }
+
+    /// Remove every block of a file (it is being deleted).
+    pub fn free_all_data(&mut self, ino: u64, rec: &mut InodeRecord) -> Result<()> {
+        self.unmap_and_release(ino, rec, 0, u64::MAX)
+    }
+
+    /// Deallocate `[off, off+len)`: whole blocks are unmapped, partial blocks zeroed.
+    pub fn punch_hole(
+        &mut self,
+        ino: u64,
+        rec: &mut InodeRecord,
+        off: u64,
+        len: u64,
+    ) -> Result<()> {
+        let end = off.saturating_add(len).min(rec.size);
+        if off >= end {
+            return Ok(());
+        }
+        let bs = self.bs;
+        let first_whole = off.div_ceil(bs);
+        let last_whole = end / bs;
+        if first_whole >= last_whole {
+            return self.zero_mapped(ino, rec, off, end - off);
+        }
+        self.zero_mapped(ino, rec, off, first_whole * bs - off)?;
+        self.zero_mapped(ino, rec, last_whole * bs, end - last_whole * bs)?;
+        self.unmap_and_release(ino, rec, first_whole, last_whole - first_whole)
+    }
+
+    /// Give every hole in `[off, off+len)` freshly zeroed blocks.
+    pub fn allocate(&mut self, ino: u64, rec: &mut InodeRecord, off: u64, len: u64) -> Result<()> {
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Error::FileTooBig)?;
+        let first = off / self.bs;
+        let last_excl = end.div_ceil(self.bs);
+        let mut holes = Vec::new();
+        let mut pos = first;
+        for m in self.mappings(ino, first, last_excl - first)? {
+            if m.fb > pos {
+                holes.push((pos, m.fb - pos));
+            }
+            pos = m.fb + m.len;
+        }
+        if pos < last_excl {
+            holes.push((pos, last_excl - pos));
+        }
+        for (fb, n) in holes {
+            let hint = if fb > 0 {
+                self.mappings(ino, fb - 1, 1)?.first().map(|m| m.phys + 1)
+            } else {
+                None
+            };
+            let new = self.alloc(n, hint)?;
+            // Fresh blocks may have been freed in this transaction: make them read as zeros.
+            self.pool
+                .punch(new * self.bs, n * self.bs)
+                .map_err(Error::from_io)?;
+            self.map(ino, rec, fb, new, n)?;
+        }
+        Ok(())
+    }
+
+    /// The file's bytes `[off, off+len)` (clipped to its size) as pool segments and holes.
+    pub fn read_segments(
+        &self,
+        ino: u64,
+        rec: &InodeRecord,
+        off: u64,
+        len: u64,
+    ) -> Result<Vec<Segment>> {
+        let end = off.saturating_add(len).min(rec.size);
+        if off >= end {
+            return Ok(Vec::new());
+        }
+        let bs = self.bs;
+        let first = off / bs;
+        let mut segs: Vec<Segment> = Vec::new();
+        let mut pos = off;
+        let push = |segs: &mut Vec<Segment>, s: Segment| match (segs.last_mut(), s) {
+            (Some(Segment::Hole { len: l }), Segment::Hole { len }) => *l += len,
+            (Some(Segment::Pool { pos: p, len: l }), Segment::Pool { pos, len })
+                if *p + *l == pos =>
+            {
+                *l += len
+            }
+            _ => segs.push(s),
+        };
+        for m in self.mappings(ino, first, end.div_ceil(bs) - first)? {
+            let a = (m.fb * bs).max(off);
+            let b = ((m.fb + m.len) * bs).min(end);
+            if a > pos {
+                push(&mut segs, Segment::Hole { len: a - pos });
+            }
+            push(
+                &mut segs,
+                Segment::Pool {
+                    pos: m.phys * bs + (a - m.fb * bs),
+                    len: b - a,
+                },
+            );
+            pos = b;
+        }
+        if pos < end {
+            push(&mut segs, Segment::Hole { len: end - pos });
+        }
+        Ok(segs)
+    }
+
+    /// SEEK_DATA / SEEK_HOLE from `off`.
+    pub fn seek(&self, ino: u64, rec: &InodeRecord, off: u64, whence: SeekWhence) -> Result<u64> {
+        if off >= rec.size {
+            return Err(Error::NoData);
+        }
+        let bs = self.bs;
+        let first = off / bs;
+        let maps = self.mappings(ino, first, rec.size.div_ceil(bs) - first)?;
+        match whence {
+            SeekWhence::Data => {
+                let m = maps.first().ok_or(Error::NoData)?;
+                Ok((m.fb * bs).max(off))
+            }
+            SeekWhence::Hole => {
+                let mut pos = first;
+                for m in &maps {
+                    if m.fb > pos {
+                        break;
+                    }
+                    pos = m.fb + m.len;
+                }
+                Ok((pos * bs).max(off).min(rec.size))
+            }
+        }
+    }
+
+    /// The reflink: make `dst[dst_off..dst_off+len]` share `src[src_off..]`'s blocks.
+    /// Aligned blocks share extents; unaligned edges are copied inside the pool.
+    pub fn clone_range(
+        &mut self,
+        src: u64,
+        src_rec: &InodeRecord,
+        src_off: u64,
+        dst: u64,
+        dst_rec: &mut InodeRecord,
+        dst_off: u64,
+        len: u64,
+    ) -> Result<u64> {
+        if src_off >= src_rec.size || len == 0 {
+            return Ok(0);
+        }
+        let len = len.min(src_rec.size - src_off);
+        let dst_end = dst_off
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Error::FileTooBig)?;
+        let bs = self.bs;
+        if src == dst && src_off < dst_end && dst_off < src_off + len {
+            return Err(Error::Invalid("overlapping ranges in one file"));
+        }
+        if src_off % bs != dst_off % bs {
+            // No block lines up: copy inside the pool, a block-sized batch at a time.
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(256 * bs);
+                let segs = self.read_segments(src, src_rec, src_off + done, n)?;
+                self.write_data(dst, dst_rec, dst_off + done, n, &Source::Pool(&segs))?;
+                done += n;
+            }
+            return Ok(len);
+        }
+        // Head: bytes before the first block boundary of the destination range.
+        let head = ((bs - dst_off % bs) % bs).min(len);
+        // The source's partial last block may be shared whole when the copy ends at both files' ends:
+        // its bytes past EOF are zero in the source and will be past EOF in the destination.
+        let src_end = src_off + len;
+        let share_tail = src_end == src_rec.size && dst_end >= dst_rec.size;
+        let mut body_end = dst_off + head + (len - head) / bs * bs;
+        if share_tail && body_end < dst_end {
+            body_end = dst_end.div_ceil(bs) * bs;
+        }
+        let tail_start = body_end.min(dst_end);
+        if head > 0 {
+            let segs = self.read_segments(src, src_rec, src_off, head)?;
+            self.write_data(dst, dst_rec, dst_off, head, &Source::Pool(&segs))?;
+        }
+        let body_fb = (dst_off + head) / bs;
+        let body_blocks = (body_end - (dst_off + head)) / bs;
+        if body_blocks > 0 {
+            let src_fb = (src_off + head) / bs;
+            self.unmap_and_release(dst, dst_rec, body_fb, body_blocks)?;
+            for m in self.mappings(src, src_fb, body_blocks)? {
+                self.incref(m.phys, m.len)?;
+                self.map(dst, dst_rec, body_fb + (m.fb - src_fb), m.phys, m.len)?;
+            }
+        }
+        if tail_start < dst_end {
+            let n = dst_end - tail_start;
+            let segs = self.read_segments(src, src_rec, src_off + (tail_start - dst_off), n)?;
+            self.write_data(dst, dst_rec, tail_start, n, &Source::Pool(&segs))?;
+        }
+        if dst_end > dst_rec.size {
+            dst_rec.size = dst_end;
+        }
+        Ok(len)
+    }
+}
+
+fn push_new_run(runs: &mut Vec<(u64, u64, Option<u64>)>, fb: u64, len: u64) {
+    if let Some(last) = runs.last_mut() {
+        if last.2.is_none() && last.0 + last.1 == fb {
+            last.1 += len;
+            return;
+        }
+    }
+    runs.push((fb, len, None));
+}
+
+/// Stamp a data change.
+pub(crate) fn touch_data(rec: &mut InodeRecord) {
+    let now = Timespec::now();
+    rec.mtime = now;
+    rec.ctime = now;
+}
+
+pub(crate) fn require_regular(rec: &InodeRecord) -> Result<()> {
+    match rec.kind {
+        FileKind::Regular => Ok(()),
+        FileKind::Directory => Err(Error::IsDir),
+        _ => Err(Error::Invalid("not a regular file")),
+    }
+}

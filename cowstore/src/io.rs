@@ -1,0 +1,743 @@
+//! All disk I/O of the store goes through [`FileIo`] (one file) and [`Env`] (the store's directory).
+//! The real implementation is [`DirEnv`]; [`MemEnv`] keeps files in memory and records every write
+//! and sync so that crash tests can build the image a power cut would leave.
+
+use crate::error::{Error, Result};
+use crate::sys;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Random-access I/O on one file of the store.
+pub trait FileIo: Send + Sync + Debug {
+    fn len(&self) -> io::Result<u64>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Fill `buf` from `off`; bytes past the end of the file read as zeros.
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
+    fn write_at(&self, data: &[u8], off: u64) -> io::Result<()>;
+    /// Make every completed write durable.
+    fn sync(&self) -> io::Result<()>;
+    /// Copy `len` bytes from `src` to `dst` inside this file (kernel-side where possible).
+    /// The ranges never overlap.
+    fn copy_within(&self, src: u64, dst: u64, len: u64) -> io::Result<()>;
+    /// Make the range read as zeros and give its space back to the host.
+    fn punch(&self, off: u64, len: u64) -> io::Result<()>;
+    /// The descriptor, for callers that move data with splice or passthrough.
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Total and available bytes of the host filesystem holding this file, if it has one.
+    fn host_space(&self) -> io::Result<Option<(u64, u64)>> {
+        Ok(None)
+    }
+}
+
+/// The store's directory: named files and the exclusive lock.
+pub trait Env: Send + Sync + Debug {
+    /// Open a file of the store, creating it (empty) if `create`.
+    fn open(&self, name: &str, create: bool) -> Result<Arc<dyn FileIo>>;
+    fn exists(&self, name: &str) -> bool;
+    /// Take the store's exclusive lock; the guard releases it when dropped.
+    fn lock(&self) -> Result<Box<dyn Send + Sync + Debug>>;
+    /// Where the store is, for messages.
+    fn path(&self) -> PathBuf;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real files
+
+#[derive(Debug)]
+pub struct DiskFile {
+    file: File,
+}
+
+impl DiskFile {
+    pub fn new(file: File) -> DiskFile {
+        DiskFile { file }
+    }
+}
+
+impl FileIo for DiskFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], off + done as u64) {
+                Ok(0) => {
+                    buf[done..].fill(0);
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, data: &[u8], off: u64) -> io::Result<()> {
+        self.file.write_all_at(data, off)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn copy_within(&self, src: u64, dst: u64, len: u64) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        let mut done = 0u64;
+        while done < len {
+            let chunk = (len - done).min(1 << 30) as usize;
+            match sys::copy_file_range(fd, src + done, fd, dst + done, chunk) {
+                Ok(0) => {
+                    // Source past EOF: the rest reads as zeros.
+                    return zero_range(self, dst + done, len - done);
+                }
+                Ok(n) => done += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
+                    ) =>
+                {
+                    return copy_through_buffer(self, src + done, dst + done, len - done);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn punch(&self, off: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        match sys::fallocate(
+            &self.file,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => zero_range(self, off, len),
+            other => other,
+        }
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.file.as_raw_fd())
+    }
+
+    fn host_space(&self) -> io::Result<Option<(u64, u64)>> {
+        let (frsize, blocks, avail) = sys::fs_space(&self.file)?;
+        Ok(Some((blocks * frsize, avail * frsize)))
+    }
+}
+
+/// Fallback for hosts without `copy_file_range` between these ranges.
+fn copy_through_buffer(f: &dyn FileIo, src: u64, dst: u64, len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        f.read_at(&mut buf[..n], src + done)?;
+        f.write_at(&buf[..n], dst + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+pub(crate) static ZEROS: [u8; 65536] = [0u8; 65536];
+
+/// Write zeros over a range (used for partial blocks, at most a block at a time in practice).
+pub(crate) fn zero_range(f: &dyn FileIo, off: u64, len: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(ZEROS.len() as u64) as usize;
+        f.write_at(&ZEROS[..n], off + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// The store as a directory on the host.
+#[derive(Debug, Clone)]
+pub struct DirEnv {
+    dir: PathBuf,
+}
+
+pub const LOCK_FILE: &str = "lock";
+
+impl DirEnv {
+    pub fn new(dir: impl AsRef<Path>) -> DirEnv {
+        DirEnv {
+            dir: dir.as_ref().to_path_buf(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LockGuard {
+    _file: File,
+}
+
+impl Env for DirEnv {
+    fn open(&self, name: &str, create: bool) -> Result<Arc<dyn FileIo>> {
+        let path = self.dir.join(name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .open(&path)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Error::NotAStore {
+                        path: self.dir.clone(),
+                        reason: format!("{name} is missing"),
+                    }
+                } else {
+                    Error::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+                }
+            })?;
+        Ok(Arc::new(DiskFile::new(file)))
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        self.dir.join(name).exists()
+    }
+
+    fn lock(&self) -> Result<Box<dyn Send + Sync + Debug>> {
+        let path = self.dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        if !sys::try_lock_exclusive(&file)? {
+            let mut s = String::new();
+            let holder = file
+                .read_to_string(&mut s)
+                .ok()
+                .and_then(|_| s.trim().parse().ok());
+            return Err(Error::InUse {
+                path: self.dir.clone(),
+                holder,
+            });
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        Ok(Box::new(LockGuard { _file: file }))
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-memory files with a write log, for crash tests
+
+/// One recorded operation on a [`MemEnv`] file.
+#[derive(Clone, Debug)]
+pub enum MemOp {
+    Write {
+        file: String,
+        off: u64,
+        data: Vec<u8>,
+    },
+    SetLen {
+        file: String,
+        len: u64,
+    },
+    Punch {
+        file: String,
+        off: u64,
+        len: u64,
+    },
+    Sync {
+        file: String,
+    },
+}
+
+impl MemOp {
+    pub fn file(&self) -> &str {
+        match self {
+            MemOp::Write { file, .. }
+            | MemOp::SetLen { file, .. }
+            | MemOp::Punch { file, .. }
+            | MemOp::Sync { file } => file,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct MemShared {
+    files: BTreeMap<String, Vec<u8>>,
+    log: Vec<MemOp>,
+    recording: bool,
+    locked: bool,
+    fail_writes_after: Option<u64>,
+}
+
+/// A store directory held in memory. Clones share the same files.
+#[derive(Debug, Clone, Default)]
+pub struct MemEnv {
+    shared: Arc<Mutex<MemShared>>,
+}
+
+fn lock_mem(m: &Mutex<MemShared>) -> MutexGuard<'_, MemShared> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MemEnv {
+    pub fn new() -> MemEnv {
+        MemEnv::default()
+    }
+
+    /// Start (or stop) recording every write, truncate, punch and sync.
+    pub fn set_recording(&self, on: bool) {
+        lock_mem(&self.shared).recording = on;
+    }
+
+    /// The operations recorded so far.
+    pub fn log(&self) -> Vec<MemOp> {
+        lock_mem(&self.shared).log.clone()
+    }
+
+    /// A copy of every file as it is now.
+    pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
+        lock_mem(&self.shared).files.clone()
+    }
+
+    /// A new environment holding exactly these files (and no lock holder).
+    pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> MemEnv {
+        let env = MemEnv::new();
+        lock_mem(&env.shared).files = files;
+        env
+    }
+
+    /// After `n` more successful writes, every write fails with ENOSPC (fault injection).
+    pub fn fail_writes_after(&self, n: Option<u64>) {
+        lock_mem(&self.shared).fail_writes_after = n;
+    }
+
+    /// Apply one recorded operation to a set of files.
+    pub fn apply(files: &mut BTreeMap<String, Vec<u8>>, op: &MemOp) {
+        match op {
+            MemOp::Write { file, off, data } => {
+                let f = files.entry(file.clone()).or_default();
+                let end = *off as usize + data.len();
+                if f.len() < end {
+                    f.resize(end, 0);
+                }
+                f[*off as usize..end].copy_from_slice(data);
+            }
+            MemOp::SetLen { file, len } => files
+                .entry(file.clone())
+                .or_default()
+                .resize(*len as usize, 0),
+            MemOp::Punch { file, off, len } => {
+                let f = files.entry(file.clone()).or_default();
+                let start = (*off as usize).min(f.len());
+                let end = (*off as usize + *len as usize).min(f.len());
+                f[start..end].fill(0);
+            }
+            MemOp::Sync { .. } => {}
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MemFile {
+    name: String,
+    shared: Arc<Mutex<MemShared>>,
+}
+
+impl MemFile {
+    fn mutate(&self, op: MemOp) -> io::Result<()> {
+        let mut s = lock_mem(&self.shared);
+        if !matches!(op, MemOp::Sync { .. }) {
+            if let Some(n) = s.fail_writes_after {
+                if n == 0 {
+                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+                }
+                s.fail_writes_after = Some(n - 1);
+            }
+        }
+        MemEnv::apply(&mut s.files, &op);
+        if s.recording {
+            s.log.push(op);
+        }
+        Ok(())
+    }
+}
+
+impl FileIo for MemFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(lock_mem(&self.shared)
+            .files
+            .get(&self.name)
+            .map_or(0, |f| f.len() as u64))
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.mutate(MemOp::SetLen {
+            file: self.name.clone(),
+            len,
+        })
+    }
+
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let s = lock_mem(&self.shared);
+        let data = s
+            .files
+            .get(&self.name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        buf.fill(0);
+        let start = (off as usize).min(data.len());
+        let end = (off as usize + buf.len()).min(data.len());
+        buf[..end - start].copy_from_slice(&data[start..end]);
+        Ok(())
+    }
+
+    fn write_at(&self, data: &[u8], off: u64) -> io::Result<()> {
+        self.mutate(MemOp::Write {
+            file: self.name.clone(),
+            off,
+            data: data.to_vec(),
+        })
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.mutate(MemOp::Sync {
+            file: self.name.clone(),
+        })
+    }
+
+    fn copy_within(&self, src: u64, dst: u64, len: u64) -> io::Result<()> {
+        let mut buf = vec![0u8; len as usize];
+        self.read_at(&mut buf, src)?;
+        self.write_at(&buf, dst)
+    }
+
+    fn punch(&self, off: u64, len: u64) -> io::Result<()> {
+        self.mutate(MemOp::Punch {
+            file: self.name.clone(),
+            off,
+            len,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct MemLock {
+    shared: Arc<Mutex<MemShared>>,
+}
+
+impl Drop for MemLock {
+    fn drop(&mut self) {
+        lock_mem(&self.shared).locked = false;
+    }
+}
+
+impl Env for MemEnv {
+    fn open(&self, name: &str, create: bool) -> Result<Arc<dyn FileIo>> {
+        let mut s = lock_mem(&self.shared);
+        if !s.files.contains_key(name) {
+            if !create {
+                return Err(Error::NotAStore {
+                    path: self.path(),
+                    reason: format!("{name} is missing"),
+                });
+            }
+            s.files.insert(name.to_string(), Vec::new());
+        }
+        Ok(Arc::new(MemFile {
+            name: name.to_string(),
+            shared: self.shared.clone(),
+        }))
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        lock_mem(&self.shared).files.contains_key(name)
+    }
+
+    fn lock(&self) -> Result<Box<dyn Send + Sync + Debug>> {
+        let mut s = lock_mem(&self.shared);
+        if s.locked {
+            return Err(Error::InUse {
+                path: self.path(),
+                holder: Some(std::process::id()),
+            });
+        }
+        s.locked = true;
+        Ok(Box::new(MemLock {
+            shared: self.shared.clone(),
+        }))
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("<memory>")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A scratch overlay: reads fall through to a file, writes stay in memory
+
+const SCRATCH_PAGE: u64 = 4096;
+
+/// Lets a read-only check open a store whose B-tree needs crash recovery (which writes) without
+/// writing a byte to the real file.
+#[derive(Debug)]
+pub struct ScratchFile {
+    base: Arc<dyn FileIo>,
+    state: Mutex<ScratchState>,
+}
+
+#[derive(Debug)]
+struct ScratchState {
+    pages: BTreeMap<u64, Vec<u8>>,
+    len: u64,
+    /// Bytes of `base` still visible (a shrink hides the rest for good).
+    base_visible: u64,
+}
+
+impl ScratchFile {
+    pub fn new(base: Arc<dyn FileIo>) -> io::Result<ScratchFile> {
+        let len = base.len()?;
+        Ok(ScratchFile {
+            base,
+            state: Mutex::new(ScratchState {
+                pages: BTreeMap::new(),
+                len,
+                base_visible: len,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ScratchState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_page(&self, st: &ScratchState, page: u64, out: &mut [u8]) -> io::Result<()> {
+        if let Some(p) = st.pages.get(&page) {
+            out.copy_from_slice(p);
+            return Ok(());
+        }
+        let off = page * SCRATCH_PAGE;
+        out.fill(0);
+        if off < st.base_visible {
+            let n = (st.base_visible - off).min(SCRATCH_PAGE) as usize;
+            self.base.read_at(&mut out[..n], off)?;
+        }
+        Ok(())
+    }
+}
+
+impl FileIo for ScratchFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.lock().len)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut st = self.lock();
+        if len < st.len {
+            st.base_visible = st.base_visible.min(len);
+            let first_dead = len.div_ceil(SCRATCH_PAGE);
+            st.pages.retain(|&p, _| p < first_dead);
+            if len % SCRATCH_PAGE != 0 {
+                let page = len / SCRATCH_PAGE;
+                let mut buf = vec![0u8; SCRATCH_PAGE as usize];
+                self.read_page(&st, page, &mut buf)?;
+                buf[(len % SCRATCH_PAGE) as usize..].fill(0);
+                st.pages.insert(page, buf);
+            }
+        }
+        st.len = len;
+        Ok(())
+    }
+
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let st = self.lock();
+        let mut page_buf = vec![0u8; SCRATCH_PAGE as usize];
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = off + done as u64;
+            let page = pos / SCRATCH_PAGE;
+            let inner = (pos % SCRATCH_PAGE) as usize;
+            let n = (SCRATCH_PAGE as usize - inner).min(buf.len() - done);
+            if pos >= st.len {
+                buf[done..].fill(0);
+                break;
+            }
+            self.read_page(&st, page, &mut page_buf)?;
+            buf[done..done + n].copy_from_slice(&page_buf[inner..inner + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, data: &[u8], off: u64) -> io::Result<()> {
+        let mut st = self.lock();
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = off + done as u64;
+            let page = pos / SCRATCH_PAGE;
+            let inner = (pos % SCRATCH_PAGE) as usize;
+            let n = (SCRATCH_PAGE as usize - inner).min(data.len() - done);
+            let mut buf = vec![0u8; SCRATCH_PAGE as usize];
+            self.read_page(&st, page, &mut buf)?;
+            buf[inner..inner + n].copy_from_slice(&data[done..done + n]);
+            st.pages.insert(page, buf);
+            done += n;
+        }
+        st.len = st.len.max(off + data.len() as u64);
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn copy_within(&self, src: u64, dst: u64, len: u64) -> io::Result<()> {
+        copy_through_buffer(self, src, dst, len)
+    }
+
+    fn punch(&self, off: u64, len: u64) -> io::Result<()> {
+        zero_range(self, off, len)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// redb's storage backend over a FileIo
+
+#[derive(Debug)]
+pub(crate) struct RedbFile(pub Arc<dyn FileIo>);
+
+impl redb::StorageBackend for RedbFile {
+    fn len(&self) -> std::result::Result<u64, io::Error> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), io::Error> {
+        let len = self.0.len()?;
+        if offset + out.len() as u64 > len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of meta.redb",
+            ));
+        }
+        self.0.read_at(out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> std::result::Result<(), io::Error> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::result::Result<(), io::Error> {
+        self.0.sync()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), io::Error> {
+        self.0.write_at(data, offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_overlay_never_writes_through() -> io::Result<()> {
+        let env = MemEnv::new();
+        let base = env.open("f", true).map_err(io::Error::other)?;
+        base.write_at(&[7u8; 10000], 0)?;
+        let s = ScratchFile::new(base.clone())?;
+        s.write_at(&[1u8; 100], 4090)?;
+        s.set_len(5000)?;
+        s.set_len(9000)?;
+        let mut buf = vec![0u8; 9000];
+        s.read_at(&mut buf, 0)?;
+        assert!(buf[..4090].iter().all(|&b| b == 7));
+        assert!(buf[4090..4190].iter().all(|&b| b == 1));
+        assert!(buf[4190..5000].iter().all(|&b| b == 7));
+        assert!(
+            buf[5000..].iter().all(|&b| b == 0),
+            "bytes past a shrink must read as zero"
+        );
+        let mut orig = vec![0u8; 10000];
+        base.read_at(&mut orig, 0)?;
+        assert!(orig.iter().all(|&b| b == 7));
+        Ok(())
+    }
+
+    #[test]
+    fn mem_env_log_replays_to_same_files() -> Result<()> {
+        let env = MemEnv::new();
+        env.set_recording(true);
+        let f = env.open("a", true)?;
+        f.write_at(b"hello", 3)?;
+        f.sync()?;
+        f.punch(4, 2)?;
+        f.set_len(6)?;
+        let mut files = BTreeMap::new();
+        for op in env.log() {
+            MemEnv::apply(&mut files, &op);
+        }
+        assert_eq!(files, env.files());
+        Ok(())
+    }
+
+    #[test]
+    fn disk_file_copy_within_and_punch() -> io::Result<()> {
+        let dir = std::env::temp_dir().join(format!("cowstore-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("pool");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        let f = DiskFile::new(file);
+        f.write_at(&[9u8; 8192], 0)?;
+        f.copy_within(0, 65536, 8192)?;
+        f.punch(4096, 4096)?;
+        let mut buf = vec![0u8; 8192];
+        f.read_at(&mut buf, 65536)?;
+        assert!(buf.iter().all(|&b| b == 9));
+        f.read_at(&mut buf, 0)?;
+        assert!(buf[..4096].iter().all(|&b| b == 9) && buf[4096..].iter().all(|&b| b == 0));
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn second_lock_reports_in_use() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("cowstore-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let env = DirEnv::new(&dir);
+        let _held = env.lock()?;
+        match env.lock() {
+            Err(Error::InUse { holder, .. }) => assert_eq!(holder, Some(std::process::id())),
+            other => panic!("expected InUse, got {other:?}"),
+        }
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,546 @@
+//! The namespace: inodes, directory entries (keyed by parent and name, with stable readdir
+//! cookies), hard links, rename, xattrs, and the orphan list.
+
+use crate::codec::{decode, encode, DirentRecord, InodeRecord, XattrRecord};
+use crate::error::{Error, Result};
+use crate::tables::Ctx;
+use crate::types::{Caller, DirEntry, FileKind, InodeNo, NewInode, RenameFlags, Timespec};
+use redb::ReadableTable;
+
+pub const NAME_MAX: usize = 255;
+pub const XATTR_NAME_MAX: usize = 255;
+pub const XATTR_SIZE_MAX: usize = 65536;
+pub const LINK_MAX: u32 = 65000;
+/// Readdir cookies 1 and 2 are "." and ".."; entries start at 3.
+pub const FIRST_COOKIE: u64 = 3;
+
+pub(crate) fn check_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(Error::Invalid("bad file name"));
+    }
+    if name.len() > NAME_MAX {
+        return Err(Error::NameTooLong);
+    }
+    Ok(())
+}
+
+pub(crate) fn new_inode_record(
+    kind: FileKind,
+    perm: u16,
+    caller: Caller,
+    rdev: u32,
+    parent: u64,
+) -> InodeRecord {
+    let now = Timespec::now();
+    InodeRecord {
+        kind,
+        perm,
+        uid: caller.uid,
+        gid: caller.gid,
+        nlink: if kind == FileKind::Directory { 2 } else { 1 },
+        size: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        rdev,
+        generation: 0,
+        next_cookie: FIRST_COOKIE,
+        parent,
+        target: Vec::new(),
+        blocks: 0,
+    }
+}
+
+impl Ctx<'_> {
+    pub fn get_dirent(&self, parent: u64, name: &[u8]) -> Result<Option<DirentRecord>> {
+        match self.dirents.get((parent, name))? {
+            Some(v) => Ok(Some(decode(
+                v.value(),
+                &(parent, String::from_utf8_lossy(name)),
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn get_dir(&self, ino: u64) -> Result<InodeRecord> {
+        let rec = self.get_inode(ino)?;
+        if rec.kind != FileKind::Directory {
+            return Err(Error::NotDir);
+        }
+        Ok(rec)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<u64> {
+        self.get_dir(parent)?;
+        if name == b"." {
+            return Ok(parent);
+        }
+        if name == b".." {
+            return Ok(self.get_inode(parent)?.parent);
+        }
+        if name.len() > NAME_MAX {
+            return Err(Error::NameTooLong);
+        }
+        Ok(self.get_dirent(parent, name)?.ok_or(Error::NotFound)?.ino)
+    }
+
+    fn add_dirent(
+        &mut self,
+        parent: u64,
+        prec: &mut InodeRecord,
+        name: &[u8],
+        ino: u64,
+        kind: FileKind,
+    ) -> Result<()> {
+        let cookie = prec.next_cookie;
+        prec.next_cookie += 1;
+        self.dirents.insert(
+            (parent, name),
+            encode(&DirentRecord { ino, kind, cookie }).as_slice(),
+        )?;
+        self.cookies.insert((parent, cookie), name)?;
+        Ok(())
+    }
+
+    fn remove_dirent(&mut self, parent: u64, name: &[u8]) -> Result<DirentRecord> {
+        let d = self.get_dirent(parent, name)?.ok_or(Error::NotFound)?;
+        self.dirents.remove((parent, name))?;
+        self.cookies.remove((parent, d.cookie))?;
+        Ok(d)
+    }
+
+    fn dir_is_empty(&self, ino: u64) -> Result<bool> {
+        let empty: &[u8] = &[];
+        Ok(self
+            .dirents
+            .range((ino, empty)..)?
+            .next()
+            .map(|r| r.map(|(k, _)| k.value().0 != ino))
+            .transpose()?
+            .unwrap_or(true))
+    }
+
+    fn alloc_ino(&mut self) -> u64 {
+        let ino = self.mem.state.next_ino;
+        self.mem.state.next_ino += 1;
+        ino
+    }
+
+    /// Create an inode of any kind under `parent`.
+    pub fn create(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        new: &NewInode,
+        caller: Caller,
+    ) -> Result<(u64, InodeRecord)> {
+        check_name(name)?;
+        let mut prec = self.get_dir(parent)?;
+        if prec.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        if name == b"." || name == b".." || self.get_dirent(parent, name)?.is_some() {
+            return Err(Error::Exists);
+        }
+        if new.kind == FileKind::Directory && prec.nlink >= LINK_MAX {
+            return Err(Error::TooManyLinks);
+        }
+        let mut perm = (new.perm & 0o7777) as u16;
+        let mut owner = caller;
+        if prec.perm & libc::S_ISGID as u16 != 0 {
+            owner.gid = prec.gid;
+            if new.kind == FileKind::Directory {
+                perm |= libc::S_ISGID as u16;
+            }
+        }
+        let ino = self.alloc_ino();
+        let mut rec = new_inode_record(new.kind, perm, owner, new.rdev, parent);
+        rec.generation = self.mem.state.generation;
+        if new.kind == FileKind::Symlink {
+            let target = new.symlink_target.clone().unwrap_or_default();
+            if target.is_empty() {
+                return Err(Error::NotFound);
+            }
+            if target.len() >= libc::PATH_MAX as usize {
+                return Err(Error::NameTooLong);
+            }
+            rec.size = target.len() as u64;
+            rec.target = target;
+        }
+        self.add_dirent(parent, &mut prec, name, ino, new.kind)?;
+        if new.kind == FileKind::Directory {
+            prec.nlink += 1;
+        }
+        prec.mtime = rec.ctime;
+        prec.ctime = rec.ctime;
+        self.put_inode(parent, &prec)?;
+        self.put_inode(ino, &rec)?;
+        self.mem.state.inodes += 1;
+        Ok((ino, rec))
+    }
+
+    pub fn link(&mut self, ino: u64, newparent: u64, newname: &[u8]) -> Result<InodeRecord> {
+        check_name(newname)?;
+        let mut rec = self.get_inode(ino)?;
+        if rec.kind == FileKind::Directory {
+            return Err(Error::NotPermitted);
+        }
+        if rec.nlink >= LINK_MAX {
+            return Err(Error::TooManyLinks);
+        }
+        let mut prec = self.get_dir(newparent)?;
+        if prec.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        if newname == b"." || newname == b".." || self.get_dirent(newparent, newname)?.is_some() {
+            return Err(Error::Exists);
+        }
+        self.add_dirent(newparent, &mut prec, newname, ino, rec.kind)?;
+        let now = Timespec::now();
+        if rec.nlink == 0 {
+            // Linking an open, unlinked file (linkat of an O_TMPFILE-like inode) revives it.
+            self.orphans.remove(ino)?;
+        }
+        rec.nlink += 1;
+        rec.ctime = now;
+        prec.mtime = now;
+        prec.ctime = now;
+        self.put_inode(newparent, &prec)?;
+        self.put_inode(ino, &rec)?;
+        Ok(rec)
+    }
+
+    /// Drop one link of `ino`; with none left it is freed, or made an orphan while open.
+    fn drop_link(&mut self, ino: u64, rec: &mut InodeRecord, now: Timespec) -> Result<()> {
+        let last = if rec.kind == FileKind::Directory {
+            true
+        } else {
+            rec.nlink = rec.nlink.saturating_sub(1);
+            rec.nlink == 0
+        };
+        rec.ctime = now;
+        if last {
+            rec.nlink = 0;
+            if self.mem.open_counts.get(&ino).copied().unwrap_or(0) > 0 {
+                self.orphans.insert(ino, ())?;
+                self.put_inode(ino, rec)?;
+            } else {
+                self.destroy_inode(ino, rec)?;
+            }
+        } else {
+            self.put_inode(ino, rec)?;
+        }
+        Ok(())
+    }
+
+    /// Free an inode with no links: its data, xattrs and record.
+    pub fn destroy_inode(&mut self, ino: u64, rec: &mut InodeRecord) -> Result<()> {
+        if rec.kind == FileKind::Regular {
+            self.free_all_data(ino, rec)?;
+        }
+        let names: Vec<Vec<u8>> = self.xattr_names(ino)?;
+        for n in names {
+            self.xattrs.remove((ino, n.as_slice()))?;
+        }
+        self.orphans.remove(ino)?;
+        self.inodes.remove(ino)?;
+        self.mem.state.inodes = self.mem.state.inodes.saturating_sub(1);
+        self.mem.dirty = true;
+        Ok(())
+    }
+
+    pub fn unlink(&mut self, parent: u64, name: &[u8]) -> Result<()> {
+        let mut prec = self.get_dir(parent)?;
+        let d = self.get_dirent(parent, name)?.ok_or(Error::NotFound)?;
+        let mut rec = self.get_inode(d.ino)?;
+        if rec.kind == FileKind::Directory {
+            return Err(Error::IsDir);
+        }
+        self.remove_dirent(parent, name)?;
+        let now = Timespec::now();
+        prec.mtime = now;
+        prec.ctime = now;
+        self.put_inode(parent, &prec)?;
+        self.drop_link(d.ino, &mut rec, now)
+    }
+
+    pub fn rmdir(&mut self, parent: u64, name: &[u8]) -> Result<()> {
+        if name == b"." {
+            return Err(Error::Invalid("rmdir of ."));
+        }
+        if name == b".." {
+            return Err(Error::NotEmpty);
+        }
+        let mut prec = self.get_dir(parent)?;
+        let d = self.get_dirent(parent, name)?.ok_or(Error::NotFound)?;
+        let mut rec = self.get_inode(d.ino)?;
+        if rec.kind != FileKind::Directory {
+            return Err(Error::NotDir);
+        }
+        if !self.dir_is_empty(d.ino)? {
+            return Err(Error::NotEmpty);
+        }
+        self.remove_dirent(parent, name)?;
+        let now = Timespec::now();
+        prec.nlink = prec.nlink.saturating_sub(1);
+        prec.mtime = now;
+        prec.ctime = now;
+        self.put_inode(parent, &prec)?;
+        self.drop_link(d.ino, &mut rec, now)
+    }
+
+    /// True if `ino` is `dir` or one of its ancestors.
+    fn is_ancestor(&self, ino: u64, dir: u64) -> Result<bool> {
+        let mut cur = dir;
+        for _ in 0..100_000 {
+            if cur == ino {
+                return Ok(true);
+            }
+            if cur == InodeNo::ROOT.0 {
+                return Ok(false);
+            }
+            cur = self.get_inode(cur)?.parent;
+        }
+        Err(Error::corrupt(format!(
+            "directory {dir} has a parent cycle"
+        )))
+    }
+
+    pub fn rename(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        check_name(newname)?;
+        if flags.exchange && flags.noreplace {
+            return Err(Error::Invalid("RENAME_EXCHANGE with RENAME_NOREPLACE"));
+        }
+        for n in [name, newname] {
+            if n == b"." || n == b".." {
+                return Err(Error::Invalid("rename of . or .."));
+            }
+        }
+        self.get_dir(parent)?;
+        self.get_dir(newparent)?;
+        let src = self.get_dirent(parent, name)?.ok_or(Error::NotFound)?;
+        let dst = self.get_dirent(newparent, newname)?;
+        let now = Timespec::now();
+
+        if flags.exchange {
+            let dst = dst.ok_or(Error::NotFound)?;
+            if parent == newparent && name == newname {
+                return Ok(());
+            }
+            if src.kind == FileKind::Directory && self.is_ancestor(src.ino, newparent)? {
+                return Err(Error::Invalid("directory into itself"));
+            }
+            if dst.kind == FileKind::Directory && self.is_ancestor(dst.ino, parent)? {
+                return Err(Error::Invalid("directory into itself"));
+            }
+            self.dirents.insert(
+                (parent, name),
+                encode(&DirentRecord {
+                    ino: dst.ino,
+                    kind: dst.kind,
+                    cookie: src.cookie,
+                })
+                .as_slice(),
+            )?;
+            self.dirents.insert(
+                (newparent, newname),
+                encode(&DirentRecord {
+                    ino: src.ino,
+                    kind: src.kind,
+                    cookie: dst.cookie,
+                })
+                .as_slice(),
+            )?;
+            for (moved, kind, to) in [(src.ino, src.kind, newparent), (dst.ino, dst.kind, parent)] {
+                let mut r = self.get_inode(moved)?;
+                r.ctime = now;
+                if kind == FileKind::Directory {
+                    r.parent = to;
+                }
+                self.put_inode(moved, &r)?;
+            }
+            if parent != newparent {
+                let delta = i64::from(src.kind == FileKind::Directory)
+                    - i64::from(dst.kind == FileKind::Directory);
+                self.adjust_dir(parent, -delta, now)?;
+                self.adjust_dir(newparent, delta, now)?;
+            } else {
+                self.adjust_dir(parent, 0, now)?;
+            }
+            return Ok(());
+        }
+
+        if let Some(d) = dst {
+            if flags.noreplace {
+                return Err(Error::Exists);
+            }
+            if d.ino == src.ino {
+                // Both names are links to one inode: POSIX says do nothing.
+                return Ok(());
+            }
+            match (
+                src.kind == FileKind::Directory,
+                d.kind == FileKind::Directory,
+            ) {
+                (true, false) => return Err(Error::NotDir),
+                (false, true) => return Err(Error::IsDir),
+                (true, true) if !self.dir_is_empty(d.ino)? => return Err(Error::NotEmpty),
+                _ => {}
+            }
+        }
+        if src.kind == FileKind::Directory && self.is_ancestor(src.ino, newparent)? {
+            return Err(Error::Invalid("directory into itself"));
+        }
+        // Replace the target, if any.
+        if let Some(d) = self.get_dirent(newparent, newname)? {
+            self.remove_dirent(newparent, newname)?;
+            let mut victim = self.get_inode(d.ino)?;
+            if victim.kind == FileKind::Directory {
+                self.adjust_dir(newparent, -1, now)?;
+            }
+            self.drop_link(d.ino, &mut victim, now)?;
+        }
+        self.remove_dirent(parent, name)?;
+        let mut nprec = self.get_dir(newparent)?;
+        self.add_dirent(newparent, &mut nprec, newname, src.ino, src.kind)?;
+        self.put_inode(newparent, &nprec)?;
+        let mut r = self.get_inode(src.ino)?;
+        r.ctime = now;
+        if src.kind == FileKind::Directory {
+            r.parent = newparent;
+        }
+        self.put_inode(src.ino, &r)?;
+        let is_dir = i64::from(src.kind == FileKind::Directory);
+        if parent != newparent {
+            self.adjust_dir(parent, -is_dir, now)?;
+            self.adjust_dir(newparent, is_dir, now)?;
+        } else {
+            self.adjust_dir(parent, 0, now)?;
+        }
+        Ok(())
+    }
+
+    /// Change a directory's link count by `delta` and stamp its mtime/ctime.
+    fn adjust_dir(&mut self, dir: u64, delta: i64, now: Timespec) -> Result<()> {
+        let mut r = self.get_inode(dir)?;
+        r.nlink = (i64::from(r.nlink) + delta).max(0) as u32;
+        r.mtime = now;
+        r.ctime = now;
+        self.put_inode(dir, &r)
+    }
+
+    /// Entries of a directory after `offset` (0 starts at the beginning, with "." and "..").
+    pub fn readdir(&self, ino: u64, offset: u64, limit: usize) -> Result<Vec<DirEntry>> {
+        let rec = self.get_dir(ino)?;
+        let mut out = Vec::new();
+        if offset < 1 {
+            out.push(DirEntry {
+                name: b".".to_vec(),
+                ino: InodeNo(ino),
+                kind: FileKind::Directory,
+                cookie: 1,
+            });
+        }
+        if offset < 2 {
+            out.push(DirEntry {
+                name: b"..".to_vec(),
+                ino: InodeNo(rec.parent),
+                kind: FileKind::Directory,
+                cookie: 2,
+            });
+        }
+        let from = offset.max(2) + 1;
+        for item in self.cookies.range((ino, from)..=(ino, u64::MAX))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let name = v.value().to_vec();
+            let d = self.get_dirent(ino, &name)?.ok_or_else(|| {
+                Error::corrupt(format!(
+                    "directory {ino}: cookie {} names a missing entry",
+                    k.value().1
+                ))
+            })?;
+            out.push(DirEntry {
+                name,
+                ino: InodeNo(d.ino),
+                kind: d.kind,
+                cookie: k.value().1,
+            });
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------------ xattrs
+
+    pub fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        let empty: &[u8] = &[];
+        let mut out = Vec::new();
+        for item in self.xattrs.range((ino, empty)..)? {
+            let (k, _) = item?;
+            let (i, name) = k.value();
+            if i != ino {
+                break;
+            }
+            out.push(name.to_vec());
+        }
+        Ok(out)
+    }
+
+    pub fn get_xattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        self.get_inode(ino)?;
+        match self.xattrs.get((ino, name))? {
+            Some(v) => {
+                Ok(decode::<XattrRecord>(v.value(), &(ino, String::from_utf8_lossy(name)))?.value)
+            }
+            None => Err(Error::NoAttr),
+        }
+    }
+
+    pub fn set_xattr(&mut self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::Invalid("empty attribute name"));
+        }
+        if name.len() > XATTR_NAME_MAX {
+            return Err(Error::Range);
+        }
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(Error::Invalid("attribute value too large"));
+        }
+        let mut rec = self.get_inode(ino)?;
+        let exists = self.xattrs.get((ino, name))?.is_some();
+        if flags & libc::XATTR_CREATE != 0 && exists {
+            return Err(Error::Exists);
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !exists {
+            return Err(Error::NoAttr);
+        }
+        self.xattrs.insert(
+            (ino, name),
+            encode(&XattrRecord {
+                value: value.to_vec(),
+            })
+            .as_slice(),
+        )?;
+        rec.ctime = Timespec::now();
+        self.put_inode(ino, &rec)
+    }
+
+    pub fn remove_xattr(&mut self, ino: u64, name: &[u8]) -> Result<()> {
+        let mut rec = self.get_inode(ino)?;
+        if self.xattrs.remove((ino, name))?.is_none() {
+            return Err(Error::NoAttr);
+        }
+        rec.ctime = Timespec::now();
+        self.put_inode(ino, &rec)
+    }
+}

@@ -1,0 +1,868 @@
+//! The store: opening and creating, the transaction every operation runs in, and the commit
+//! protocol (sync the pool, flip the B-tree's commit slot, then release the blocks it freed).
+
+use crate::codec::{decode, InodeRecord, StateRecord};
+use crate::data::{require_regular, touch_data, Source, MAX_FILE_SIZE};
+use crate::error::{Error, Result};
+use crate::io::{DirEnv, Env, FileIo, RedbFile, ScratchFile};
+use crate::ns::{new_inode_record, NAME_MAX};
+use crate::superblock::{Superblock, SUPERBLOCK_FILE, SUPERBLOCK_LEN};
+use crate::tables::{Ctx, TxnMem, STATE, STATE_KEY};
+use crate::types::*;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub const META_FILE: &str = "meta.redb";
+pub const POOL_FILE: &str = "pool";
+
+/// Options for [`Store::mkfs`].
+#[derive(Clone, Debug)]
+pub struct MkfsOptions {
+    pub block_size: u32,
+}
+
+impl Default for MkfsOptions {
+    fn default() -> Self {
+        MkfsOptions { block_size: 4096 }
+    }
+}
+
+/// Options for [`Store::open`].
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Refuse every change; nothing is written to the store's files.
+    pub read_only: bool,
+    /// Commit this often when there are changes; `None` commits only on demand.
+    pub commit_interval: Option<Duration>,
+    /// Bytes of B-tree pages cached in memory.
+    pub cache_bytes: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            read_only: false,
+            commit_interval: Some(Duration::from_secs(5)),
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+pub(crate) struct TxnState {
+    pub wtx: Option<WriteTransaction>,
+    pub mem: TxnMem,
+}
+
+pub(crate) struct Inner {
+    pub env: Arc<dyn Env>,
+    pub sb: Superblock,
+    pub bs: u64,
+    pub db: Database,
+    pub pool: Arc<dyn FileIo>,
+    pub state: Mutex<TxnState>,
+    commit_lock: Mutex<()>,
+    pub read_only: bool,
+    pub commits: AtomicU64,
+    closed: AtomicBool,
+    stop: (Mutex<bool>, Condvar),
+    _lock: Box<dyn Send + Sync + std::fmt::Debug>,
+}
+
+/// An open store. All methods take `&self` and may be called from many threads.
+pub struct Store {
+    inner: Arc<Inner>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.env.path())
+            .field("block_size", &self.inner.bs)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read_superblock(env: &dyn Env) -> Result<Superblock> {
+    if !env.exists(SUPERBLOCK_FILE) {
+        return Err(Error::NotAStore {
+            path: env.path(),
+            reason: "no superblock file (run mkfs first)".into(),
+        });
+    }
+    let f = env.open(SUPERBLOCK_FILE, false)?;
+    let len = f.len()?;
+    let mut buf = vec![0u8; (len as usize).min(SUPERBLOCK_LEN)];
+    f.read_at(&mut buf, 0)?;
+    Superblock::from_bytes(&buf)
+}
+
+impl Store {
+    /// Create a new, empty store in directory `dir` (created if missing, must not hold a store).
+    pub fn mkfs(dir: impl AsRef<Path>, opts: &MkfsOptions) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir)?;
+        Store::mkfs_env(Arc::new(DirEnv::new(dir)), opts)
+    }
+
+    pub fn mkfs_env(env: Arc<dyn Env>, opts: &MkfsOptions) -> Result<()> {
+        let sb = Superblock::new(opts.block_size)?;
+        let _lock = env.lock()?;
+        if env.exists(SUPERBLOCK_FILE) {
+            return Err(Error::Exists);
+        }
+        let meta = env.open(META_FILE, true)?;
+        meta.set_len(0)?;
+        let pool = env.open(POOL_FILE, true)?;
+        pool.set_len(0)?;
+        let db = redb::Builder::new().create_with_backend(RedbFile(meta.clone()))?;
+        let mut wtx = db.begin_write()?;
+        wtx.set_durability(Durability::Immediate)?;
+        {
+            let mut mem = TxnMem::new(StateRecord {
+                generation: 1,
+                next_ino: 2,
+                pool_blocks: 0,
+                inodes: 1,
+                clean: true,
+            });
+            let mut cx = Ctx::open(&wtx, &mut mem, pool.as_ref(), u64::from(sb.block_size))?;
+            let mut root =
+                new_inode_record(FileKind::Directory, 0o755, Caller::ROOT, 0, InodeNo::ROOT.0);
+            root.generation = 1;
+            cx.put_inode(InodeNo::ROOT.0, &root)?;
+            cx.put_state()?;
+        }
+        wtx.commit()?;
+        drop(db);
+        pool.sync()?;
+        // The superblock goes last: a store without one is not a store, so a crashed mkfs is harmless.
+        let sbf = env.open(SUPERBLOCK_FILE, true)?;
+        sbf.write_at(&sb.to_bytes(), 0)?;
+        sbf.sync()?;
+        Ok(())
+    }
+
+    /// Open the store in directory `dir`.
+    pub fn open(dir: impl AsRef<Path>, opts: &OpenOptions) -> Result<Store> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::NotAStore {
+                path: dir.to_path_buf(),
+                reason: "no such directory".into(),
+            });
+        }
+        Store::open_env(Arc::new(DirEnv::new(dir)), opts)
+    }
+
+    pub fn open_env(env: Arc<dyn Env>, opts: &OpenOptions) -> Result<Store> {
+        let sb = read_superblock(env.as_ref())?;
+        let guard = env.lock()?;
+        let bs = u64::from(sb.block_size);
+        let meta = env.open(META_FILE, false)?;
+        let pool = env.open(POOL_FILE, false)?;
+        let backend: Arc<dyn FileIo> = if opts.read_only {
+            Arc::new(ScratchFile::new(meta)?)
+        } else {
+            meta
+        };
+        let db = redb::Builder::new()
+            .set_cache_size(opts.cache_bytes)
+            .create_with_backend(RedbFile(backend))?;
+        let state = {
+            let rtx = db.begin_read()?;
+            let t = rtx
+                .open_table(STATE)
+                .map_err(|e| Error::corrupt(format!("meta.redb: state table: {e}")))?;
+            let v = t
+                .get(STATE_KEY)?
+                .ok_or_else(|| Error::corrupt("meta.redb: state record missing"))?;
+            decode::<StateRecord>(v.value(), &STATE_KEY)?
+        };
+        let mut wtx = db.begin_write()?;
+        wtx.set_durability(Durability::Immediate)?;
+        let inner = Arc::new(Inner {
+            env,
+            sb,
+            bs,
+            db,
+            pool,
+            state: Mutex::new(TxnState {
+                wtx: Some(wtx),
+                mem: TxnMem::new(state),
+            }),
+            commit_lock: Mutex::new(()),
+            read_only: opts.read_only,
+            commits: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            stop: (Mutex::new(false), Condvar::new()),
+            _lock: guard,
+        });
+        if !opts.read_only {
+            inner.recover(!state.clean)?;
+        }
+        let committer = match (opts.commit_interval, opts.read_only) {
+            (Some(every), false) => Some(spawn_committer(Arc::downgrade(&inner), every)?),
+            _ => None,
+        };
+        Ok(Store {
+            inner,
+            committer: Mutex::new(committer),
+        })
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.inner.sb.block_size
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.inner.sb
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    /// The pool file, for callers that move its bytes with splice or copy_file_range.
+    pub fn pool(&self) -> Arc<dyn FileIo> {
+        self.inner.pool.clone()
+    }
+
+    /// Commits made by this process so far.
+    pub fn commit_count(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
+    }
+
+    /// Make every change so far durable (group commit: concurrent callers share one commit).
+    pub fn commit(&self) -> Result<()> {
+        self.inner.commit(false)
+    }
+
+    /// Commit, mark the store cleanly closed, and release it.
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        {
+            let (m, cv) = &self.inner.stop;
+            *lock(m) = true;
+            cv.notify_all();
+        }
+        if let Some(h) = lock(&self.committer).take() {
+            let _ = h.join();
+        }
+        if self.inner.closed.swap(true, Ordering::SeqCst) || self.inner.read_only {
+            return Ok(());
+        }
+        self.inner.commit(true)
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    // ------------------------------------------------------------------ namespace
+
+    pub fn getattr(&self, ino: InodeNo) -> Result<InodeAttr> {
+        self.inner
+            .read(|cx| Ok(self.attr(ino.0, &cx.get_inode(ino.0)?)))
+    }
+
+    pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> Result<InodeAttr> {
+        self.inner.read(|cx| {
+            let ino = cx.lookup(parent.0, name)?;
+            Ok(self.attr(ino, &cx.get_inode(ino)?))
+        })
+    }
+
+    pub fn create(
+        &self,
+        parent: InodeNo,
+        name: &[u8],
+        new: &NewInode,
+        caller: Caller,
+    ) -> Result<InodeAttr> {
+        self.inner.write(|cx| {
+            let (ino, rec) = cx.create(parent.0, name, new, caller)?;
+            Ok(self.attr(ino, &rec))
+        })
+    }
+
+    /// Create a regular file and count it open (for FUSE `create`).
+    pub fn create_open(
+        &self,
+        parent: InodeNo,
+        name: &[u8],
+        perm: u32,
+        caller: Caller,
+    ) -> Result<InodeAttr> {
+        self.inner.write(|cx| {
+            let new = NewInode {
+                kind: FileKind::Regular,
+                perm,
+                rdev: 0,
+                symlink_target: None,
+            };
+            let (ino, rec) = cx.create(parent.0, name, &new, caller)?;
+            *cx.mem.open_counts.entry(ino).or_insert(0) += 1;
+            Ok(self.attr(ino, &rec))
+        })
+    }
+
+    pub fn mkdir(
+        &self,
+        parent: InodeNo,
+        name: &[u8],
+        perm: u32,
+        caller: Caller,
+    ) -> Result<InodeAttr> {
+        self.create(
+            parent,
+            name,
+            &NewInode {
+                kind: FileKind::Directory,
+                perm,
+                rdev: 0,
+                symlink_target: None,
+            },
+            caller,
+        )
+    }
+
+    pub fn symlink(
+        &self,
+        parent: InodeNo,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> Result<InodeAttr> {
+        let new = NewInode {
+            kind: FileKind::Symlink,
+            perm: 0o777,
+            rdev: 0,
+            symlink_target: Some(target.to_vec()),
+        };
+        self.create(parent, name, &new, caller)
+    }
+
+    pub fn readlink(&self, ino: InodeNo) -> Result<Vec<u8>> {
+        self.inner.read(|cx| {
+            let rec = cx.get_inode(ino.0)?;
+            if rec.kind != FileKind::Symlink {
+                return Err(Error::Invalid("not a symlink"));
+            }
+            Ok(rec.target)
+        })
+    }
+
+    pub fn link(&self, ino: InodeNo, newparent: InodeNo, newname: &[u8]) -> Result<InodeAttr> {
+        self.inner.write(|cx| {
+            let rec = cx.link(ino.0, newparent.0, newname)?;
+            Ok(self.attr(ino.0, &rec))
+        })
+    }
+
+    pub fn unlink(&self, parent: InodeNo, name: &[u8]) -> Result<()> {
+        self.inner.write(|cx| cx.unlink(parent.0, name))
+    }
+
+    pub fn rmdir(&self, parent: InodeNo, name: &[u8]) -> Result<()> {
+        self.inner.write(|cx| cx.rmdir(parent.0, name))
+    }
+
+    pub fn rename(
+        &self,
+        parent: InodeNo,
+        name: &[u8],
+        newparent: InodeNo,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        self.inner
+            .write(|cx| cx.rename(parent.0, name, newparent.0, newname, flags))
+    }
+
+    /// Up to `limit` entries after cookie `offset` (0 = from the start, with "." and "..").
+    pub fn readdir(&self, dir: InodeNo, offset: u64, limit: usize) -> Result<Vec<DirEntry>> {
+        self.inner.read(|cx| cx.readdir(dir.0, offset, limit))
+    }
+
+    /// Count an open handle: an inode unlinked while open lives until its last `release`.
+    pub fn open_inode(&self, ino: InodeNo) -> Result<InodeAttr> {
+        let mut st = lock(&self.inner.state);
+        let rec = {
+            let TxnState { wtx, mem } = &mut *st;
+            let wtx = wtx.as_ref().ok_or_else(poisoned)?;
+            let cx = Ctx::open(wtx, mem, self.inner.pool.as_ref(), self.inner.bs)?;
+            cx.get_inode(ino.0)?
+        };
+        *st.mem.open_counts.entry(ino.0).or_insert(0) += 1;
+        Ok(self.attr(ino.0, &rec))
+    }
+
+    /// Drop an open handle; the last one of an unlinked inode frees it.
+    pub fn release(&self, ino: InodeNo) -> Result<()> {
+        let reclaim = {
+            let mut st = lock(&self.inner.state);
+            let n = st.mem.open_counts.entry(ino.0).or_insert(0);
+            *n = n.saturating_sub(1);
+            let last = *n == 0;
+            if last {
+                st.mem.open_counts.remove(&ino.0);
+            }
+            last
+        };
+        if reclaim && !self.inner.read_only {
+            self.inner.write(|cx| match cx.try_inode(ino.0)? {
+                Some(mut rec) if rec.nlink == 0 => cx.destroy_inode(ino.0, &mut rec),
+                _ => Ok(()),
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn setattr(&self, ino: InodeNo, set: &SetAttr) -> Result<InodeAttr> {
+        self.inner.write(|cx| {
+            let mut rec = cx.get_inode(ino.0)?;
+            let now = Timespec::now();
+            if let Some(size) = set.size {
+                require_regular(&rec)?;
+                if size != rec.size {
+                    cx.truncate(ino.0, &mut rec, size)?;
+                }
+                rec.mtime = now;
+            }
+            if let Some(mode) = set.mode {
+                rec.perm = (mode & 0o7777) as u16;
+            }
+            if let Some(uid) = set.uid {
+                rec.uid = uid;
+            }
+            if let Some(gid) = set.gid {
+                rec.gid = gid;
+            }
+            let pick = |t: TimeSet| match t {
+                TimeSet::Now => now,
+                TimeSet::At(t) => t,
+            };
+            if let Some(t) = set.atime {
+                rec.atime = pick(t);
+            }
+            if let Some(t) = set.mtime {
+                rec.mtime = pick(t);
+            }
+            rec.ctime = set.ctime.unwrap_or(now);
+            cx.put_inode(ino.0, &rec)?;
+            Ok(self.attr(ino.0, &rec))
+        })
+    }
+
+    // ------------------------------------------------------------------ data
+
+    /// Where the bytes `[off, off+len)` of a file are (clipped at its end).
+    pub fn read(&self, ino: InodeNo, off: u64, len: u64) -> Result<Vec<Segment>> {
+        self.inner.read(|cx| {
+            let rec = cx.get_inode(ino.0)?;
+            require_regular(&rec)?;
+            cx.read_segments(ino.0, &rec, off, len)
+        })
+    }
+
+    /// Read into a buffer (tests and tools; the mount splices segments instead).
+    pub fn read_to_vec(&self, ino: InodeNo, off: u64, len: u64) -> Result<Vec<u8>> {
+        let segs = self.read(ino, off, len)?;
+        let total: u64 = segs.iter().map(Segment::len).sum();
+        let mut out = vec![0u8; total as usize];
+        let mut at = 0usize;
+        for s in segs {
+            let n = s.len() as usize;
+            if let Segment::Pool { pos, .. } = s {
+                self.inner.pool.read_at(&mut out[at..at + n], pos)?;
+            }
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// Write `data` at `off`; returns the bytes written.
+    pub fn write(&self, ino: InodeNo, off: u64, data: &[u8]) -> Result<usize> {
+        self.inner.write(|cx| {
+            let mut rec = cx.get_inode(ino.0)?;
+            require_regular(&rec)?;
+            cx.write_data(
+                ino.0,
+                &mut rec,
+                off,
+                data.len() as u64,
+                &Source::Bytes(data),
+            )?;
+            touch_data(&mut rec);
+            cx.put_inode(ino.0, &rec)?;
+            Ok(data.len())
+        })
+    }
+
+    pub fn fallocate(&self, ino: InodeNo, off: u64, len: u64, mode: FallocMode) -> Result<()> {
+        if len == 0 {
+            return Err(Error::Invalid("zero length"));
+        }
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(Error::FileTooBig)?;
+        self.inner.write(|cx| {
+            let mut rec = cx.get_inode(ino.0)?;
+            require_regular(&rec)?;
+            let keep = match mode {
+                FallocMode::Allocate { keep_size } => {
+                    cx.allocate(ino.0, &mut rec, off, len)?;
+                    keep_size
+                }
+                FallocMode::PunchHole => {
+                    cx.punch_hole(ino.0, &mut rec, off, len)?;
+                    true
+                }
+                FallocMode::ZeroRange { keep_size } => {
+                    cx.punch_hole(ino.0, &mut rec, off, len)?;
+                    keep_size
+                }
+            };
+            if !keep && end > rec.size {
+                rec.size = end;
+            }
+            if !matches!(mode, FallocMode::Allocate { .. }) {
+                touch_data(&mut rec);
+            } else {
+                rec.ctime = Timespec::now();
+            }
+            cx.put_inode(ino.0, &rec)
+        })
+    }
+
+    pub fn seek(&self, ino: InodeNo, off: u64, whence: SeekWhence) -> Result<u64> {
+        self.inner.read(|cx| {
+            let rec = cx.get_inode(ino.0)?;
+            require_regular(&rec)?;
+            cx.seek(ino.0, &rec, off, whence)
+        })
+    }
+
+    /// The reflink: `dst[dst_off..]` gets `src[src_off..src_off+len]`, sharing blocks where they
+    /// line up. Returns the bytes cloned (fewer at the source's end; 0 past it).
+    pub fn clone_range(
+        &self,
+        src: InodeNo,
+        src_off: u64,
+        dst: InodeNo,
+        dst_off: u64,
+        len: u64,
+    ) -> Result<u64> {
+        self.inner.write(|cx| {
+            let src_rec = cx.get_inode(src.0)?;
+            require_regular(&src_rec)?;
+            let mut dst_rec = if src == dst {
+                src_rec.clone()
+            } else {
+                cx.get_inode(dst.0)?
+            };
+            require_regular(&dst_rec)?;
+            let n = cx.clone_range(src.0, &src_rec, src_off, dst.0, &mut dst_rec, dst_off, len)?;
+            if n > 0 {
+                touch_data(&mut dst_rec);
+                cx.put_inode(dst.0, &dst_rec)?;
+            }
+            Ok(n)
+        })
+    }
+
+    // ------------------------------------------------------------------ xattrs
+
+    pub fn getxattr(&self, ino: InodeNo, name: &[u8]) -> Result<Vec<u8>> {
+        self.inner.read(|cx| cx.get_xattr(ino.0, name))
+    }
+
+    /// `flags`: `XATTR_CREATE` / `XATTR_REPLACE` as in setxattr(2).
+    pub fn setxattr(&self, ino: InodeNo, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        self.inner
+            .write(|cx| cx.set_xattr(ino.0, name, value, flags))
+    }
+
+    pub fn listxattr(&self, ino: InodeNo) -> Result<Vec<Vec<u8>>> {
+        self.inner.read(|cx| {
+            cx.get_inode(ino.0)?;
+            cx.xattr_names(ino.0)
+        })
+    }
+
+    pub fn removexattr(&self, ino: InodeNo, name: &[u8]) -> Result<()> {
+        self.inner.write(|cx| cx.remove_xattr(ino.0, name))
+    }
+
+    // ------------------------------------------------------------------ space
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        let (pool_blocks, free_blocks, pending, inodes) = self.inner.read(|cx| {
+            let mut free = 0u64;
+            for item in cx.free.iter()? {
+                let (k, v) = item?;
+                free += decode::<crate::codec::FreeRecord>(v.value(), &k.value())?.len;
+            }
+            Ok((
+                cx.mem.state.pool_blocks,
+                free,
+                cx.mem.pending_free.total(),
+                cx.mem.state.inodes,
+            ))
+        })?;
+        let bs = self.inner.bs;
+        let host = self.inner.pool.host_space();
+        let (host_total, host_avail) = match host {
+            Ok(Some((total, avail))) => (total / bs, avail / bs),
+            _ => (pool_blocks * 2 + (1 << 20), pool_blocks + (1 << 20)),
+        };
+        let reusable = free_blocks + pending;
+        let used = pool_blocks.saturating_sub(reusable);
+        let avail = host_avail + reusable;
+        Ok(StatFs {
+            block_size: bs as u32,
+            total_blocks: (used + avail).max(host_total.min(used + avail)),
+            free_blocks: avail,
+            avail_blocks: avail,
+            files: inodes + (1 << 32),
+            free_files: 1 << 32,
+            name_max: NAME_MAX as u32,
+        })
+    }
+
+    /// Fill in the attributes of an inode record.
+    fn attr(&self, ino: u64, rec: &InodeRecord) -> InodeAttr {
+        InodeAttr {
+            ino: InodeNo(ino),
+            kind: rec.kind,
+            perm: rec.perm,
+            uid: rec.uid,
+            gid: rec.gid,
+            nlink: rec.nlink,
+            size: rec.size,
+            allocated: rec.blocks * self.inner.bs,
+            atime: rec.atime,
+            mtime: rec.mtime,
+            ctime: rec.ctime,
+            crtime: rec.crtime,
+            rdev: rec.rdev,
+            generation: rec.generation,
+            block_size: self.inner.sb.block_size,
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            log::error!("closing store {}: {e}", self.inner.env.path().display());
+        }
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Io(std::io::Error::other(
+        "the store's transaction failed earlier; reopen the store",
+    ))
+}
+
+impl Inner {
+    /// Run a read-only closure against the open transaction (it sees uncommitted changes).
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Ctx<'_>) -> Result<T>) -> Result<T> {
+        let mut st = lock(&self.state);
+        let TxnState { wtx, mem } = &mut *st;
+        let wtx = wtx.as_ref().ok_or_else(poisoned)?;
+        let cx = Ctx::open(wtx, mem, self.pool.as_ref(), self.bs)?;
+        f(&cx)
+    }
+
+    /// Run a mutation in the open transaction. On error the mutation may have been applied in
+    /// part, so the transaction is rolled back to the last commit (all operations check before
+    /// they change anything, so this only happens on I/O errors or corruption).
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let mut st = lock(&self.state);
+        let TxnState { wtx, mem } = &mut *st;
+        let w = wtx.as_ref().ok_or_else(poisoned)?;
+        let result = {
+            let mut cx = Ctx::open(w, mem, self.pool.as_ref(), self.bs)?;
+            f(&mut cx)
+        };
+        if let Err(e) = &result {
+            if is_fatal(e) {
+                self.rollback(&mut st, e);
+            }
+        }
+        result
+    }
+
+    fn rollback(&self, st: &mut TxnState, why: &Error) {
+        log::warn!("rolling back uncommitted changes after: {why}");
+        if let Some(w) = st.wtx.take() {
+            let _ = w.abort();
+        }
+        let committed = (|| -> Result<StateRecord> {
+            let rtx = self.db.begin_read()?;
+            let t = rtx.open_table(STATE)?;
+            let v = t
+                .get(STATE_KEY)?
+                .ok_or_else(|| Error::corrupt("state record missing"))?;
+            decode::<StateRecord>(v.value(), &STATE_KEY)
+        })();
+        let open = std::mem::take(&mut st.mem.open_counts);
+        if let Ok(state) = committed {
+            st.mem = TxnMem::new(state);
+            st.mem.state.clean = false;
+            st.mem.open_counts = open;
+            if let Ok(mut w) = self.db.begin_write() {
+                if w.set_durability(Durability::Immediate).is_ok() {
+                    st.wtx = Some(w);
+                }
+            }
+        }
+    }
+
+    /// The commit protocol: (1) make pool data durable, (2) commit the B-tree (its commit-slot
+    /// flip is the atomic point), (3) return the blocks this commit freed to the allocator.
+    pub(crate) fn commit(&self, closing: bool) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let _one_at_a_time = lock(&self.commit_lock);
+        let released = {
+            let mut st = lock(&self.state);
+            if !st.mem.dirty && !closing {
+                return Ok(());
+            }
+            let TxnState { wtx, mem } = &mut *st;
+            let w = wtx.take().ok_or_else(poisoned)?;
+            let prepared = (|| -> Result<()> {
+                let mut cx = Ctx::open(&w, mem, self.pool.as_ref(), self.bs)?;
+                let pending: Vec<(u64, u64)> = cx.mem.pending_free.iter().collect();
+                for (s, l) in pending {
+                    cx.insert_free(s, l)?;
+                }
+                cx.mem.state.generation += 1;
+                cx.mem.state.clean = closing;
+                cx.put_state()?;
+                Ok(())
+            })();
+            let done = prepared
+                .and_then(|_| self.pool.sync().map_err(Error::from_io))
+                .and_then(|_| w.commit().map_err(Error::from));
+            if let Err(e) = done {
+                // The B-tree is still at the previous commit; start over from there.
+                st.wtx = None;
+                self.rollback(&mut st, &e);
+                return Err(e);
+            }
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            let released = std::mem::take(&mut st.mem.pending_free);
+            st.mem.txn_alloc = Default::default();
+            st.mem.dirty = false;
+            if !closing {
+                let mut w = self.db.begin_write()?;
+                w.set_durability(Durability::Immediate)?;
+                st.wtx = Some(w);
+            }
+            released
+        };
+        for (s, l) in released.iter() {
+            if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
+                log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
+            }
+        }
+        Ok(())
+    }
+
+    /// After open: reclaim orphans (inodes unlinked while open when the last process stopped);
+    /// after an unclean stop also give the host back space of blocks freed by the last commits.
+    fn recover(&self, unclean: bool) -> Result<()> {
+        let orphans: Vec<u64> = self.read(|cx| {
+            let mut v = Vec::new();
+            for item in cx.orphans.iter()? {
+                v.push(item?.0.value());
+            }
+            Ok(v)
+        })?;
+        if !orphans.is_empty() {
+            log::info!("reclaiming {} orphaned inodes", orphans.len());
+        }
+        self.write(|cx| {
+            for ino in orphans {
+                match cx.try_inode(ino)? {
+                    Some(mut rec) => cx.destroy_inode(ino, &mut rec)?,
+                    None => {
+                        cx.orphans.remove(ino)?;
+                    }
+                }
+            }
+            cx.mem.dirty = true;
+            Ok(())
+        })?;
+        if unclean {
+            let (free, end): (Vec<(u64, u64)>, u64) = self.read(|cx| {
+                let mut v = Vec::new();
+                for item in cx.free.iter()? {
+                    let (k, val) = item?;
+                    v.push((
+                        k.value(),
+                        decode::<crate::codec::FreeRecord>(val.value(), &k.value())?.len,
+                    ));
+                }
+                Ok((v, cx.mem.state.pool_blocks))
+            })?;
+            for (s, l) in free {
+                self.pool.punch(s * self.bs, l * self.bs)?;
+            }
+            if self.pool.len()? > end * self.bs {
+                self.pool.set_len(end * self.bs)?;
+            }
+        }
+        // Mark the store open (not clean) durably, so a crash from here on is noticed.
+        self.commit(false)
+    }
+}
+
+fn is_fatal(e: &Error) -> bool {
+    matches!(e, Error::Io(_) | Error::Corrupted(_))
+}
+
+fn spawn_committer(inner: Weak<Inner>, every: Duration) -> Result<JoinHandle<()>> {
+    Ok(std::thread::Builder::new()
+        .name("cowstore-commit".into())
+        .spawn(move || loop {
+            let Some(me) = inner.upgrade() else { return };
+            {
+                let (m, cv) = &me.stop;
+                let stopped = lock(m);
+                if *stopped {
+                    return;
+                }
+                let (stopped, _) = cv
+                    .wait_timeout(stopped, every)
+                    .unwrap_or_else(|p| p.into_inner());
+                if *stopped {
+                    return;
+                }
+            }
+            if let Err(e) = me.commit(false) {
+                log::error!("periodic commit failed: {e}");
+            }
+        })?)
+}

@@ -1,0 +1,274 @@
+//! Domain newtypes and the attribute structures the store hands to its callers.
+
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// An inode number. `InodeNo::ROOT` is the root directory (1, as FUSE expects).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InodeNo(pub u64);
+
+impl InodeNo {
+    pub const ROOT: InodeNo = InodeNo(1);
+}
+
+impl std::fmt::Display for InodeNo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "inode {}", self.0)
+    }
+}
+
+/// A block number in the pool file (block `b` lives at byte `b * block_size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BlockNo(pub u64);
+
+/// What an inode is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileKind {
+    Regular,
+    Directory,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl FileKind {
+    /// The `S_IFMT` bits of this kind.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileKind::Regular => libc::S_IFREG,
+            FileKind::Directory => libc::S_IFDIR,
+            FileKind::Symlink => libc::S_IFLNK,
+            FileKind::Fifo => libc::S_IFIFO,
+            FileKind::Socket => libc::S_IFSOCK,
+            FileKind::CharDevice => libc::S_IFCHR,
+            FileKind::BlockDevice => libc::S_IFBLK,
+        }
+    }
+
+    /// The kind named by the `S_IFMT` bits of `mode`, if any.
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => FileKind::Regular,
+            libc::S_IFDIR => FileKind::Directory,
+            libc::S_IFLNK => FileKind::Symlink,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            _ => return None,
+        })
+    }
+}
+
+/// A point in time with nanoseconds, as stored on disk.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Timespec {
+    pub fn now() -> Timespec {
+        Timespec::from(SystemTime::now())
+    }
+}
+
+impl From<SystemTime> for Timespec {
+    fn from(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                if d.subsec_nanos() == 0 {
+                    Timespec {
+                        sec: -(d.as_secs() as i64),
+                        nsec: 0,
+                    }
+                } else {
+                    Timespec {
+                        sec: -(d.as_secs() as i64) - 1,
+                        nsec: 1_000_000_000 - d.subsec_nanos(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl From<Timespec> for SystemTime {
+    fn from(t: Timespec) -> Self {
+        let nanos = std::time::Duration::from_nanos(u64::from(t.nsec.min(999_999_999)));
+        if t.sec >= 0 {
+            UNIX_EPOCH + std::time::Duration::from_secs(t.sec as u64) + nanos
+        } else {
+            UNIX_EPOCH - std::time::Duration::from_secs(t.sec.unsigned_abs()) + nanos
+        }
+    }
+}
+
+/// The attributes of an inode, as `stat` would show them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InodeAttr {
+    pub ino: InodeNo,
+    pub kind: FileKind,
+    /// Permission bits, including setuid/setgid/sticky (`mode & 0o7777`).
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    /// Bytes of pool space this file references (shared blocks counted in full).
+    pub allocated: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub crtime: Timespec,
+    pub rdev: u32,
+    pub generation: u64,
+    pub block_size: u32,
+}
+
+impl InodeAttr {
+    /// `st_mode`: kind bits and permission bits.
+    pub fn mode(&self) -> u32 {
+        self.kind.mode_bits() | u32::from(self.perm)
+    }
+}
+
+/// A time to set: an explicit one or "now" (`UTIME_NOW`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSet {
+    Now,
+    At(Timespec),
+}
+
+/// A `setattr` request; `None` leaves a field alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// New permission bits (`mode & 0o7777`); the kind bits are ignored.
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub ctime: Option<Timespec>,
+}
+
+/// The caller's identity, used for ownership of new inodes and setgid inheritance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
+}
+
+/// A new inode to create under a directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewInode {
+    pub kind: FileKind,
+    /// Permission bits (already masked by the umask).
+    pub perm: u32,
+    pub rdev: u32,
+    /// The symlink target, for `FileKind::Symlink`.
+    pub symlink_target: Option<Vec<u8>>,
+}
+
+/// Flags of `rename(2)`/`renameat2(2)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenameFlags {
+    pub noreplace: bool,
+    pub exchange: bool,
+}
+
+/// One directory entry, with the cookie to resume listing after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: InodeNo,
+    pub kind: FileKind,
+    /// Pass this back as `offset` to continue after this entry.
+    pub cookie: u64,
+}
+
+/// Where the bytes of a piece of a file are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// `len` bytes at byte `pos` of the pool file.
+    Pool { pos: u64, len: u64 },
+    /// `len` bytes of zeros (a hole, or unwritten space).
+    Hole { len: u64 },
+}
+
+impl Segment {
+    pub fn len(&self) -> u64 {
+        match *self {
+            Segment::Pool { len, .. } | Segment::Hole { len } => len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `fallocate(2)` modes that the store implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FallocMode {
+    /// Allocate blocks for holes in the range (mode 0).
+    Allocate { keep_size: bool },
+    /// Deallocate the range; reads return zeros. The size never changes.
+    PunchHole,
+    /// Make the range read as zeros.
+    ZeroRange { keep_size: bool },
+}
+
+/// `lseek(2)` for sparse files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeekWhence {
+    Data,
+    Hole,
+}
+
+/// `statfs(2)` figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub block_size: u32,
+    pub total_blocks: u64,
+    pub free_blocks: u64,
+    pub avail_blocks: u64,
+    pub files: u64,
+    pub free_files: u64,
+    pub name_max: u32,
+}
+
+/// Space accounting of the whole store, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceStats {
+    pub block_size: u64,
+    /// Pool blocks in use by at least one file.
+    pub referenced_bytes: u64,
+    /// Pool blocks used by exactly one reference.
+    pub exclusive_bytes: u64,
+    /// Pool blocks used by more than one reference (each counted once).
+    pub shared_bytes: u64,
+    /// Sum of file extents: what the files would take without sharing.
+    pub logical_bytes: u64,
+    /// Blocks below the pool's high-water mark that are free.
+    pub free_bytes: u64,
+    /// Size of the pool's address space (high-water mark).
+    pub pool_bytes: u64,
+    pub inodes: u64,
+    /// Generation (commit counter) of the last commit.
+    pub generation: u64,
+}

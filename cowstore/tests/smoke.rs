@@ -1,0 +1,99 @@
+//! End-to-end use of the public API on a real directory: the operations a mount will call.
+
+use cowstore::*;
+
+fn fresh(bs: u32) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Store::mkfs(dir.path(), &MkfsOptions { block_size: bs }).expect("mkfs");
+    let store = Store::open(
+        dir.path(),
+        &OpenOptions {
+            commit_interval: None,
+            ..Default::default()
+        },
+    )
+    .expect("open");
+    (dir, store)
+}
+
+const ME: Caller = Caller {
+    uid: 1000,
+    gid: 1000,
+};
+
+#[test]
+fn write_read_clone_survive_reopen() -> Result<()> {
+    let (dir, s) = fresh(4096);
+    let a = s.create_open(InodeNo::ROOT, b"a", 0o644, ME)?;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    s.write(a.ino, 0, &data)?;
+    assert_eq!(s.read_to_vec(a.ino, 0, 200_000)?, data);
+    let b = s.create_open(InodeNo::ROOT, b"b", 0o644, ME)?;
+    assert_eq!(
+        s.clone_range(a.ino, 0, b.ino, 0, u64::MAX)?,
+        data.len() as u64
+    );
+    assert_eq!(s.read_to_vec(b.ino, 0, 200_000)?, data);
+    s.write(b.ino, 5000, b"XYZ")?;
+    assert_eq!(s.read_to_vec(a.ino, 5000, 3)?, &data[5000..5003]);
+    assert_eq!(s.read_to_vec(b.ino, 5000, 3)?, b"XYZ");
+    s.commit()?;
+    s.write(a.ino, 4095, b"QQ")?;
+    drop(s);
+    let s = Store::open(dir.path(), &OpenOptions::default())?;
+    let a2 = s.lookup(InodeNo::ROOT, b"a")?;
+    let got = s.read_to_vec(a2.ino, 0, 200_000)?;
+    assert_eq!(&got[4095..4097], b"QQ");
+    assert_eq!(&got[..4095], &data[..4095]);
+    let b2 = s.lookup(InodeNo::ROOT, b"b")?;
+    let gb = s.read_to_vec(b2.ino, 0, 200_000)?;
+    assert_eq!(&gb[4095..4097], &data[4095..4097]);
+    Ok(())
+}
+
+#[test]
+fn namespace_basics() -> Result<()> {
+    let (_dir, s) = fresh(4096);
+    let d = s.mkdir(InodeNo::ROOT, b"d", 0o755, ME)?;
+    assert_eq!(s.getattr(InodeNo::ROOT)?.nlink, 3);
+    let f = s.create(
+        d.ino,
+        b"f",
+        &NewInode {
+            kind: FileKind::Regular,
+            perm: 0o600,
+            rdev: 0,
+            symlink_target: None,
+        },
+        ME,
+    )?;
+    assert!(matches!(s.rmdir(InodeNo::ROOT, b"d"), Err(Error::NotEmpty)));
+    s.link(f.ino, InodeNo::ROOT, b"hard")?;
+    assert_eq!(s.getattr(f.ino)?.nlink, 2);
+    s.rename(d.ino, b"f", InodeNo::ROOT, b"hard", RenameFlags::default())?;
+    assert_eq!(
+        s.getattr(f.ino)?.nlink,
+        2,
+        "rename onto a link of itself changes nothing"
+    );
+    s.symlink(InodeNo::ROOT, b"ln", b"/target", ME)?;
+    let names: Vec<_> = s
+        .readdir(InodeNo::ROOT, 0, 100)?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            b".".to_vec(),
+            b"..".to_vec(),
+            b"d".to_vec(),
+            b"hard".to_vec(),
+            b"ln".to_vec()
+        ]
+    );
+    s.unlink(d.ino, b"f")?;
+    s.rmdir(InodeNo::ROOT, b"d")?;
+    assert_eq!(s.getattr(InodeNo::ROOT)?.nlink, 2);
+    Ok(())
+}

@@ -12,7 +12,7 @@
 //! | free       | first pool block      | FreeRecord                   |
 //! | orphans    | ino                   | () (unlinked, still open)    |
 
-use crate::codec::{decode, encode, InodeRecord, Record, StateRecord};
+use crate::codec::{decode, encode, InodeRecord, StateRecord};
 use crate::error::{Error, Result};
 use crate::io::FileIo;
 use crate::rangeset::RangeSet;
@@ -122,22 +122,5 @@ impl<'t> Ctx<'t> {
         let st = self.mem.state;
         self.state.insert(STATE_KEY, encode(&st).as_slice())?;
         Ok(())
-    }
-}
-
-/// Read and decode one record from any readable table.
-pub(crate) fn get_record<K, R, T>(
-    table: &T,
-    key: K::SelfType<'_>,
-    shown: &dyn std::fmt::Debug,
-) -> Result<Option<R>>
-where
-    K: redb::Key + 'static,
-    R: Record,
-    T: ReadableTable<K, Bytes>,
-{
-    match table.get(key)? {
-        Some(v) => Ok(Some(decode(v.value(), shown)?)),
-        None => Ok(None),
     }
 }

@@ -97,3 +97,32 @@ fn namespace_basics() -> Result<()> {
     assert_eq!(s.getattr(InodeNo::ROOT)?.nlink, 2);
     Ok(())
 }
+
+#[test]
+fn check_is_clean_after_reflinks_and_deletes_and_stats_add_up() -> Result<()> {
+    let (_dir, s) = fresh(4096);
+    let a = s.create_open(InodeNo::ROOT, b"a", 0o644, ME)?;
+    s.write(a.ino, 0, &vec![7u8; 10 * 4096 + 100])?;
+    let b = s.create_open(InodeNo::ROOT, b"b", 0o644, ME)?;
+    s.clone_range(a.ino, 0, b.ino, 0, u64::MAX)?;
+    s.commit()?;
+    let st = s.stats()?;
+    assert_eq!(st.shared_bytes, 11 * 4096, "{st:?}");
+    assert_eq!(st.exclusive_bytes, 0, "{st:?}");
+    assert_eq!(st.logical_bytes, 22 * 4096, "{st:?}");
+    s.write(b.ino, 4096, b"x")?;
+    s.unlink(InodeNo::ROOT, b"a")?;
+    s.commit()?;
+    let report = s.check()?;
+    assert!(report.is_clean(), "{:#?}", report.problems);
+    // a is unlinked but still open: it is an orphan, legitimately.
+    s.release(a.ino)?;
+    s.release(b.ino)?;
+    s.commit()?;
+    let report = s.check()?;
+    assert!(report.is_clean(), "{:#?}", report.problems);
+    let st = s.stats()?;
+    assert_eq!(st.shared_bytes, 0, "{st:?}");
+    assert_eq!(st.referenced_bytes, 11 * 4096, "{st:?}");
+    Ok(())
+}

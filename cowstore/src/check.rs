@@ -127,6 +127,10 @@ struct InodeInfo {
 type Runs = Vec<(u64, u64, u64)>;
 
 /// Turn possibly overlapping references (start, len) into runs with their reference counts.
+pub(crate) fn coverage_of(refs: Vec<(u64, u64)>) -> Vec<(u64, u64, u64)> {
+    coverage(refs)
+}
+
 fn coverage(mut refs: Vec<(u64, u64)>) -> Runs {
     let mut events: Vec<(u64, i64)> = Vec::with_capacity(refs.len() * 2);
     for (s, l) in refs.drain(..) {

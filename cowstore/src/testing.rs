@@ -1,0 +1,105 @@
+//! Fault injection for tests of `check`, `repair` and fsck: each function breaks exactly one
+//! invariant of a store the way a bug or a bad disk could, inside a normal transaction, and commits.
+//! Never used by the filesystem itself.
+
+use crate::codec::{decode, encode, DirentRecord, ExtentRecord, RefcountRecord};
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::types::{FileKind, InodeNo};
+use redb::ReadableTable;
+
+/// One way to break a store.
+#[derive(Clone, Debug)]
+pub enum Damage {
+    /// Give the first extent of the file a refcount record of 3.
+    WrongRefcount(InodeNo),
+    /// Take one block off the free list (or past the end of the pool) without referencing it.
+    LeakedBlock,
+    /// Copy the extent map of `src` into `dst` without counting the new references.
+    DoubleReference { src: InodeNo, dst: InodeNo },
+    /// Set a wrong link count.
+    WrongLinkCount(InodeNo, u32),
+    /// Add an entry naming an inode that does not exist.
+    DanglingDirent { parent: InodeNo, name: Vec<u8> },
+    /// Remove every entry of a file and set its links to 0, without putting it on the orphan list.
+    Orphan { parent: InodeNo, name: Vec<u8> },
+    /// Remove the entry of a file but keep its link count (unreachable from the root).
+    Disconnect { parent: InodeNo, name: Vec<u8> },
+}
+
+impl Store {
+    #[doc(hidden)]
+    pub fn inject_damage(&self, damage: &Damage) -> Result<()> {
+        self.inner().write(|cx| {
+            match damage {
+                Damage::WrongRefcount(ino) => {
+                    let m = *cx
+                        .mappings(ino.0, 0, u64::MAX)?
+                        .first()
+                        .ok_or(Error::Invalid("file has no extents"))?;
+                    cx.refcounts.insert(
+                        m.phys,
+                        encode(&RefcountRecord { len: 1, count: 3 }).as_slice(),
+                    )?;
+                }
+                Damage::LeakedBlock => {
+                    cx.alloc(1, None)?;
+                }
+                Damage::DoubleReference { src, dst } => {
+                    let mut dst_rec = cx.get_inode(dst.0)?;
+                    let src_rec = cx.get_inode(src.0)?;
+                    for m in cx.mappings(src.0, 0, u64::MAX)? {
+                        cx.extents.insert(
+                            (dst.0, m.fb),
+                            encode(&ExtentRecord {
+                                phys: m.phys,
+                                len: m.len,
+                            })
+                            .as_slice(),
+                        )?;
+                        dst_rec.blocks += m.len;
+                    }
+                    dst_rec.size = dst_rec.size.max(src_rec.size);
+                    cx.put_inode(dst.0, &dst_rec)?;
+                }
+                Damage::WrongLinkCount(ino, n) => {
+                    let mut r = cx.get_inode(ino.0)?;
+                    r.nlink = *n;
+                    cx.put_inode(ino.0, &r)?;
+                }
+                Damage::DanglingDirent { parent, name } => {
+                    let mut p = cx.get_dir(parent.0)?;
+                    let cookie = p.next_cookie;
+                    p.next_cookie += 1;
+                    let d = DirentRecord {
+                        ino: 999_999_999,
+                        kind: FileKind::Regular,
+                        cookie,
+                    };
+                    cx.dirents
+                        .insert((parent.0, name.as_slice()), encode(&d).as_slice())?;
+                    cx.cookies.insert((parent.0, cookie), name.as_slice())?;
+                    cx.put_inode(parent.0, &p)?;
+                }
+                Damage::Orphan { parent, name } | Damage::Disconnect { parent, name } => {
+                    let v = cx
+                        .dirents
+                        .get((parent.0, name.as_slice()))?
+                        .map(|v| v.value().to_vec())
+                        .ok_or(Error::NotFound)?;
+                    let d: DirentRecord = decode(&v, &parent.0)?;
+                    cx.dirents.remove((parent.0, name.as_slice()))?;
+                    cx.cookies.remove((parent.0, d.cookie))?;
+                    if matches!(damage, Damage::Orphan { .. }) {
+                        let mut r = cx.get_inode(d.ino)?;
+                        r.nlink = 0;
+                        cx.put_inode(d.ino, &r)?;
+                    }
+                }
+            }
+            cx.mem.dirty = true;
+            Ok(())
+        })?;
+        self.commit()
+    }
+}

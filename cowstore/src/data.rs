@@ -511,12 +511,8 @@ impl Ctx<'_> {
     /// Aligned blocks share extents; unaligned edges are copied inside the pool.
     pub fn clone_range(
         &mut self,
-        src: u64,
-        src_rec: &InodeRecord,
-        src_off: u64,
-        dst: u64,
-        dst_rec: &mut InodeRecord,
-        dst_off: u64,
+        (src, src_rec, src_off): (u64, &InodeRecord, u64),
+        (dst, dst_rec, dst_off): (u64, &mut InodeRecord, u64),
         len: u64,
     ) -> Result<u64> {
         if src_off >= src_rec.size || len == 0 {

@@ -13,7 +13,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Random-access I/O on one file of the store.
+/// Random-access I/O on one file of the store. (`len` is a file length, not a collection size.)
+#[allow(clippy::len_without_is_empty)]
 pub trait FileIo: Send + Sync + Debug {
     fn len(&self) -> io::Result<u64>;
     fn set_len(&self, len: u64) -> io::Result<()>;

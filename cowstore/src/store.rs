@@ -575,7 +575,11 @@ impl Store {
                 cx.get_inode(dst.0)?
             };
             require_regular(&dst_rec)?;
-            let n = cx.clone_range((src.0, &src_rec, src_off), (dst.0, &mut dst_rec, dst_off), len)?;
+            let n = cx.clone_range(
+                (src.0, &src_rec, src_off),
+                (dst.0, &mut dst_rec, dst_off),
+                len,
+            )?;
             if n > 0 {
                 touch_data(&mut dst_rec);
                 cx.put_inode(dst.0, &dst_rec)?;

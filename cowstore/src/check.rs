@@ -211,7 +211,15 @@ impl Store {
 
     pub fn check_with_progress(&self, progress: Progress<'_>) -> Result<CheckReport> {
         let rtx = self.inner().db.begin_read()?;
-        check_txn(&rtx, u64::from(self.block_size()), progress)
+        let bs = u64::from(self.block_size());
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            check_txn(&rtx, bs, progress)
+        }))
+        .unwrap_or_else(|_| {
+            Err(crate::error::Error::Corrupted(
+                "meta.redb: the B-tree is damaged (reading it failed internally)".into(),
+            ))
+        })
     }
 
     /// Space accounting of the current (including uncommitted) state.

@@ -40,6 +40,9 @@ pub struct OpenOptions {
     pub commit_interval: Option<Duration>,
     /// Bytes of B-tree pages cached in memory.
     pub cache_bytes: usize,
+    /// Verify the checksum of every B-tree page before trusting the file (reads all metadata
+    /// once). A damaged file is then refused at open with a message, instead of failing later.
+    pub verify: bool,
 }
 
 impl Default for OpenOptions {
@@ -48,6 +51,7 @@ impl Default for OpenOptions {
             read_only: false,
             commit_interval: Some(Duration::from_secs(5)),
             cache_bytes: 64 << 20,
+            verify: true,
         }
     }
 }
@@ -524,7 +528,17 @@ impl Store {
             require_regular(&rec)?;
             let keep = match mode {
                 FallocMode::Allocate { keep_size } => {
-                    cx.allocate(ino.0, &mut rec, off, len)?;
+                    // Extents never reach past the block holding EOF (check() holds us to it), so
+                    // KEEP_SIZE preallocates only up to there: a CoW store could not keep the
+                    // promise of ENOSPC-free writes into committed blocks anyway.
+                    let alloc_end = if keep_size {
+                        end.min(rec.size.div_ceil(self.inner.bs) * self.inner.bs)
+                    } else {
+                        end
+                    };
+                    if off < alloc_end {
+                        cx.allocate(ino.0, &mut rec, off, alloc_end - off)?;
+                    }
                     keep_size
                 }
                 FallocMode::PunchHole => {
@@ -690,7 +704,8 @@ impl Inner {
         let TxnState { wtx, mem } = &mut *st;
         let wtx = wtx.as_ref().ok_or_else(poisoned)?;
         let cx = Ctx::open(wtx, mem, self.pool.as_ref(), self.bs)?;
-        f(&cx)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&cx)))
+            .unwrap_or_else(|p| Err(panic_error(p)))
     }
 
     /// Run a mutation in the open transaction. On error the mutation may have been applied in
@@ -705,7 +720,8 @@ impl Inner {
         let w = wtx.as_ref().ok_or_else(poisoned)?;
         let result = {
             let mut cx = Ctx::open(w, mem, self.pool.as_ref(), self.bs)?;
-            f(&mut cx)
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut cx)))
+                .unwrap_or_else(|p| Err(panic_error(p)))
         };
         if let Err(e) = &result {
             if is_fatal(e) {
@@ -841,6 +857,18 @@ impl Inner {
         // Mark the store open (not clean) durably, so a crash from here on is noticed.
         self.commit(false)
     }
+}
+
+/// A panic below us (redb trusting a damaged page) becomes a corruption error for this one call.
+fn panic_error(p: Box<dyn std::any::Any + Send>) -> Error {
+    let what = p
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| p.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown");
+    Error::Corrupted(format!(
+        "meta.redb: internal error while reading metadata ({what}); run cowfs fsck"
+    ))
 }
 
 fn is_fatal(e: &Error) -> bool {

@@ -103,3 +103,25 @@ impl Store {
         self.commit()
     }
 }
+
+/// Feed arbitrary bytes to every on-disk decoder (superblock, every record type). Used by fuzz and
+/// property tests: it must return, never panic, whatever the bytes. Returns how many decoders
+/// accepted the bytes.
+#[doc(hidden)]
+pub fn decode_everything(bytes: &[u8]) -> usize {
+    use crate::codec::{FreeRecord, InodeRecord, StateRecord, XattrRecord};
+    let key = &0u64;
+    [
+        crate::superblock::Superblock::from_bytes(bytes).is_ok(),
+        decode::<InodeRecord>(bytes, key).is_ok(),
+        decode::<DirentRecord>(bytes, key).is_ok(),
+        decode::<ExtentRecord>(bytes, key).is_ok(),
+        decode::<RefcountRecord>(bytes, key).is_ok(),
+        decode::<FreeRecord>(bytes, key).is_ok(),
+        decode::<XattrRecord>(bytes, key).is_ok(),
+        decode::<StateRecord>(bytes, key).is_ok(),
+    ]
+    .iter()
+    .filter(|ok| **ok)
+    .count()
+}

@@ -185,6 +185,46 @@ impl Store {
         Ok(out)
     }
 
+    /// Paths (from the root) of the given inodes, found by walking the tree; inodes that are not
+    /// reachable are absent. Stops as soon as all are found.
+    pub fn paths_of(
+        &self,
+        wanted: &std::collections::HashSet<u64>,
+    ) -> Result<std::collections::HashMap<u64, String>> {
+        let mut found = std::collections::HashMap::new();
+        if wanted.contains(&InodeNo::ROOT.0) {
+            found.insert(InodeNo::ROOT.0, "/".to_string());
+        }
+        let mut stack = vec![(InodeNo::ROOT, String::new())];
+        let mut visited = std::collections::HashSet::new();
+        while let Some((d, path)) = stack.pop() {
+            if found.len() == wanted.len() || !visited.insert(d) {
+                continue;
+            }
+            let mut cookie = 0;
+            loop {
+                let batch = self.readdir(d, cookie, 1024)?;
+                if batch.is_empty() {
+                    break;
+                }
+                for e in batch {
+                    cookie = e.cookie;
+                    if e.name == b"." || e.name == b".." {
+                        continue;
+                    }
+                    let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+                    if wanted.contains(&e.ino.0) {
+                        found.entry(e.ino.0).or_insert_with(|| p.clone());
+                    }
+                    if e.kind == FileKind::Directory {
+                        stack.push((e.ino, p));
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// A summary of the whole store.
     pub fn summary(&self) -> Result<Summary> {
         let st = self.stats()?;

@@ -1,0 +1,21 @@
+//! cowfs-fs: serves a cowstore [`Store`](cowstore::Store) through the kernel with fuser. The
+//! adapter (`fuse`) is thin: it decodes requests, calls the store and maps errors in one place;
+//! reads are answered by splicing pool bytes straight into /dev/fuse (`splice`).
+
+#![deny(clippy::unwrap_used)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod control;
+pub mod error;
+pub mod fuse;
+pub mod probe;
+pub mod session;
+mod splice;
+pub mod stats;
+mod sys;
+
+pub use error::{FsError, ToErrno};
+pub use fuse::{CopyMode, CowFs, FsConfig, KernelInfo, Shared};
+pub use fuser::{MountOption, SessionACL};
+pub use session::{mount, MountError, MountSpec, Mounted};
+pub use stats::{CounterSnapshot, Counters, Stats};

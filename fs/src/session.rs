@@ -1,0 +1,199 @@
+//! Mounting a store: open it, mount it with fuser, keep a duplicate of the session's /dev/fuse
+//! descriptor for spliced replies, and publish the control socket. [`Mounted::run`] serves
+//! until the filesystem is unmounted; the store is committed and closed before it returns.
+
+use crate::control::{self, ControlServer};
+use crate::fuse::{CowFs, FsConfig, Shared};
+use crate::stats::Stats;
+use cowstore::{OpenOptions, Store};
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use log::info;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Everything a mount needs.
+#[derive(Clone, Debug)]
+pub struct MountSpec {
+    pub store: PathBuf,
+    pub mountpoint: PathBuf,
+    pub open: OpenOptions,
+    pub fs: FsConfig,
+    /// Kernel mount options (ro, suid, dev, default_permissions, ...).
+    pub options: Vec<MountOption>,
+    pub acl: SessionACL,
+    /// Request-serving threads.
+    pub threads: usize,
+}
+
+/// Why a mount failed, each a one-line message for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mountpoint {0}: {1}")]
+    Mountpoint(PathBuf, String),
+    #[error("/dev/fuse is missing (load the fuse module: modprobe fuse)")]
+    NoFuseDevice,
+    #[error("{0}")]
+    Store(#[from] cowstore::Error),
+    #[error("mounting {0}: {1}")]
+    Mount(PathBuf, io::Error),
+}
+
+/// A live mount, not yet serving.
+pub struct Mounted {
+    session: Session<CowFs>,
+    control: Option<ControlServer>,
+    shared: Arc<Shared>,
+    mountpoint: PathBuf,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mounted")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
+    }
+}
+
+fn check_mountpoint(p: &Path) -> Result<PathBuf, MountError> {
+    let err = |m: String| MountError::Mountpoint(p.to_path_buf(), m);
+    match std::fs::metadata(p) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => return Err(err("not a directory".into())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(err("no such directory".into()))
+        }
+        Err(e) => return Err(err(e.to_string())),
+    }
+    p.canonicalize().map_err(|e| err(e.to_string()))
+}
+
+/// Open the store and mount it. On return the kernel has completed INIT and the mount is live
+/// (requests queue until [`Mounted::run`]).
+pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
+    let mountpoint = check_mountpoint(&spec.mountpoint)?;
+    if !Path::new("/dev/fuse").exists() {
+        return Err(MountError::NoFuseDevice);
+    }
+    let store_path = spec
+        .store
+        .canonicalize()
+        .unwrap_or_else(|_| spec.store.clone());
+    let store = Arc::new(Store::open(&store_path, &spec.open)?);
+    let shared = Arc::new(Shared::default());
+    let fs = CowFs::new(store.clone(), spec.fs.clone(), shared.clone());
+
+    let mut options = spec.options.clone();
+    options.push(MountOption::FSName(
+        store_path.to_string_lossy().into_owned(),
+    ));
+    options.push(MountOption::CUSTOM("subtype=cowfs".into()));
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = spec.acl;
+    config.n_threads = Some(spec.threads.max(1));
+    // Replies must go to the descriptor their request came from, which spliced replies write to
+    // directly: every thread shares the one descriptor.
+    config.clone_fd = false;
+    let session = Session::new(fs, &mountpoint, &config)
+        .map_err(|e| MountError::Mount(mountpoint.clone(), e))?;
+    let dev = session
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| MountError::Mount(mountpoint.clone(), e))?;
+    let _ = shared.dev.set(dev);
+
+    let control = match control::mount_dev(&mountpoint) {
+        Ok(devno) => {
+            let source = stats_source(
+                &shared,
+                Arc::downgrade(&store),
+                &store_path,
+                &mountpoint,
+                spec,
+            );
+            match ControlServer::start(devno, source) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    log::warn!(
+                        "no control socket (cowfs stats/umount will not find this mount): {e}"
+                    );
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            log::warn!("cannot find the mount's device number: {e}");
+            None
+        }
+    };
+    drop(store);
+    info!(
+        "mounted {} at {}",
+        store_path.display(),
+        mountpoint.display()
+    );
+    Ok(Mounted {
+        session,
+        control,
+        shared,
+        mountpoint,
+    })
+}
+
+fn stats_source(
+    shared: &Arc<Shared>,
+    store: std::sync::Weak<Store>,
+    store_path: &Path,
+    mountpoint: &Path,
+    spec: &MountSpec,
+) -> impl Fn() -> Stats + Send + 'static {
+    let shared = shared.clone();
+    let store_s = store_path.to_string_lossy().into_owned();
+    let mp = mountpoint.to_string_lossy().into_owned();
+    let mode = spec.fs.copy_mode.name().to_string();
+    move || {
+        let k = shared.kernel.lock().map(|k| k.clone()).unwrap_or_default();
+        Stats {
+            pid: std::process::id(),
+            store: store_s.clone(),
+            mountpoint: mp.clone(),
+            fuse_protocol: format!("{}.{}", k.protocol.0, k.protocol.1),
+            copy_mode: mode.clone(),
+            max_write: k.max_write,
+            commits: store.upgrade().map(|s| s.commit_count()).unwrap_or(0),
+            counters: shared.snapshot(),
+        }
+    }
+}
+
+impl Mounted {
+    /// Something another thread can use to unmount (e.g. on SIGTERM).
+    pub fn unmounter(&mut self) -> SessionUnmounter {
+        self.session.unmount_callable()
+    }
+
+    pub fn control_socket(&self) -> Option<&Path> {
+        self.control.as_ref().map(|c| c.path())
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Serve requests until the filesystem is unmounted; the store is committed and closed
+    /// (fuser calls `destroy`) before this returns.
+    pub fn run(self) -> io::Result<()> {
+        let Mounted {
+            session,
+            control,
+            mountpoint,
+            ..
+        } = self;
+        let r = session.run();
+        drop(control);
+        info!("{} unmounted", mountpoint.display());
+        r
+    }
+}

@@ -1,0 +1,71 @@
+//! The `cowfs` command. Each subcommand lives in its own module with an `Args` (clap) and a
+//! `run(Args) -> CmdResult`; adding one is a `mod`, an enum variant and a match arm.
+
+#![deny(clippy::unwrap_used)]
+
+mod capabilities;
+mod logger;
+mod mkfs;
+mod mount;
+mod options;
+mod stats;
+mod umount;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// What every subcommand returns: an exit code, or an error that `main` prints as one line
+/// (`cowfs SUBCOMMAND: message`) with exit code 1.
+pub type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cowfs",
+    version,
+    about = "cowfs: a copy-on-write FUSE filesystem where copies share blocks",
+    after_help = "Exit status: 0 on success, 1 on failure, 2 on a usage error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Mkfs(mkfs::Args),
+    Mount(mount::Args),
+    Umount(umount::Args),
+    Stats(stats::Args),
+    Capabilities(capabilities::Args),
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Mkfs(_) => "mkfs",
+            Command::Mount(_) => "mount",
+            Command::Umount(_) => "umount",
+            Command::Stats(_) => "stats",
+            Command::Capabilities(_) => "capabilities",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(mount::helper_args(std::env::args_os().collect()));
+    let name = cli.cmd.name();
+    let result = match cli.cmd {
+        Command::Mkfs(a) => mkfs::run(a),
+        Command::Mount(a) => mount::run(a),
+        Command::Umount(a) => umount::run(a),
+        Command::Stats(a) => stats::run(a),
+        Command::Capabilities(a) => capabilities::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cowfs {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

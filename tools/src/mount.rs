@@ -1,0 +1,202 @@
+//! `cowfs mount`: mount a store. Without `-f` it starts itself again with `-f` as a daemon in a
+//! new session (no fork in a threaded process) and returns once that daemon reports the mount
+//! live, or prints the daemon's error. Also the `mount.fuse.cowfs` helper for mount(8).
+
+use crate::options::{self, MountOpts};
+use crate::{logger, CmdResult};
+use cowfs_fs::{MountSpec, Mounted};
+use log::{error, info, warn};
+use nix::sys::signal::{SigSet, Signal};
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+/// Mount the store in directory STORE at MOUNTPOINT.
+#[derive(Debug, clap::Args)]
+#[command(after_help = options::HELP)]
+pub struct Args {
+    /// The store directory (made by `cowfs mkfs`).
+    pub store: PathBuf,
+    /// An existing directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground and log to stderr; otherwise a background daemon serves the
+    /// mount and logs to STORE/cowfs.log (or -o log=FILE).
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Mount options, comma-separated (see below).
+    #[arg(short = 'o', value_name = "OPT[,OPT...]")]
+    pub options: Vec<String>,
+    /// Internal: report readiness on stdout to the `cowfs mount` that started this daemon.
+    #[arg(long, hide = true)]
+    pub notify_stdout: bool,
+}
+
+/// mount(8) runs `mount.fuse.cowfs STORE MOUNTPOINT [-o OPTS] [-n] [-s] [-v] [-f]`: turn that
+/// into `cowfs mount ...` (there, `-f` means "fake", so it and the others are dropped).
+pub fn helper_args(args: Vec<OsString>) -> Vec<OsString> {
+    let is_helper = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n == "mount.fuse.cowfs" || n == "mount.cowfs");
+    if !is_helper {
+        return args;
+    }
+    let mut out = vec![OsString::from("cowfs"), OsString::from("mount")];
+    out.extend(
+        args.into_iter()
+            .skip(1)
+            .filter(|a| !matches!(a.to_str(), Some("-n" | "-s" | "-v" | "-f"))),
+    );
+    out
+}
+
+pub fn run(a: Args) -> CmdResult {
+    let opts = options::parse(&a.options)?;
+    if a.foreground {
+        serve(&a, &opts)
+    } else {
+        start_daemon(&a, &opts)
+    }
+}
+
+/// Start `cowfs mount -f` in the background and wait for its first line on the pipe that is its
+/// stdout: "ready", or "error: ...".
+fn start_daemon(a: &Args, opts: &MountOpts) -> CmdResult {
+    let log_path = opts
+        .log
+        .clone()
+        .unwrap_or_else(|| a.store.join("cowfs.log"));
+    let log = OpenOptions::new().create(true).append(true).open(&log_path);
+    let (stderr, log_note) = match log {
+        Ok(f) => (Stdio::from(f), format!("; see {}", log_path.display())),
+        // The store may not exist (the daemon will say so) or be read-only: no log then.
+        Err(_) => (Stdio::null(), String::new()),
+    };
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount")
+        .arg("--foreground")
+        .arg("--notify-stdout")
+        .arg(&a.store)
+        .arg(&a.mountpoint)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(stderr);
+    for o in &a.options {
+        cmd.arg("-o").arg(o);
+    }
+    let mut child = cmd.spawn()?;
+    // Our copy of the pipe's write end goes with `cmd`, so EOF means the daemon is gone.
+    drop(cmd);
+    let mut line = String::new();
+    BufReader::new(std::fs::File::from(reader)).read_line(&mut line)?;
+    match line.trim_end() {
+        "ready" => Ok(ExitCode::SUCCESS),
+        msg if msg.starts_with("error: ") => {
+            let _ = child.wait();
+            Err(msg.trim_start_matches("error: ").to_string().into())
+        }
+        _ => {
+            let status = child.wait()?;
+            Err(format!("the daemon exited ({status}) before the mount was ready{log_note}").into())
+        }
+    }
+}
+
+/// Serve the mount in this process until it is unmounted.
+fn serve(a: &Args, opts: &MountOpts) -> CmdResult {
+    if a.notify_stdout {
+        // Our own session: the terminal's signals and hangup are not ours.
+        let _ = nix::unistd::setsid();
+    }
+    logger::init(opts.debug);
+    // Block the stop signals before any thread starts, so every thread inherits the mask and
+    // only the signal thread below receives them (with sigwait).
+    let mut stop = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        stop.add(s);
+    }
+    stop.thread_block()?;
+
+    let spec = MountSpec {
+        store: absolute(&a.store),
+        mountpoint: absolute(&a.mountpoint),
+        open: opts.open_options(),
+        fs: opts.fs_config(),
+        options: opts.kernel_options(),
+        acl: opts.acl,
+        threads: opts.threads,
+    };
+    // Keep no directory busy: the daemon may outlive the shell it was started from.
+    let _ = std::env::set_current_dir("/");
+    let mut mounted = match cowfs_fs::mount(&spec) {
+        Ok(m) => m,
+        Err(e) => {
+            error!("{e}");
+            if a.notify_stdout {
+                notify(&format!("error: {e}"));
+                return Ok(ExitCode::FAILURE);
+            }
+            return Err(e.into());
+        }
+    };
+    spawn_signal_thread(&mut mounted, stop, spec.mountpoint.clone())?;
+    info!(
+        "serving {} at {} (pid {}, control socket {})",
+        spec.store.display(),
+        spec.mountpoint.display(),
+        std::process::id(),
+        mounted
+            .control_socket()
+            .map_or_else(|| "none".into(), |p| p.display().to_string())
+    );
+    if a.notify_stdout {
+        notify("ready");
+        // Nothing more goes to the starter, which has exited.
+        if let Ok(null) = std::fs::File::open("/dev/null") {
+            let _ = nix::unistd::dup2_stdout(&null);
+        }
+    }
+    match mounted.run() {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            error!("session ended with an error: {e}");
+            Err(e.into())
+        }
+    }
+}
+
+fn notify(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// SIGTERM/SIGINT/SIGHUP unmount, which ends the session the normal way (commit, close).
+fn spawn_signal_thread(
+    mounted: &mut Mounted,
+    stop: SigSet,
+    mountpoint: PathBuf,
+) -> std::io::Result<()> {
+    let mut unmounter = mounted.unmounter();
+    std::thread::Builder::new()
+        .name("cowfs-signals".into())
+        .spawn(move || loop {
+            let Ok(sig) = stop.wait() else { continue };
+            info!("{sig}: unmounting {}", mountpoint.display());
+            if let Err(e) = unmounter.unmount() {
+                warn!("unmount: {e}; detaching instead");
+                if let Err(e) = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+                    error!("lazy unmount of {}: {e}", mountpoint.display());
+                }
+            }
+        })?;
+    Ok(())
+}

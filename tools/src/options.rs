@@ -1,0 +1,244 @@
+//! `-o` mount options: what cowfs understands, and the standard ones it accepts and ignores.
+
+use cowfs_fs::{CopyMode, FsConfig, MountOption, SessionACL};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Parsed `-o` options.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MountOpts {
+    pub read_only: bool,
+    pub acl: SessionACL,
+    pub default_permissions: bool,
+    pub suid: bool,
+    pub dev: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+    pub sync: bool,
+    pub dirsync: bool,
+    /// Seconds between periodic commits; 0 commits only on fsync and unmount.
+    pub commit_secs: u64,
+    pub copy_mode: CopyMode,
+    pub threads: usize,
+    pub ttl_secs: u64,
+    pub writeback_cache: bool,
+    pub log: Option<PathBuf>,
+    pub debug: bool,
+}
+
+impl Default for MountOpts {
+    fn default() -> Self {
+        MountOpts {
+            read_only: false,
+            acl: SessionACL::Owner,
+            default_permissions: true,
+            suid: false,
+            dev: false,
+            noexec: false,
+            noatime: false,
+            sync: false,
+            dirsync: false,
+            commit_secs: 5,
+            copy_mode: CopyMode::Splice,
+            threads: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(2, 8),
+            ttl_secs: 10,
+            writeback_cache: false,
+            log: None,
+            debug: false,
+        }
+    }
+}
+
+/// Standard mount(8)/fstab options with no effect here.
+const IGNORED: &[&str] = &[
+    "rw",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "_netdev",
+    "nofail",
+    "relatime",
+    "strictatime",
+    "lazytime",
+    "nolazytime",
+    "diratime",
+    "nodiratime",
+    "async",
+    "nosuid",
+    "nodev",
+    "exec",
+    "atime",
+    "nodirsync",
+    "auto_unmount",
+    "big_writes",
+];
+
+pub const HELP: &str = "\
+Mount options (-o OPT[,OPT...]):
+  ro                     read-only: the store is opened read-only
+  allow_other            let other users use the mount (allow_root: only root besides the owner)
+  default_permissions    the kernel checks permissions (on by default; no_default_permissions
+                         makes cowfs answer access(2) itself)
+  suid, dev              honour setuid bits / device files (off by default: nosuid, nodev)
+  noexec, noatime, sync, dirsync    passed to the kernel
+  commit=SECONDS         commit every SECONDS when there are changes (default 5; 0: only on
+                         fsync, sync and unmount)
+  copy_mode=splice|buffered    how read data reaches the kernel (default splice: zero-copy)
+  threads=N              request threads (default: CPUs, 2..8)
+  ttl=SECONDS            attribute and entry cache time in the kernel (default 10)
+  writeback_cache        let the kernel batch writes in its page cache
+  log=FILE               daemon log file (default STORE/cowfs.log; -f logs to stderr)
+  debug                  log every request (very verbose)
+Accepted and ignored: rw, defaults, auto, noauto, user, nouser, _netdev, nofail, relatime, exec,
+  nosuid, nodev, atime, async, x-*, and other fstab-only options.";
+
+fn num(key: &str, v: &str) -> Result<u64, String> {
+    v.parse()
+        .map_err(|_| format!("mount option {key}={v}: not a number"))
+}
+
+/// Parse `-o` arguments (each may hold several comma-separated options).
+pub fn parse(args: &[String]) -> Result<MountOpts, String> {
+    let mut o = MountOpts::default();
+    for opt in args
+        .iter()
+        .flat_map(|a| a.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (key, val) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        match (key, val) {
+            ("ro", None) => o.read_only = true,
+            ("allow_other", None) => o.acl = SessionACL::All,
+            ("allow_root", None) => o.acl = SessionACL::RootAndOwner,
+            ("default_permissions", None) => o.default_permissions = true,
+            ("no_default_permissions", None) => o.default_permissions = false,
+            ("suid", None) => o.suid = true,
+            ("dev", None) => o.dev = true,
+            ("noexec", None) => o.noexec = true,
+            ("noatime", None) => o.noatime = true,
+            ("sync", None) => o.sync = true,
+            ("dirsync", None) => o.dirsync = true,
+            ("commit", Some(v)) => o.commit_secs = num(key, v)?,
+            ("copy_mode", Some("splice")) => o.copy_mode = CopyMode::Splice,
+            ("copy_mode", Some("buffered")) => o.copy_mode = CopyMode::Buffered,
+            ("copy_mode", Some(v)) => {
+                return Err(format!(
+                    "mount option copy_mode={v}: use splice or buffered"
+                ))
+            }
+            ("threads", Some(v)) => o.threads = (num(key, v)? as usize).clamp(1, 64),
+            ("ttl", Some(v)) => o.ttl_secs = num(key, v)?,
+            ("writeback_cache", None) => o.writeback_cache = true,
+            ("no_writeback_cache", None) => o.writeback_cache = false,
+            ("log", Some(v)) => o.log = Some(PathBuf::from(v)),
+            ("debug", None) => o.debug = true,
+            // fstab and mount(8) bookkeeping.
+            (k, _) if k.starts_with("x-") || k == "fsname" || k == "subtype" => {}
+            (k, None) if IGNORED.contains(&k) => {}
+            _ => {
+                return Err(format!(
+                    "unknown mount option {opt:?} (see cowfs mount --help)"
+                ))
+            }
+        }
+    }
+    if o.suid && args.iter().any(|a| a.split(',').any(|s| s == "nosuid")) {
+        return Err("mount options suid and nosuid conflict".into());
+    }
+    Ok(o)
+}
+
+impl MountOpts {
+    /// The kernel mount options these stand for.
+    pub fn kernel_options(&self) -> Vec<MountOption> {
+        let mut v = Vec::new();
+        if self.read_only {
+            v.push(MountOption::RO);
+        }
+        if self.default_permissions {
+            v.push(MountOption::DefaultPermissions);
+        }
+        if self.suid {
+            v.push(MountOption::Suid);
+        }
+        if self.dev {
+            v.push(MountOption::Dev);
+        }
+        if self.noexec {
+            v.push(MountOption::NoExec);
+        }
+        if self.noatime {
+            v.push(MountOption::NoAtime);
+        }
+        if self.sync {
+            v.push(MountOption::Sync);
+        }
+        if self.dirsync {
+            v.push(MountOption::DirSync);
+        }
+        v
+    }
+
+    pub fn fs_config(&self) -> FsConfig {
+        FsConfig {
+            copy_mode: self.copy_mode,
+            ttl: Duration::from_secs(self.ttl_secs),
+            writeback_cache: self.writeback_cache,
+            ..FsConfig::default()
+        }
+    }
+
+    pub fn open_options(&self) -> cowstore::OpenOptions {
+        cowstore::OpenOptions {
+            read_only: self.read_only,
+            commit_interval: (self.commit_secs > 0).then(|| Duration::from_secs(self.commit_secs)),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<MountOpts, String> {
+        parse(&[s.to_string()])
+    }
+
+    #[test]
+    fn parses_ours_and_ignores_standard_ones() -> Result<(), String> {
+        let o = parse(&[
+            "ro,allow_other".into(),
+            "commit=0,copy_mode=buffered,rw,nosuid,x-systemd.automount".into(),
+        ])?;
+        assert!(o.read_only);
+        assert_eq!(o.acl, SessionACL::All);
+        assert_eq!(o.commit_secs, 0);
+        assert_eq!(o.copy_mode, CopyMode::Buffered);
+        assert!(o.default_permissions);
+        assert_eq!(o.open_options().commit_interval, None);
+        let o = p("suid,dev,no_default_permissions,threads=3,ttl=0")?;
+        assert!(o.suid && o.dev && !o.default_permissions);
+        assert_eq!((o.threads, o.ttl_secs), (3, 0));
+        assert!(o.kernel_options().contains(&MountOption::Suid));
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_unknown_and_malformed() {
+        assert!(p("bogus").is_err());
+        assert!(p("commit=soon").is_err());
+        assert!(p("copy_mode=mmap").is_err());
+        assert!(p("suid,nosuid").is_err());
+    }
+}

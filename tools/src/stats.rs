@@ -1,0 +1,48 @@
+//! `cowfs stats`: the counters of a mounted store, asked of its daemon.
+
+use crate::CmdResult;
+use cowfs_fs::control;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Show a mount's counters: bytes read by splice / passthrough / buffer, reflinked, written.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    pub mountpoint: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> CmdResult {
+    let s = control::query(&a.mountpoint)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &s.counters;
+    println!("mountpoint              {}", s.mountpoint);
+    println!("store                   {}", s.store);
+    println!("daemon pid              {}", s.pid);
+    println!("FUSE protocol           {}", s.fuse_protocol);
+    println!("copy mode               {}", s.copy_mode);
+    println!("max write               {}", s.max_write);
+    println!("commits                 {}", s.commits);
+    for (name, v) in [
+        ("read bytes spliced", c.read_bytes_spliced),
+        ("read bytes passthrough", c.read_bytes_passthrough),
+        ("read bytes buffered", c.read_bytes_buffered),
+        ("splice fallbacks", c.splice_fallbacks),
+        ("reflink bytes", c.reflink_bytes),
+        ("reflinks", c.reflinks),
+        ("write bytes", c.write_bytes),
+        ("reads", c.reads),
+        ("writes", c.writes),
+        ("fsyncs", c.fsyncs),
+        ("errors", c.errors),
+        ("I/O errors", c.io_errors),
+    ] {
+        println!("{name:<24}{v}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,105 @@
+//! `cowfs umount`: unmount and wait until the daemon has committed, closed the store and exited.
+
+use crate::CmdResult;
+use cowfs_fs::control::{self, QueryError};
+use nix::errno::Errno;
+use nix::mount::{umount2, MntFlags};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+/// Unmount MOUNTPOINT; returns once its daemon has committed the store and exited.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    pub mountpoint: PathBuf,
+    /// Give up waiting for the daemon after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+/// A process, identified by pid and start time (so a reused pid is not mistaken for it).
+struct Daemon {
+    pid: u32,
+    start: Option<String>,
+}
+
+/// Field 22 of /proc/PID/stat (start time) and whether the process is a zombie; None if gone.
+fn proc_state(pid: u32) -> Option<(String, bool)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = fields.first().is_some_and(|s| *s == "Z" || *s == "X");
+    Some((fields.get(19)?.to_string(), zombie))
+}
+
+impl Daemon {
+    fn new(pid: u32) -> Daemon {
+        Daemon {
+            pid,
+            start: proc_state(pid).map(|(s, _)| s),
+        }
+    }
+
+    fn exited(&self) -> bool {
+        match proc_state(self.pid) {
+            None => true,
+            Some((_, true)) => true,
+            Some((start, false)) => self.start.as_deref().is_some_and(|s| s != start),
+        }
+    }
+}
+
+fn unmount(mp: &Path) -> Result<(), String> {
+    match umount2(mp, MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(Errno::EBUSY) => Err(format!(
+            "{}: target is busy (files are open on it)",
+            mp.display()
+        )),
+        Err(Errno::EPERM) => {
+            // Not root: the setuid helper may unmount what this user mounted.
+            let st = Command::new("fusermount3").arg("-u").arg(mp).status();
+            match st {
+                Ok(s) if s.success() => Ok(()),
+                Ok(s) => Err(format!("fusermount3 -u {} failed ({s})", mp.display())),
+                Err(e) => Err(format!(
+                    "{}: not permitted, and no fusermount3: {e}",
+                    mp.display()
+                )),
+            }
+        }
+        Err(e) => Err(format!("{}: {e}", mp.display())),
+    }
+}
+
+pub fn run(a: Args) -> CmdResult {
+    let mp = std::path::absolute(&a.mountpoint)?;
+    let daemon = match control::query(&mp) {
+        Ok(s) => Some(Daemon::new(s.pid)),
+        // The daemon died (ENOTCONN) or its socket is stale: unmount what is left.
+        Err(QueryError::Stat(_, e)) if e.raw_os_error() == Some(libc::ENOTCONN) => None,
+        Err(QueryError::DaemonGone(..)) => None,
+        Err(e) => return Err(e.to_string().into()),
+    };
+    unmount(&mp)?;
+    let Some(daemon) = daemon else {
+        eprintln!(
+            "cowfs umount: {}: the daemon was not running; unmounted",
+            mp.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    while !daemon.exited() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "unmounted, but daemon {} has not exited after {}s",
+                daemon.pid, a.timeout
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -16,6 +16,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> CmdResult {
+    // Before mkfs creates the directory.
+    cowstore::superblock::validate_block_size(a.block_size)?;
     match Store::mkfs(
         &a.store,
         &MkfsOptions {
@@ -32,6 +34,10 @@ pub fn run(a: Args) -> CmdResult {
         }
         Err(cowstore::Error::Exists) => {
             Err(format!("{} already holds a cowfs store", a.store.display()).into())
+        }
+        // These name the store themselves.
+        Err(e @ (cowstore::Error::InUse { .. } | cowstore::Error::NotAStore { .. })) => {
+            Err(e.into())
         }
         Err(e) => Err(format!("{}: {e}", a.store.display()).into()),
     }

@@ -1,0 +1,239 @@
+//! Real mounts: reflink copies with coreutils `cp`, zero-copy reads proven by the counters,
+//! a full host filesystem, and a killed daemon.
+
+mod common;
+
+use common::*;
+use cowstore::{InodeNo, OpenOptions as StoreOptions, Store};
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+fn sh(cmd: &str, args: &[&Path]) -> Result<(), String> {
+    let st = Command::new(cmd)
+        .args(args)
+        .status()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd} {args:?}: {st}"))
+    }
+}
+
+fn sync_all() -> Result<(), String> {
+    sh("sync", &[])
+}
+
+#[test]
+fn cp_reflinks_and_copies_stay_independent() -> TestResult {
+    let size = 256 * MIB;
+    let mut m = Mount::new(&[])?;
+    let (a, b) = (m.path("a"), m.path("b"));
+    write_pattern(&a, 1, size)?;
+    sync_all()?;
+    let before = m.store_disk_bytes()?;
+    let t = Instant::now();
+    sh("cp", &[&a, &b])?;
+    let took = t.elapsed();
+    sync_all()?;
+    let grown = m.store_disk_bytes()?.saturating_sub(before);
+    assert!(grown < MIB, "cp of 256 MiB grew the store by {grown} bytes");
+    assert!(took < Duration::from_secs(5), "cp took {took:?}");
+    assert!(m.counter("reflink_bytes")? >= size);
+    assert_eq!(
+        m.counter("write_bytes")?,
+        size,
+        "cp wrote no data: it was a reflink"
+    );
+    check_pattern(&b, 1, size, &[])?;
+
+    // write into each side: the other keeps its bytes
+    let pb: &[u8] = b"written into the copy";
+    let pa: &[u8] = b"written into the original";
+    OpenOptions::new()
+        .write(true)
+        .open(&b)?
+        .write_all_at(pb, 100 * MIB + 5)?;
+    OpenOptions::new()
+        .write(true)
+        .open(&a)?
+        .write_all_at(pa, 7 * MIB)?;
+    check_pattern(&a, 1, size, &[(7 * MIB, pa)])?;
+    check_pattern(&b, 1, size, &[(100 * MIB + 5, pb)])?;
+
+    // and after the store was closed and opened again
+    m.remount(&[])?;
+    check_pattern(&a, 1, size, &[(7 * MIB, pa)])?;
+    check_pattern(&b, 1, size, &[(100 * MIB + 5, pb)])?;
+    // a copy of a copy, and of an unaligned range
+    let c = m.path("c");
+    sh("cp", &[&b, &c])?;
+    check_pattern(&c, 1, size, &[(100 * MIB + 5, pb)])?;
+    Ok(())
+}
+
+#[test]
+fn cold_reads_are_spliced_and_buffered_mode_is_counted() -> TestResult {
+    let size = 64 * MIB + 12_345;
+    let mut m = Mount::new(&[])?;
+    let f = m.path("f");
+    write_pattern(&f, 2, size)?;
+    // a sparse file: holes answered from the zero page
+    let sparse = m.path("sparse");
+    let h = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&sparse)?;
+    h.write_all_at(b"tail", 8 * MIB)?;
+    drop(h);
+
+    m.remount(&[])?;
+    check_pattern(&f, 2, size, &[])?;
+    let mut want = vec![0u8; 8 * MIB as usize];
+    want.extend_from_slice(b"tail");
+    assert!(fs::read(&sparse)? == want, "sparse file reads back");
+    let spliced = m.counter("read_bytes_spliced")?;
+    assert!(spliced >= size + 8 * MIB, "spliced {spliced} bytes");
+    assert_eq!(m.counter("read_bytes_buffered")?, 0);
+    assert_eq!(m.counter("splice_fallbacks")?, 0);
+
+    m.remount(&["copy_mode=buffered"])?;
+    check_pattern(&f, 2, size, &[])?;
+    assert!(fs::read(&sparse)? == want);
+    assert!(m.counter("read_bytes_buffered")? >= size + 8 * MIB);
+    assert_eq!(m.counter("read_bytes_spliced")?, 0);
+    Ok(())
+}
+
+/// A small tmpfs holds the store: writes fail with ENOSPC, the mount survives, and deleting
+/// gives the space back.
+#[test]
+fn full_host_filesystem_is_enospc() -> TestResult {
+    let hostdir = tempfile::Builder::new().prefix("cowfs-host-").tempdir()?;
+    let host = hostdir.path().to_path_buf();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&host)
+        .status()?;
+    assert!(st.success(), "mount tmpfs: {st}");
+    let mut m = match Mount::with_store_in(Some(&host), &["commit=1"]) {
+        Ok(m) => m,
+        Err(e) => {
+            lazy_umount(&host);
+            return Err(e);
+        }
+    };
+    m.below.push(host.clone());
+
+    let big = m.path("big");
+    let mut f = fs::File::create(&big)?;
+    let chunk = vec![0xabu8; MIB as usize];
+    let mut written = 0u64;
+    let err = loop {
+        match std::io::Write::write_all(&mut f, &chunk) {
+            Ok(()) => written += MIB,
+            Err(e) => break e,
+        }
+        if written > 128 * MIB {
+            return Err("wrote 128 MiB into a 64 MiB host".into());
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(written >= 32 * MIB, "only {written} bytes fit");
+    drop(f);
+    assert!(
+        fs::metadata(&m.mnt)?.is_dir(),
+        "the mount survives a full host"
+    );
+
+    fs::remove_file(&big)?;
+    // Freed blocks return to the host after the next commit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match fs::write(m.path("small"), vec![1u8; 8 * MIB as usize]) {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(format!("no space back after delete: {e}").into()),
+        }
+    }
+    assert_eq!(fs::read(m.path("small"))?.len(), 8 * MIB as usize);
+    m.umount()?;
+    lazy_umount(&host);
+    m.below.clear();
+    Ok(())
+}
+
+#[test]
+fn killed_daemon_leaves_enotconn_then_a_clean_store() -> TestResult {
+    let mut m = Mount::new(&["commit=0"])?;
+    let f = m.path("synced");
+    let data = pattern(3, 0, 3 * MIB as usize + 17);
+    {
+        let h = fs::File::create(&f)?;
+        h.write_all_at(&data, 0)?;
+        h.sync_all()?;
+    }
+    let pid = m.pid.take().ok_or("no daemon pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    reap(pid, Duration::from_secs(10))?;
+    assert_eq!(errno(fs::metadata(&m.mnt)), Some(libc::ENOTCONN));
+    assert_eq!(errno(fs::read(&f)), Some(libc::ENOTCONN));
+    let out = Command::new("umount").arg("-l").arg(&m.mnt).status()?;
+    assert!(out.success());
+
+    let store = Store::open(&m.store, &StoreOptions::default())?;
+    let a = store.lookup(InodeNo::ROOT, b"synced")?;
+    assert_eq!(
+        store.read_to_vec(a.ino, 0, a.size)?,
+        data,
+        "fsynced data survives SIGKILL"
+    );
+    store.close()?;
+    // and the mount works again
+    m.mount(&[])?;
+    assert_eq!(fs::read(&f)?, data);
+    Ok(())
+}
+
+/// A plain umount(8) (not `cowfs umount`) commits: with periodic commits off, data written
+/// without fsync is in the store once the daemon has exited.
+#[test]
+fn plain_umount_commits_and_closes() -> TestResult {
+    let mut m = Mount::new(&["commit=0"])?;
+    fs::write(m.path("unsynced"), b"committed at unmount")?;
+    fs::create_dir(m.path("dir"))?;
+    let pid = m.pid.take().ok_or("no daemon pid")?;
+    let st = Command::new("umount").arg(&m.mnt).status()?;
+    assert!(st.success());
+    reap(pid, Duration::from_secs(10))?;
+    let store = Store::open(&m.store, &StoreOptions::default())?;
+    let a = store.lookup(InodeNo::ROOT, b"unsynced")?;
+    assert_eq!(store.read_to_vec(a.ino, 0, 100)?, b"committed at unmount");
+    assert!(store.lookup(InodeNo::ROOT, b"dir").is_ok());
+    store.close()?;
+    // SIGTERM to the daemon also unmounts and commits
+    m.mount(&["commit=0"])?;
+    fs::write(m.path("second"), b"2")?;
+    let pid = m.pid.take().ok_or("no daemon pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    reap(pid, Duration::from_secs(10))?;
+    let store = Store::open(&m.store, &StoreOptions::default())?;
+    assert!(store.lookup(InodeNo::ROOT, b"second").is_ok());
+    store.close()?;
+    Ok(())
+}

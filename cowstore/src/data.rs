@@ -542,8 +542,9 @@ impl Ctx<'_> {
         let head = ((bs - dst_off % bs) % bs).min(len);
         // The source's partial last block may be shared whole when the copy ends at both files' ends:
         // its bytes past EOF are zero in the source and will be past EOF in the destination.
+        // Not within one file: the head copy may land in that very block, past the source's EOF.
         let src_end = src_off + len;
-        let share_tail = src_end == src_rec.size && dst_end >= dst_rec.size;
+        let share_tail = src != dst && src_end == src_rec.size && dst_end >= dst_rec.size;
         let mut body_end = dst_off + head + (len - head) / bs * bs;
         if share_tail && body_end < dst_end {
             body_end = dst_end.div_ceil(bs) * bs;
@@ -597,5 +598,323 @@ pub(crate) fn require_regular(rec: &InodeRecord) -> Result<()> {
         FileKind::Regular => Ok(()),
         FileKind::Directory => Err(Error::IsDir),
         _ => Err(Error::Invalid("not a regular file")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::MemEnv;
+    use crate::store::{MkfsOptions, OpenOptions, Store};
+    use crate::types::{Caller, FallocMode, InodeNo, NewInode, SetAttr};
+    use std::sync::Arc;
+
+    const BS: u64 = 4096;
+
+    fn store() -> (MemEnv, Store) {
+        let env = MemEnv::new();
+        Store::mkfs_env(Arc::new(env.clone()), &MkfsOptions::default()).expect("mkfs");
+        let opts = OpenOptions {
+            commit_interval: None,
+            cache_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let s = Store::open_env(Arc::new(env.clone()), &opts).expect("open");
+        (env, s)
+    }
+
+    fn file(s: &Store, name: &str) -> InodeNo {
+        let new = NewInode {
+            kind: FileKind::Regular,
+            perm: 0o644,
+            rdev: 0,
+            symlink_target: None,
+        };
+        s.create(InodeNo::ROOT, name.as_bytes(), &new, Caller::ROOT)
+            .expect("create")
+            .ino
+    }
+
+    fn maps(s: &Store, ino: InodeNo) -> Vec<Mapping> {
+        s.inner()
+            .read(|cx| cx.mappings(ino.0, 0, u64::MAX))
+            .expect("mappings")
+    }
+
+    fn assert_clean(s: &Store) {
+        s.commit().expect("commit");
+        let report = s.check().expect("check");
+        assert!(report.is_clean(), "{:#?}", report.problems);
+    }
+
+    #[test]
+    fn sequential_appends_make_one_extent() {
+        let (_env, s) = store();
+        let f = file(&s, "f");
+        for i in 0..8u64 {
+            s.write(f, i * BS, &[i as u8 + 1; BS as usize])
+                .expect("write");
+        }
+        let m = maps(&s, f);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].len, 8);
+        assert_clean(&s);
+    }
+
+    #[test]
+    fn overwrite_is_in_place_until_commit_then_redirected() {
+        let (_env, s) = store();
+        let f = file(&s, "f");
+        s.write(f, 0, &[1; BS as usize]).expect("write");
+        let first = maps(&s, f)[0].phys;
+        s.write(f, 10, b"again").expect("write");
+        assert_eq!(
+            maps(&s, f)[0].phys,
+            first,
+            "uncommitted block rewritten in place"
+        );
+        s.commit().expect("commit");
+        s.write(f, 10, b"after").expect("write");
+        assert_ne!(
+            maps(&s, f)[0].phys,
+            first,
+            "committed block must not be overwritten"
+        );
+        let got = s.read_to_vec(f, 0, BS).expect("read");
+        assert_eq!(&got[10..15], b"after");
+        assert!(got[..10].iter().chain(&got[15..]).all(|&b| b == 1));
+        assert_clean(&s);
+    }
+
+    #[test]
+    fn aligned_clone_shares_blocks_and_writes_unshare_them() {
+        let (_env, s) = store();
+        let (a, b) = (file(&s, "a"), file(&s, "b"));
+        s.write(a, 0, &[7; 3 * BS as usize]).expect("write");
+        assert_eq!(s.clone_range(a, 0, b, 0, u64::MAX).expect("clone"), 3 * BS);
+        assert_eq!(
+            maps(&s, a),
+            maps(&s, b),
+            "whole-file clone shares every block"
+        );
+        let (phys, len) = (maps(&s, a)[0].phys, maps(&s, a)[0].len);
+        assert!(s
+            .inner()
+            .read(|cx| cx.is_shared(phys, len))
+            .expect("shared"));
+        s.write(b, BS + 1, b"x").expect("write");
+        assert_eq!(s.read_to_vec(a, BS + 1, 1).expect("read"), [7]);
+        assert_eq!(s.read_to_vec(b, BS + 1, 1).expect("read"), *b"x");
+        assert_ne!(maps(&s, a), maps(&s, b));
+        assert_clean(&s);
+    }
+
+    #[test]
+    fn differently_aligned_clone_copies_bytes() {
+        let (_env, s) = store();
+        let (a, b) = (file(&s, "a"), file(&s, "b"));
+        let data: Vec<u8> = (0..2 * BS).map(|i| (i % 251) as u8 + 1).collect();
+        s.write(a, 0, &data).expect("write");
+        assert_eq!(s.clone_range(a, 100, b, 7, BS).expect("clone"), BS);
+        assert_eq!(
+            s.read_to_vec(b, 7, BS).expect("read"),
+            &data[100..100 + BS as usize]
+        );
+        let shared = s
+            .inner()
+            .read(|cx| {
+                let m = cx.mappings(b.0, 0, 2)?;
+                cx.is_shared(m[0].phys, 1)
+            })
+            .expect("shared");
+        assert!(!shared, "nothing lines up, nothing may be shared");
+        assert_clean(&s);
+    }
+
+    #[test]
+    fn clone_into_itself_overlapping_is_refused() {
+        let (_env, s) = store();
+        let a = file(&s, "a");
+        s.write(a, 0, &[1; 3 * BS as usize]).expect("write");
+        assert!(matches!(
+            s.clone_range(a, 0, a, BS, 2 * BS),
+            Err(Error::Invalid(_))
+        ));
+        assert_eq!(s.clone_range(a, 0, a, 3 * BS, BS).expect("clone"), BS);
+        assert_eq!(s.getattr(a).expect("attr").size, 4 * BS);
+    }
+
+    #[test]
+    fn self_clone_ending_at_eof_leaves_no_stale_bytes_past_eof() {
+        // Regression: a clone within one file, ending at its EOF, with the same misalignment on
+        // both sides shared the source's last block after the head copy had written into it,
+        // past the source's EOF; growing the file later showed those bytes instead of zeros.
+        let (_env, s) = store();
+        let a = file(&s, "a");
+        s.write(a, BS + BS / 2, &[9; 2 * BS as usize - 1])
+            .expect("write");
+        let size = s.getattr(a).expect("attr").size;
+        let src = 2 * BS + BS / 2;
+        let n = size - src;
+        s.clone_range(a, src, a, src + BS, n).expect("clone");
+        let end = src + BS + n;
+        assert_eq!(s.getattr(a).expect("attr").size, end);
+        s.setattr(
+            a,
+            &SetAttr {
+                size: Some(end + 2 * BS),
+                ..Default::default()
+            },
+        )
+        .expect("grow");
+        let tail = s.read_to_vec(a, end, 2 * BS).expect("read");
+        assert!(
+            tail.iter().all(|&b| b == 0),
+            "bytes past the old EOF are not zero"
+        );
+        assert_clean(&s);
+    }
+
+    #[test]
+    fn truncate_then_grow_reads_zeros() {
+        let (_env, s) = store();
+        let f = file(&s, "f");
+        s.write(f, 0, &[0xff; 2 * BS as usize]).expect("write");
+        s.commit().expect("commit");
+        for size in [5000, 2 * BS] {
+            s.setattr(
+                f,
+                &SetAttr {
+                    size: Some(size),
+                    ..Default::default()
+                },
+            )
+            .expect("truncate");
+        }
+        let got = s.read_to_vec(f, 0, 2 * BS).expect("read");
+        assert!(got[..5000].iter().all(|&b| b == 0xff));
+        assert!(
+            got[5000..].iter().all(|&b| b == 0),
+            "stale bytes after regrow"
+        );
+        assert_eq!(maps(&s, f).iter().map(|m| m.len).sum::<u64>(), 2);
+        assert_clean(&s);
+    }
+
+    #[test]
+    fn punch_unmaps_whole_blocks_and_zeroes_partial_ones() {
+        let (_env, s) = store();
+        let f = file(&s, "f");
+        s.write(f, 0, &[5; 4 * BS as usize]).expect("write");
+        s.fallocate(f, 100, 3 * BS, FallocMode::PunchHole)
+            .expect("punch");
+        let mapped: Vec<u64> = maps(&s, f)
+            .iter()
+            .flat_map(|m| m.fb..m.fb + m.len)
+            .collect();
+        assert_eq!(
+            mapped,
+            vec![0, 3],
+            "blocks 1 and 2 are wholly inside the hole"
+        );
+        let got = s.read_to_vec(f, 0, 4 * BS).expect("read");
+        assert!(got[..100].iter().all(|&b| b == 5));
+        assert!(got[100..(3 * BS + 100) as usize].iter().all(|&b| b == 0));
+        assert!(got[(3 * BS + 100) as usize..].iter().all(|&b| b == 5));
+        assert_eq!(
+            s.getattr(f).expect("attr").size,
+            4 * BS,
+            "punch keeps the size"
+        );
+        assert_clean(&s);
+    }
+
+    #[test]
+    fn seek_data_and_hole_follow_the_extent_map() {
+        let (_env, s) = store();
+        let f = file(&s, "f");
+        s.write(f, 2 * BS + 10, b"data").expect("write");
+        s.setattr(
+            f,
+            &SetAttr {
+                size: Some(5 * BS),
+                ..Default::default()
+            },
+        )
+        .expect("grow");
+        assert_eq!(s.seek(f, 0, SeekWhence::Data).expect("data"), 2 * BS);
+        assert_eq!(s.seek(f, 0, SeekWhence::Hole).expect("hole"), 0);
+        assert_eq!(
+            s.seek(f, 2 * BS + 5, SeekWhence::Data).expect("data"),
+            2 * BS + 5
+        );
+        assert_eq!(
+            s.seek(f, 2 * BS + 5, SeekWhence::Hole).expect("hole"),
+            3 * BS
+        );
+        assert!(matches!(
+            s.seek(f, 3 * BS, SeekWhence::Data),
+            Err(Error::NoData)
+        ));
+        assert!(matches!(
+            s.seek(f, 5 * BS, SeekWhence::Hole),
+            Err(Error::NoData)
+        ));
+    }
+
+    #[test]
+    fn writes_past_the_maximum_file_size_are_refused() {
+        let (_env, s) = store();
+        let f = file(&s, "f");
+        assert!(matches!(
+            s.write(f, MAX_FILE_SIZE - 2, b"abc"),
+            Err(Error::FileTooBig)
+        ));
+        assert!(matches!(
+            s.fallocate(
+                f,
+                MAX_FILE_SIZE,
+                1,
+                FallocMode::Allocate { keep_size: false }
+            ),
+            Err(Error::FileTooBig)
+        ));
+        assert_eq!(s.getattr(f).expect("attr").size, 0);
+    }
+
+    #[test]
+    fn allocate_hands_out_zeroed_blocks_even_when_reusing_freed_ones() {
+        let (_env, s) = store();
+        let (a, b) = (file(&s, "a"), file(&s, "b"));
+        s.write(a, 0, &[0xee; 4 * BS as usize]).expect("write");
+        // Blocks allocated and freed in one transaction are free at once.
+        s.unlink(InodeNo::ROOT, b"a").expect("unlink");
+        s.fallocate(b, 0, 4 * BS, FallocMode::Allocate { keep_size: false })
+            .expect("allocate");
+        assert_eq!(maps(&s, b).iter().map(|m| m.len).sum::<u64>(), 4);
+        assert!(s
+            .read_to_vec(b, 0, 4 * BS)
+            .expect("read")
+            .iter()
+            .all(|&x| x == 0));
+        assert_clean(&s);
+    }
+
+    #[test]
+    fn keep_size_preallocation_stays_inside_the_eof_block() {
+        // Regression: fallocate(KEEP_SIZE) mapped blocks wholly past EOF, which check() reports
+        // as extents past the end of the file.
+        let (_env, s) = store();
+        let f = file(&s, "f");
+        s.write(f, 0, b"x").expect("write");
+        s.fallocate(f, 0, 8 * BS, FallocMode::Allocate { keep_size: true })
+            .expect("allocate");
+        assert_eq!(s.getattr(f).expect("attr").size, 1);
+        assert!(
+            maps(&s, f).iter().all(|m| m.fb + m.len <= 1),
+            "{:?}",
+            maps(&s, f)
+        );
+        assert_clean(&s);
     }
 }

@@ -427,9 +427,11 @@ impl Ctx<'_> {
             };
             let new = self.alloc(n, hint)?;
             // Fresh blocks may have been freed in this transaction: make them read as zeros.
-            self.pool
-                .punch(new * self.bs, n * self.bs)
-                .map_err(Error::from_io)?;
+            if let Err(e) = self.pool.punch(new * self.bs, n * self.bs) {
+                // Nothing points at the new blocks yet: give them back (e.g. on ENOSPC).
+                self.release_blocks(new, n)?;
+                return Err(Error::from_io(e));
+            }
             self.map(ino, rec, fb, new, n)?;
         }
         Ok(())
@@ -915,6 +917,21 @@ mod tests {
             "{:?}",
             maps(&s, f)
         );
+        assert_clean(&s);
+    }
+
+    #[test]
+    fn enospc_while_allocating_leaks_no_blocks() {
+        // Regression: when zeroing freshly allocated blocks failed (ENOSPC), fallocate returned
+        // the error with the blocks neither mapped nor freed: leaked blocks at the next commit.
+        let (env, s) = store();
+        let f = file(&s, "f");
+        s.commit().expect("commit");
+        env.fail_writes_after(Some(0));
+        let r = s.fallocate(f, 0, 4 * BS, FallocMode::Allocate { keep_size: false });
+        env.fail_writes_after(None);
+        assert!(matches!(r, Err(Error::NoSpace)), "{r:?}");
+        assert!(maps(&s, f).is_empty());
         assert_clean(&s);
     }
 }

@@ -764,7 +764,7 @@ impl Inner {
             return Ok(());
         }
         let _one_at_a_time = lock(&self.commit_lock);
-        let released = {
+        {
             let mut st = lock(&self.state);
             if !st.mem.dirty && !closing {
                 return Ok(());
@@ -800,11 +800,12 @@ impl Inner {
                 w.set_durability(Durability::Immediate)?;
                 st.wtx = Some(w);
             }
-            released
-        };
-        for (s, l) in released.iter() {
-            if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
-                log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
+            // Punch while the state lock is held: the blocks are in the free table now, and a
+            // write that allocated one before the punch would lose its bytes to it.
+            for (s, l) in released.iter() {
+                if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
+                    log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
+                }
             }
         }
         Ok(())
@@ -897,4 +898,154 @@ fn spawn_committer(inner: Weak<Inner>, every: Duration) -> Result<JoinHandle<()>
                 log::error!("periodic commit failed: {e}");
             }
         })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::MemEnv;
+
+    fn opts() -> OpenOptions {
+        OpenOptions {
+            commit_interval: None,
+            cache_bytes: 1 << 20,
+            ..Default::default()
+        }
+    }
+
+    fn regular() -> NewInode {
+        NewInode {
+            kind: FileKind::Regular,
+            perm: 0o644,
+            rdev: 0,
+            symlink_target: None,
+        }
+    }
+
+    type Hook = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
+
+    /// A store directory whose pool runs a hook (once) at its next punch.
+    #[derive(Clone)]
+    struct PunchHookEnv {
+        mem: MemEnv,
+        hook: Hook,
+    }
+
+    impl std::fmt::Debug for PunchHookEnv {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("PunchHookEnv")
+        }
+    }
+
+    struct PunchHookFile {
+        file: Arc<dyn FileIo>,
+        hook: Hook,
+    }
+
+    impl std::fmt::Debug for PunchHookFile {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("PunchHookFile")
+        }
+    }
+
+    impl FileIo for PunchHookFile {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.file.set_len(len)
+        }
+        fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+            self.file.read_at(buf, off)
+        }
+        fn write_at(&self, data: &[u8], off: u64) -> std::io::Result<()> {
+            self.file.write_at(data, off)
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            self.file.sync()
+        }
+        fn copy_within(&self, src: u64, dst: u64, len: u64) -> std::io::Result<()> {
+            self.file.copy_within(src, dst, len)
+        }
+        fn punch(&self, off: u64, len: u64) -> std::io::Result<()> {
+            let hook = lock(&self.hook).take();
+            if let Some(h) = hook {
+                h();
+            }
+            self.file.punch(off, len)
+        }
+    }
+
+    impl Env for PunchHookEnv {
+        fn open(&self, name: &str, create: bool) -> Result<Arc<dyn FileIo>> {
+            let file = self.mem.open(name, create)?;
+            if name != POOL_FILE {
+                return Ok(file);
+            }
+            Ok(Arc::new(PunchHookFile {
+                file,
+                hook: self.hook.clone(),
+            }))
+        }
+        fn exists(&self, name: &str) -> bool {
+            self.mem.exists(name)
+        }
+        fn lock(&self) -> Result<Box<dyn Send + Sync + std::fmt::Debug>> {
+            self.mem.lock()
+        }
+        fn path(&self) -> std::path::PathBuf {
+            self.mem.path()
+        }
+    }
+
+    #[test]
+    fn freed_blocks_are_punched_before_another_writer_can_reuse_them() -> Result<()> {
+        // Regression: commit() punched the blocks it freed after letting go of the state lock,
+        // when they were already in the free table; a write in between (another FUSE thread)
+        // could allocate such a block and then lose its data to the late punch.
+        let env = PunchHookEnv {
+            mem: MemEnv::new(),
+            hook: Arc::new(Mutex::new(None)),
+        };
+        Store::mkfs_env(Arc::new(env.clone()), &MkfsOptions::default())?;
+        let store = Arc::new(Store::open_env(Arc::new(env.clone()), &opts())?);
+        let a = store
+            .create(InodeNo::ROOT, b"a", &regular(), Caller::ROOT)?
+            .ino;
+        let b = store
+            .create(InodeNo::ROOT, b"b", &regular(), Caller::ROOT)?
+            .ino;
+        store.write(a, 0, &[1u8; 4096])?;
+        store.commit()?;
+        // Redirect a's block: the old one is freed by the next commit.
+        store.write(a, 0, &[2u8; 4096])?;
+        let s2 = store.clone();
+        let writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>> = Arc::new(Mutex::new(None));
+        let slot = writer.clone();
+        *lock(&env.hook) = Some(Box::new(move || {
+            // At the commit's first punch of the pool another thread writes; give it the time
+            // to finish if nothing holds it back.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let h = std::thread::spawn(move || {
+                let _ = s2.write(b, 0, &[3u8; 4096]);
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(Duration::from_millis(500));
+            *lock(&slot) = Some(h);
+        }));
+        store.commit()?;
+        let h = lock(&writer).take();
+        assert!(h.is_some(), "the commit punched nothing");
+        if let Some(h) = h {
+            let _ = h.join();
+        }
+        assert!(
+            store.read_to_vec(b, 0, 4096)?.iter().all(|&x| x == 3),
+            "the late punch zeroed a block written after the commit freed it"
+        );
+        assert!(store.read_to_vec(a, 0, 4096)?.iter().all(|&x| x == 2));
+        store.commit()?;
+        assert!(store.check()?.is_clean());
+        Ok(())
+    }
 }

@@ -227,16 +227,23 @@ impl Env for DirEnv {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        if !sys::try_lock_exclusive(&file)? {
+        // A lock recorded by this very process can be one we just released whose descriptor a
+        // concurrently forked child still holds until its exec closes it: wait that out briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !sys::try_lock_exclusive(&file)? {
             let mut s = String::new();
-            let holder = file
+            file.rewind()?;
+            let holder: Option<u32> = file
                 .read_to_string(&mut s)
                 .ok()
                 .and_then(|_| s.trim().parse().ok());
-            return Err(Error::InUse {
-                path: self.dir.clone(),
-                holder,
-            });
+            if holder != Some(std::process::id()) || std::time::Instant::now() > deadline {
+                return Err(Error::InUse {
+                    path: self.dir.clone(),
+                    holder,
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         file.set_len(0)?;
         file.rewind()?;

@@ -4,6 +4,10 @@
 #![deny(clippy::unwrap_used)]
 
 mod capabilities;
+mod du;
+mod fsck;
+mod human;
+mod inspect;
 mod logger;
 mod mkfs;
 mod mount;
@@ -37,6 +41,12 @@ enum Command {
     Umount(umount::Args),
     Stats(stats::Args),
     Capabilities(capabilities::Args),
+    /// Check a store's consistency (exit codes as e2fsck: 0 clean, 1 corrected, 4 uncorrected, 8 error).
+    Fsck(fsck::FsckArgs),
+    /// Show a store's summary, or one inode and its extent map.
+    Inspect(inspect::InspectArgs),
+    /// Show total, exclusive and shared space per file and directory.
+    Du(du::DuArgs),
 }
 
 impl Command {
@@ -47,8 +57,15 @@ impl Command {
             Command::Umount(_) => "umount",
             Command::Stats(_) => "stats",
             Command::Capabilities(_) => "capabilities",
+            Command::Fsck(_) => "fsck",
+            Command::Inspect(_) => "inspect",
+            Command::Du(_) => "du",
         }
     }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn main() -> ExitCode {
@@ -60,6 +77,9 @@ fn main() -> ExitCode {
         Command::Umount(a) => umount::run(a),
         Command::Stats(a) => stats::run(a),
         Command::Capabilities(a) => capabilities::run(a),
+        Command::Fsck(a) => Ok(exit(fsck::run(&a))),
+        Command::Inspect(a) => Ok(exit(inspect::run(&a))),
+        Command::Du(a) => Ok(exit(du::run(&a))),
     };
     match result {
         Ok(code) => code,

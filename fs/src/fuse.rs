@@ -320,8 +320,17 @@ impl CowFs {
 impl Filesystem for CowFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let abi = config.kernel_abi();
-        let max_write = match config.set_max_write(self.cfg.max_write) {
-            Ok(_) => self.cfg.max_write,
+        // The kernel's largest read is max_pages pages, derived from max_write: keep it within
+        // what one splice pipe holds, so every read reply can be spliced.
+        let mut want_write = self.cfg.max_write;
+        if self.cfg.copy_mode == CopyMode::Splice {
+            match splice::max_reply_data() {
+                Ok(n) => want_write = want_write.min(u32::try_from(n).unwrap_or(u32::MAX)),
+                Err(e) => warn!("cannot size a splice pipe: {e}"),
+            }
+        }
+        let max_write = match config.set_max_write(want_write) {
+            Ok(_) => want_write,
             Err(nearest) => {
                 let _ = config.set_max_write(nearest);
                 nearest

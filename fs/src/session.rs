@@ -25,6 +25,10 @@ pub struct MountSpec {
     pub acl: SessionACL,
     /// Request-serving threads.
     pub threads: usize,
+    /// Kernel readahead for the mount in KiB (the bdi's read_ahead_kb). `None`: as large as
+    /// the largest read request (about 1 MiB), so sequential reads arrive in requests of that
+    /// size instead of the kernel default's 128 KiB; `Some(0)` keeps the kernel default.
+    pub readahead_kb: Option<u32>,
 }
 
 /// Why a mount failed, each a one-line message for the user.
@@ -106,6 +110,8 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
 
     let control = match control::mount_dev(&mountpoint) {
         Ok(devno) => {
+            let max_read = shared.kernel.lock().map(|k| k.max_write).unwrap_or(0);
+            set_readahead(devno, spec.readahead_kb.unwrap_or(max_read / 1024));
             let source = stats_source(
                 &shared,
                 Arc::downgrade(&store),
@@ -140,6 +146,17 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
         shared,
         mountpoint,
     })
+}
+
+/// Set the mount's readahead (root only; others keep the default, which is only slower).
+fn set_readahead((major, minor): (u32, u32), kb: u32) {
+    if kb == 0 {
+        return;
+    }
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&path, kb.to_string()) {
+        log::info!("keeping the default readahead ({path}: {e})");
+    }
 }
 
 fn stats_source(

@@ -43,6 +43,14 @@ impl Pipe {
     }
 }
 
+/// The largest read reply (data bytes) a pipe of this process can carry whole: the pipe's
+/// capacity less the header's page. Unprivileged (and capability-less root) pipes stop at
+/// /proc/sys/fs/pipe-max-size, 1 MiB by default, so a 1 MiB read would not fit.
+pub fn max_reply_data() -> io::Result<usize> {
+    let p = Pipe::new()?;
+    Ok(p.slots.saturating_sub(1) * PAGE)
+}
+
 thread_local! {
     static PIPE: RefCell<Option<Pipe>> = const { RefCell::new(None) };
 }
@@ -56,16 +64,16 @@ pub enum SpliceError {
     Device(io::Error),
 }
 
-/// Pipe buffers a reply of these segments may take, counted pessimistically: every segment may
-/// start and end mid-page, and the zero pages are referenced 16 pages at a time.
+/// Pipe buffers (one page each at most) a reply of these segments takes: the header's, the
+/// pages each pool range spans, and the zero pages of each hole ([`zeros`] references whole
+/// pages of the page-aligned [`sys::ZEROS`] from its start, so `len` bytes take
+/// `ceil(len / PAGE)` buffers).
 fn slots_needed(segs: &[Segment]) -> usize {
     1 + segs
         .iter()
         .map(|s| match *s {
             Segment::Pool { pos, len } => ((pos as usize % PAGE) + len as usize).div_ceil(PAGE),
-            Segment::Hole { len } => {
-                (len as usize).div_ceil(PAGE) + (len as usize).div_ceil(sys::ZEROS.0.len())
-            }
+            Segment::Hole { len } => (len as usize).div_ceil(PAGE),
         })
         .sum::<usize>()
 }
@@ -229,6 +237,27 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir)?;
         Ok(())
+    }
+
+    #[test]
+    fn slots_are_counted_exactly() {
+        let aligned = [Segment::Pool {
+            pos: 8192,
+            len: 255 * PAGE as u64,
+        }];
+        assert_eq!(slots_needed(&aligned), 256);
+        let hole = [Segment::Hole {
+            len: 255 * PAGE as u64,
+        }];
+        assert_eq!(slots_needed(&hole), 256);
+        let unaligned = [
+            Segment::Pool {
+                pos: 100,
+                len: PAGE as u64,
+            },
+            Segment::Hole { len: 1 },
+        ];
+        assert_eq!(slots_needed(&unaligned), 1 + 2 + 1);
     }
 
     #[test]

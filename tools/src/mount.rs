@@ -129,6 +129,7 @@ fn serve(a: &Args, opts: &MountOpts) -> CmdResult {
         options: opts.kernel_options(),
         acl: opts.acl,
         threads: opts.threads,
+        readahead_kb: opts.readahead_kb,
     };
     // Keep no directory busy: the daemon may outlive the shell it was started from.
     let _ = std::env::set_current_dir("/");

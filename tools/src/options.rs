@@ -21,6 +21,7 @@ pub struct MountOpts {
     pub copy_mode: CopyMode,
     pub threads: usize,
     pub ttl_secs: u64,
+    pub readahead_kb: Option<u32>,
     pub writeback_cache: bool,
     pub log: Option<PathBuf>,
     pub debug: bool,
@@ -44,6 +45,7 @@ impl Default for MountOpts {
                 .map_or(2, |n| n.get())
                 .clamp(2, 8),
             ttl_secs: 10,
+            readahead_kb: None,
             writeback_cache: false,
             log: None,
             debug: false,
@@ -92,6 +94,9 @@ Mount options (-o OPT[,OPT...]):
   copy_mode=splice|buffered    how read data reaches the kernel (default splice: zero-copy)
   threads=N              request threads (default: CPUs, 2..8)
   ttl=SECONDS            attribute and entry cache time in the kernel (default 10)
+  readahead_kb=N         kernel readahead for the mount (default: the largest read request,
+                         about 1 MiB, so sequential reads come in few large requests; 0 keeps
+                         the kernel's 128)
   writeback_cache        let the kernel batch writes in its page cache
   log=FILE               daemon log file (default STORE/cowfs.log; -f logs to stderr)
   debug                  log every request (very verbose)
@@ -138,6 +143,9 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
             }
             ("threads", Some(v)) => o.threads = (num(key, v)? as usize).clamp(1, 64),
             ("ttl", Some(v)) => o.ttl_secs = num(key, v)?,
+            ("readahead_kb", Some(v)) => {
+                o.readahead_kb = Some(u32::try_from(num(key, v)?).map_err(|e| e.to_string())?)
+            }
             ("writeback_cache", None) => o.writeback_cache = true,
             ("no_writeback_cache", None) => o.writeback_cache = false,
             ("log", Some(v)) => o.log = Some(PathBuf::from(v)),

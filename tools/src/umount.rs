@@ -75,14 +75,21 @@ fn unmount(mp: &Path) -> Result<(), String> {
 
 pub fn run(a: Args) -> CmdResult {
     let mp = std::path::absolute(&a.mountpoint)?;
+    let mut stale_socket = None;
     let daemon = match control::query(&mp) {
         Ok(s) => Some(Daemon::new(s.pid)),
         // The daemon died (ENOTCONN) or its socket is stale: unmount what is left.
         Err(QueryError::Stat(_, e)) if e.raw_os_error() == Some(libc::ENOTCONN) => None,
-        Err(QueryError::DaemonGone(..)) => None,
+        Err(QueryError::DaemonGone(_, socket)) => {
+            stale_socket = Some(socket);
+            None
+        }
         Err(e) => return Err(e.to_string().into()),
     };
     unmount(&mp)?;
+    if let Some(socket) = stale_socket {
+        let _ = std::fs::remove_file(socket);
+    }
     let Some(daemon) = daemon else {
         eprintln!(
             "cowfs umount: {}: the daemon was not running; unmounted",

@@ -64,6 +64,9 @@ impl Ctx<'_> {
     /// else the first free run that fits after the cursor, else at the end of the pool.
     pub fn alloc(&mut self, n: u64, hint: Option<u64>) -> Result<u64> {
         debug_assert!(n > 0);
+        if self.mem.low_space {
+            return Err(Error::NoSpace);
+        }
         let start = self.find_space(n, hint)?;
         self.mem.txn_alloc.insert(start, n);
         self.mem.cursor = start + n;
@@ -93,11 +96,16 @@ impl Ctx<'_> {
             self.take_free(s, rec, s, n)?;
             return Ok(s);
         }
-        // A free run that ends at the pool's end can be extended in place.
+        // A free run that ends at the pool's end can be extended in place. The probes above
+        // may not have reached it, so it can also be long enough already.
         if let Some((s, rec)) = self.free_record_before(end_of_pool.saturating_sub(1))? {
             if s + rec.len == end_of_pool && end_of_pool > 0 {
-                self.free.remove(s)?;
-                self.grow_pool(n - rec.len)?;
+                if rec.len >= n {
+                    self.take_free(s, rec, s, n)?;
+                } else {
+                    self.grow_pool(n - rec.len)?;
+                    self.free.remove(s)?;
+                }
                 return Ok(s);
             }
         }
@@ -150,7 +158,12 @@ impl Ctx<'_> {
     /// Release blocks no longer referenced. Blocks allocated in this transaction are free at once;
     /// committed blocks wait until the commit that frees them is durable.
     pub fn release_blocks(&mut self, start: u64, len: u64) -> Result<()> {
-        let fresh = self.mem.txn_alloc.intersect(start, len);
+        // While a read may still be copying from them, even fresh blocks wait for the commit.
+        let fresh = if self.mem.pins.any() {
+            Vec::new()
+        } else {
+            self.mem.txn_alloc.intersect(start, len)
+        };
         let mut pos = start;
         for (s, l) in fresh
             .iter()
@@ -382,6 +395,31 @@ mod tests {
                 Ok(())
             })
             .expect("alloc");
+    }
+
+    #[test]
+    fn a_long_free_run_at_the_pool_end_beyond_the_probes_is_taken_not_lost() {
+        // Regression: with more free runs after the cursor than the search probes, a free run
+        // ending at the pool's end that was already long enough made `n - rec.len` wrap, so
+        // the write failed with ENOSPC on a roomy host, and the run, removed from the free
+        // table first, leaked (fsck: LeakedBlock) once the transaction committed.
+        let (_env, s) = store();
+        s.inner()
+            .write(|cx| {
+                cx.mem.state.pool_blocks = 400;
+                for i in 0..2 * super::FREE_PROBES as u64 {
+                    cx.insert_free(2 * i, 1)?;
+                }
+                cx.insert_free(390, 10)?;
+                cx.mem.cursor = 0;
+                assert_eq!(cx.alloc(4, None)?, 390);
+                assert_eq!(cx.mem.state.pool_blocks, 400, "the pool did not grow");
+                Ok(())
+            })
+            .expect("alloc");
+        let runs = free_runs(&s);
+        assert_eq!(runs.last(), Some(&(394, 6)), "the rest of the run stays free");
+        assert_eq!(runs.len(), 2 * super::FREE_PROBES + 1);
     }
 
     #[test]

@@ -210,7 +210,7 @@ impl Store {
     }
 
     pub fn check_with_progress(&self, progress: Progress<'_>) -> Result<CheckReport> {
-        let rtx = self.inner().db.begin_read()?;
+        let rtx = self.inner().db().begin_read()?;
         let bs = u64::from(self.block_size());
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             check_txn(&rtx, bs, progress)

@@ -28,6 +28,18 @@ pub trait FileIo: Send + Sync + Debug {
     fn copy_within(&self, src: u64, dst: u64, len: u64) -> io::Result<()>;
     /// Make the range read as zeros and give its space back to the host.
     fn punch(&self, off: u64, len: u64) -> io::Result<()>;
+    /// Reserve host space for `[off, off+len)` (the bytes read as zeros where not yet written).
+    fn allocate(&self, off: u64, len: u64) -> io::Result<()> {
+        let end = off + len;
+        // Without a way to reserve, writing zeros past the end is the honest fallback.
+        let mut pos = self.len()?.max(off);
+        while pos < end {
+            let n = (end - pos).min(ZEROS.len() as u64);
+            self.write_at(&ZEROS[..n as usize], pos)?;
+            pos += n;
+        }
+        Ok(())
+    }
     /// The descriptor, for callers that move data with splice or passthrough.
     fn raw_fd(&self) -> Option<RawFd> {
         None
@@ -139,6 +151,10 @@ impl FileIo for DiskFile {
 
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.file.as_raw_fd())
+    }
+
+    fn allocate(&self, off: u64, len: u64) -> io::Result<()> {
+        sys::fallocate(&self.file, 0, off, len)
     }
 
     fn host_space(&self) -> io::Result<Option<(u64, u64)>> {
@@ -634,35 +650,123 @@ impl FileIo for ScratchFile {
 // ---------------------------------------------------------------------------------------------
 // redb's storage backend over a FileIo
 
+/// Space held back on the host so that metadata can always be committed, even when data writes
+/// have filled the disk: the B-tree backend releases it on ENOSPC and retries. While it is
+/// released the store refuses new data blocks (ENOSPC) but deletions still commit, and it is taken
+/// again once a commit has freed space.
 #[derive(Debug)]
-pub(crate) struct RedbFile(pub Arc<dyn FileIo>);
+pub struct SpaceReserve {
+    file: Arc<dyn FileIo>,
+    bytes: u64,
+    held: std::sync::atomic::AtomicBool,
+}
+
+pub const RESERVE_FILE: &str = "reserve";
+
+impl SpaceReserve {
+    /// Size for a host filesystem of `host_total` bytes: 2% of it, from 2 MiB to 64 MiB.
+    pub fn size_for(host_total: Option<u64>) -> u64 {
+        let mib = 1 << 20;
+        host_total.map_or(64 * mib, |t| (t / 50).clamp(2 * mib, 64 * mib) / mib * mib)
+    }
+
+    pub fn new(file: Arc<dyn FileIo>, bytes: u64) -> SpaceReserve {
+        let held = file.len().map(|l| l >= bytes).unwrap_or(false);
+        SpaceReserve {
+            file,
+            bytes,
+            held: std::sync::atomic::AtomicBool::new(held),
+        }
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Take the space (again); false if the host has not got it.
+    pub fn fill(&self) -> bool {
+        if self.is_held() {
+            return true;
+        }
+        match self.file.allocate(0, self.bytes) {
+            Ok(()) => {
+                self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+                true
+            }
+            Err(_) => {
+                let _ = self.file.set_len(0);
+                false
+            }
+        }
+    }
+
+    /// Give the space back to the host; true if it was held.
+    pub fn release(&self) -> bool {
+        if !self.held.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        if let Err(e) = self.file.set_len(0) {
+            log::error!("releasing the space reserve: {e}");
+        }
+        log::warn!("host filesystem full: released the metadata space reserve; new data is refused until space is freed");
+        true
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct RedbFile {
+    pub file: Arc<dyn FileIo>,
+    pub reserve: Option<Arc<SpaceReserve>>,
+}
+
+impl RedbFile {
+    pub fn new(file: Arc<dyn FileIo>) -> RedbFile {
+        RedbFile {
+            file,
+            reserve: None,
+        }
+    }
+
+    /// Retry once after releasing the reserve when the host is full.
+    fn with_room(&self, op: impl Fn() -> io::Result<()>) -> io::Result<()> {
+        match op() {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+                match &self.reserve {
+                    Some(r) if r.release() => op(),
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+}
 
 impl redb::StorageBackend for RedbFile {
     fn len(&self) -> std::result::Result<u64, io::Error> {
-        self.0.len()
+        self.file.len()
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), io::Error> {
-        let len = self.0.len()?;
+        let len = self.file.len()?;
         if offset + out.len() as u64 > len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "read past the end of meta.redb",
             ));
         }
-        self.0.read_at(out, offset)
+        self.file.read_at(out, offset)
     }
 
     fn set_len(&self, len: u64) -> std::result::Result<(), io::Error> {
-        self.0.set_len(len)
+        self.with_room(|| self.file.set_len(len))
     }
 
     fn sync_data(&self) -> std::result::Result<(), io::Error> {
-        self.0.sync()
+        self.with_room(|| self.file.sync())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), io::Error> {
-        self.0.write_at(data, offset)
+        self.with_room(|| self.file.write_at(data, offset))
     }
 }
 

@@ -53,6 +53,15 @@ pub(crate) fn new_inode_record(
 }
 
 impl Ctx<'_> {
+    /// With the host full and the metadata reserve spent, only operations that free space are
+    /// allowed, so that the reserve is enough to commit them.
+    fn refuse_growth_when_full(&self) -> Result<()> {
+        if self.mem.low_space {
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
     pub fn get_dirent(&self, parent: u64, name: &[u8]) -> Result<Option<DirentRecord>> {
         match self.dirents.get((parent, name))? {
             Some(v) => Ok(Some(decode(
@@ -135,6 +144,7 @@ impl Ctx<'_> {
         new: &NewInode,
         caller: Caller,
     ) -> Result<(u64, InodeRecord)> {
+        self.refuse_growth_when_full()?;
         check_name(name)?;
         let mut prec = self.get_dir(parent)?;
         if prec.nlink == 0 {
@@ -181,6 +191,7 @@ impl Ctx<'_> {
     }
 
     pub fn link(&mut self, ino: u64, newparent: u64, newname: &[u8]) -> Result<InodeRecord> {
+        self.refuse_growth_when_full()?;
         check_name(newname)?;
         let mut rec = self.get_inode(ino)?;
         if rec.kind == FileKind::Directory {
@@ -507,6 +518,7 @@ impl Ctx<'_> {
     }
 
     pub fn set_xattr(&mut self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        self.refuse_growth_when_full()?;
         if name.is_empty() {
             return Err(Error::Invalid("empty attribute name"));
         }

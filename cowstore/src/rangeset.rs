@@ -88,6 +88,10 @@ impl RangeSet {
         self.map.iter().map(|(&s, &l)| (s, l))
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     pub fn total(&self) -> u64 {
         self.map.values().sum()
     }

@@ -4,7 +4,7 @@
 use crate::codec::{decode, InodeRecord, StateRecord};
 use crate::data::{require_regular, touch_data, Source, MAX_FILE_SIZE};
 use crate::error::{Error, Result};
-use crate::io::{DirEnv, Env, FileIo, RedbFile, ScratchFile};
+use crate::io::{DirEnv, Env, FileIo, RedbFile, ScratchFile, SpaceReserve, RESERVE_FILE};
 use crate::ns::{new_inode_record, NAME_MAX};
 use crate::superblock::{Superblock, SUPERBLOCK_FILE, SUPERBLOCK_LEN};
 use crate::tables::{Ctx, TxnMem, STATE, STATE_KEY};
@@ -17,7 +17,23 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub const META_FILE: &str = "meta.redb";
+/// Mutations per commit while the host is full (see `Inner::write`).
+const LOW_SPACE_COMMIT_EVERY: u64 = 64;
 pub const POOL_FILE: &str = "pool";
+
+/// The segments of a read, with the pool blocks they name held against reuse until dropped.
+#[derive(Debug)]
+pub struct PinnedRead {
+    segments: Vec<Segment>,
+    _pin: crate::tables::Pin,
+}
+
+impl std::ops::Deref for PinnedRead {
+    type Target = [Segment];
+    fn deref(&self) -> &[Segment] {
+        &self.segments
+    }
+}
 
 /// Options for [`Store::mkfs`].
 #[derive(Clone, Debug)]
@@ -65,7 +81,11 @@ pub(crate) struct Inner {
     pub env: Arc<dyn Env>,
     pub sb: Superblock,
     pub bs: u64,
-    pub db: Database,
+    db: std::sync::RwLock<Arc<Database>>,
+    /// How to open the B-tree again after an I/O error it latched (see `reopen_db`).
+    meta_backend: Arc<dyn FileIo>,
+    cache_bytes: usize,
+    pub reserve: Option<Arc<SpaceReserve>>,
     pub pool: Arc<dyn FileIo>,
     pub state: Mutex<TxnState>,
     commit_lock: Mutex<()>,
@@ -127,7 +147,7 @@ impl Store {
         meta.set_len(0)?;
         let pool = env.open(POOL_FILE, true)?;
         pool.set_len(0)?;
-        let db = redb::Builder::new().create_with_backend(RedbFile(meta.clone()))?;
+        let db = redb::Builder::new().create_with_backend(RedbFile::new(meta.clone()))?;
         let mut wtx = db.begin_write()?;
         wtx.set_durability(Durability::Immediate)?;
         {
@@ -178,9 +198,24 @@ impl Store {
         } else {
             meta
         };
-        let db = redb::Builder::new()
-            .set_cache_size(opts.cache_bytes)
-            .create_with_backend(RedbFile(backend))?;
+        // Only a store on a real host filesystem can run out of host space.
+        let reserve = match pool.host_space() {
+            Ok(Some((total, _))) if !opts.read_only => {
+                let f = env.open(RESERVE_FILE, true)?;
+                let r = Arc::new(SpaceReserve::new(f, SpaceReserve::size_for(Some(total))));
+                if !r.fill() {
+                    log::warn!("could not reserve metadata space: the host filesystem is full");
+                }
+                Some(r)
+            }
+            _ => None,
+        };
+        let db = open_db(
+            backend.clone(),
+            reserve.clone(),
+            opts.cache_bytes,
+            opts.verify,
+        )?;
         let state = {
             let rtx = db.begin_read()?;
             let t = rtx
@@ -197,7 +232,10 @@ impl Store {
             env,
             sb,
             bs,
-            db,
+            db: std::sync::RwLock::new(Arc::new(db)),
+            meta_backend: backend,
+            cache_bytes: opts.cache_bytes,
+            reserve,
             pool,
             state: Mutex::new(TxnState {
                 wtx: Some(wtx),
@@ -473,24 +511,29 @@ impl Store {
     // ------------------------------------------------------------------ data
 
     /// Where the bytes `[off, off+len)` of a file are (clipped at its end).
-    pub fn read(&self, ino: InodeNo, off: u64, len: u64) -> Result<Vec<Segment>> {
+    /// The result pins the pool blocks: keep it until the bytes have been copied out.
+    pub fn read(&self, ino: InodeNo, off: u64, len: u64) -> Result<PinnedRead> {
         self.inner.read(|cx| {
             let rec = cx.get_inode(ino.0)?;
             require_regular(&rec)?;
-            cx.read_segments(ino.0, &rec, off, len)
+            let segments = cx.read_segments(ino.0, &rec, off, len)?;
+            Ok(PinnedRead {
+                segments,
+                _pin: cx.mem.pins.pin(),
+            })
         })
     }
 
     /// Read into a buffer (tests and tools; the mount splices segments instead).
     pub fn read_to_vec(&self, ino: InodeNo, off: u64, len: u64) -> Result<Vec<u8>> {
         let segs = self.read(ino, off, len)?;
-        let total: u64 = segs.iter().map(Segment::len).sum();
+        let total: u64 = segs.iter().map(|s| s.len()).sum();
         let mut out = vec![0u8; total as usize];
         let mut at = 0usize;
-        for s in segs {
+        for s in segs.iter() {
             let n = s.len() as usize;
             if let Segment::Pool { pos, .. } = s {
-                self.inner.pool.read_at(&mut out[at..at + n], pos)?;
+                self.inner.pool.read_at(&mut out[at..at + n], *pos)?;
             }
             at += n;
         }
@@ -728,7 +771,37 @@ impl Inner {
                 self.rollback(&mut st, e);
             }
         }
+        // On a full host, commit in small steps: a big transaction of deletions needs new B-tree
+        // pages for everything it touches before the commit frees the old ones.
+        st.mem.ops_since_commit += 1;
+        let commit_now = st.mem.low_space && st.mem.ops_since_commit >= LOW_SPACE_COMMIT_EVERY;
+        drop(st);
+        if commit_now {
+            if let Err(e) = self.commit(false) {
+                log::warn!("commit on a full host failed: {e}");
+            }
+        }
         result
+    }
+
+    /// The B-tree database (replaced by `reopen_db` after a latched I/O error).
+    pub(crate) fn db(&self) -> Arc<Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// redb refuses all work after an I/O error until it is opened again; do that, so that a
+    /// transient failure (e.g. a full disk) does not leave the mount answering EIO until remounted.
+    fn reopen_db(&self) -> Result<()> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let fresh = open_db(
+            self.meta_backend.clone(),
+            self.reserve.clone(),
+            self.cache_bytes,
+            false,
+        )?;
+        *slot = Arc::new(fresh);
+        log::warn!("metadata B-tree reopened after an I/O error");
+        Ok(())
     }
 
     fn rollback(&self, st: &mut TxnState, why: &Error) {
@@ -736,8 +809,13 @@ impl Inner {
         if let Some(w) = st.wtx.take() {
             let _ = w.abort();
         }
+        if self.db().begin_write().map(|w| w.abort()).is_err() {
+            if let Err(e) = self.reopen_db() {
+                log::error!("reopening the metadata B-tree failed: {e}");
+            }
+        }
         let committed = (|| -> Result<StateRecord> {
-            let rtx = self.db.begin_read()?;
+            let rtx = self.db().begin_read()?;
             let t = rtx.open_table(STATE)?;
             let v = t
                 .get(STATE_KEY)?
@@ -749,7 +827,8 @@ impl Inner {
             st.mem = TxnMem::new(state);
             st.mem.state.clean = false;
             st.mem.open_counts = open;
-            if let Ok(mut w) = self.db.begin_write() {
+            st.mem.low_space = self.reserve.as_ref().is_some_and(|r| !r.is_held());
+            if let Ok(mut w) = self.db().begin_write() {
                 if w.set_durability(Durability::Immediate).is_ok() {
                     st.wtx = Some(w);
                 }
@@ -771,6 +850,11 @@ impl Inner {
             }
             let TxnState { wtx, mem } = &mut *st;
             let w = wtx.take().ok_or_else(poisoned)?;
+            // Freed blocks become allocatable with this commit: let reads still copying from
+            // them finish first (none can start: we hold the state lock).
+            if !mem.pending_free.is_empty() {
+                mem.pins.wait_idle();
+            }
             let prepared = (|| -> Result<()> {
                 let mut cx = Ctx::open(&w, mem, self.pool.as_ref(), self.bs)?;
                 let pending: Vec<(u64, u64)> = cx.mem.pending_free.iter().collect();
@@ -795,8 +879,9 @@ impl Inner {
             let released = std::mem::take(&mut st.mem.pending_free);
             st.mem.txn_alloc = Default::default();
             st.mem.dirty = false;
+            st.mem.ops_since_commit = 0;
             if !closing {
-                let mut w = self.db.begin_write()?;
+                let mut w = self.db().begin_write()?;
                 w.set_durability(Durability::Immediate)?;
                 st.wtx = Some(w);
             }
@@ -807,6 +892,13 @@ impl Inner {
                     log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
                 }
             }
+            // Space may have come back: take the metadata reserve again.
+            if let Some(r) = &self.reserve {
+                if !r.is_held() && r.fill() {
+                    log::info!("host space available again: metadata reserve restored");
+                }
+            }
+            st.mem.low_space = self.reserve.as_ref().is_some_and(|r| !r.is_held());
         }
         Ok(())
     }
@@ -870,6 +962,27 @@ fn panic_error(p: Box<dyn std::any::Any + Send>) -> Error {
     Error::Corrupted(format!(
         "meta.redb: internal error while reading metadata ({what}); run cowfs fsck"
     ))
+}
+
+fn open_db(
+    backend: Arc<dyn FileIo>,
+    reserve: Option<Arc<SpaceReserve>>,
+    cache: usize,
+    verify: bool,
+) -> Result<Database> {
+    redb::Builder::new()
+        .set_cache_size(cache)
+        .set_check_integrity_on_open(verify)
+        .create_with_backend(RedbFile {
+            file: backend,
+            reserve,
+        })
+        .map_err(|e| match Error::from(e) {
+            Error::Corrupted(m) => Error::Corrupted(format!(
+                "{m} (the metadata B-tree failed verification at open)"
+            )),
+            other => other,
+        })
 }
 
 fn is_fatal(e: &Error) -> bool {

@@ -18,6 +18,7 @@ use crate::io::FileIo;
 use crate::rangeset::RangeSet;
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
 
 pub(crate) type Bytes = &'static [u8];
 
@@ -46,6 +47,53 @@ pub(crate) struct TxnMem {
     pub cursor: u64,
     /// Open handles per inode (process state, survives commits).
     pub open_counts: HashMap<u64, u32>,
+    /// The host is full and the metadata reserve is spent: refuse new data blocks.
+    pub low_space: bool,
+    /// Mutations since the last commit.
+    pub ops_since_commit: u64,
+    /// Reads copying pool bytes right now (their blocks must not be reused meanwhile).
+    pub pins: Arc<ReadPins>,
+}
+
+/// Counts reads that hold pool positions outside the store lock. Freed blocks become
+/// allocatable only when none is active, so a read never returns another file's bytes.
+#[derive(Debug, Default)]
+pub struct ReadPins {
+    active: Mutex<u64>,
+    idle: Condvar,
+}
+
+impl ReadPins {
+    pub fn pin(self: &Arc<Self>) -> Pin {
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Pin(self.clone())
+    }
+
+    pub fn any(&self) -> bool {
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()) > 0
+    }
+
+    /// Wait until no read is active. Callers hold the store lock, so no new one can start.
+    pub fn wait_idle(&self) {
+        let mut n = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            n = self.idle.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// One active read; dropping it ends the read.
+#[derive(Debug)]
+pub struct Pin(Arc<ReadPins>);
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut n = self.0.active.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.0.idle.notify_all();
+        }
+    }
 }
 
 impl TxnMem {
@@ -57,6 +105,9 @@ impl TxnMem {
             dirty: false,
             cursor: 0,
             open_counts: HashMap::new(),
+            low_space: false,
+            ops_since_commit: 0,
+            pins: Arc::new(ReadPins::default()),
         }
     }
 }

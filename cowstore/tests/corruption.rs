@@ -68,7 +68,7 @@ fn read_all(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
         .expect("read_dir")
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name() != "lock")
+        .filter(|e| e.file_name() != "lock" && e.file_name() != "reserve")
         .map(|e| {
             (
                 e.file_name().to_string_lossy().into_owned(),

@@ -427,7 +427,14 @@ impl Ctx<'_> {
             };
             let new = self.alloc(n, hint)?;
             // Fresh blocks may have been freed in this transaction: make them read as zeros.
-            if let Err(e) = self.pool.punch(new * self.bs, n * self.bs) {
+            // Then reserve their host space, so a full host answers ENOSPC here, not at a
+            // later write into the preallocated range (posix_fallocate's promise).
+            let (pos, bytes) = (new * self.bs, n * self.bs);
+            let zeroed = self
+                .pool
+                .punch(pos, bytes)
+                .and_then(|()| self.pool.allocate(pos, bytes));
+            if let Err(e) = zeroed {
                 // Nothing points at the new blocks yet: give them back (e.g. on ENOSPC).
                 self.release_blocks(new, n)?;
                 return Err(Error::from_io(e));

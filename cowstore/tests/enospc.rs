@@ -171,3 +171,37 @@ fn nix_is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+#[test]
+fn fallocate_beyond_the_host_is_enospc() {
+    // Regression: fallocate only punched the new pool blocks, reserving nothing on the host,
+    // so `fallocate -l 1G` succeeded on a 64 MiB host and the writes into the "preallocated"
+    // range then failed with ENOSPC.
+    let Some(fs) = Tmpfs::mount("24m") else {
+        assert!(
+            !nix_is_root(),
+            "mounting a tmpfs failed although we are root"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let dir = fs.path().join("store");
+    Store::mkfs(&dir, &MkfsOptions::default()).expect("mkfs");
+    let s = Store::open(&dir, &OpenOptions::default()).expect("open");
+    let reg = NewInode {
+        kind: FileKind::Regular,
+        perm: 0o644,
+        rdev: 0,
+        symlink_target: None,
+    };
+    let f = s.create(InodeNo::ROOT, b"f", &reg, ME).expect("create").ino;
+    let r = s.fallocate(f, 0, 64 << 20, FallocMode::Allocate { keep_size: false });
+    assert!(matches!(r, Err(Error::NoSpace)), "{r:?}");
+    s.fallocate(f, 0, 4 << 20, FallocMode::Allocate { keep_size: false })
+        .expect("a fallocate that fits");
+    s.write(f, 0, &vec![7u8; 4 << 20])
+        .expect("writes into the preallocated range");
+    s.commit().expect("commit");
+    assert!(s.check().expect("check").is_clean());
+    s.close().expect("close");
+}

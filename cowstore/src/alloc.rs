@@ -418,7 +418,11 @@ mod tests {
             })
             .expect("alloc");
         let runs = free_runs(&s);
-        assert_eq!(runs.last(), Some(&(394, 6)), "the rest of the run stays free");
+        assert_eq!(
+            runs.last(),
+            Some(&(394, 6)),
+            "the rest of the run stays free"
+        );
         assert_eq!(runs.len(), 2 * super::FREE_PROBES + 1);
     }
 

@@ -32,6 +32,8 @@ pub enum ProblemKind {
     BlockCount,
     /// readdir cookie index disagrees with the directory entries.
     Cookie,
+    /// Overlay: a lower file changed since it was imported (reads of it fail with EIO).
+    LowerChanged,
 }
 
 /// One inconsistency, precise enough to act on.
@@ -75,13 +77,14 @@ impl CheckReport {
     }
 }
 
+use crate::codec::LowerFileRecord;
 use crate::codec::{
     decode, DirentRecord, ExtentRecord, FreeRecord, InodeRecord, RefcountRecord, StateRecord,
 };
 use crate::error::Result;
 use crate::store::Store;
 use crate::tables::{
-    COOKIES, DIRENTS, EXTENTS, FREE, INODES, ORPHANS, REFCOUNTS, STATE, STATE_KEY,
+    COOKIES, DIRENTS, EXTENTS, FREE, INODES, LOWER_FILES, ORPHANS, REFCOUNTS, STATE, STATE_KEY,
 };
 use crate::types::{FileKind, InodeNo, SpaceStats};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -212,6 +215,7 @@ impl Store {
     pub fn check_with_progress(&self, progress: Progress<'_>) -> Result<CheckReport> {
         let rtx = self.inner().db().begin_read()?;
         let bs = u64::from(self.block_size());
+        let lower_changes = self.lower_changes()?;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             check_txn(&rtx, bs, progress)
         }))
@@ -219,6 +223,17 @@ impl Store {
             Err(crate::error::Error::Corrupted(
                 "meta.redb: the B-tree is damaged (reading it failed internally)".into(),
             ))
+        })
+        .map(|mut report| {
+            for (path, what) in lower_changes {
+                report.problems.push(Problem {
+                    kind: ProblemKind::LowerChanged,
+                    ino: None,
+                    blocks: None,
+                    message: format!("lower file {path} changed since it was imported: {what}"),
+                });
+            }
+            report
         })
     }
 
@@ -526,6 +541,18 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
         }
     }
 
+    // Lower files of the overlay.
+    let mut lower_ids: HashSet<u64> = HashSet::new();
+    for item in rtx.open_table(LOWER_FILES)?.iter()? {
+        let (k, v) = item?;
+        match decode::<LowerFileRecord>(v.value(), &k.value()) {
+            Ok(_) => {
+                lower_ids.insert(k.value());
+            }
+            Err(e) => c.problem(ProblemKind::Corrupt, None, None, e.to_string()),
+        }
+    }
+
     // Extents: bounds, overlap within a file, block counters; gather every reference.
     let extents_t = rtx.open_table(EXTENTS)?;
     let total_extents = extents_t.len()?;
@@ -585,6 +612,23 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
             }
         }
         last = Some((ino, fb + e.len));
+        if e.lower != 0 {
+            *per_inode_blocks.entry(ino).or_default() += e.len;
+            // Lower extents point into the overlay's read-only lower files: no pool space, no
+            // refcounts; the lower file must be known.
+            if !lower_ids.contains(&e.lower) {
+                c.problem(
+                    ProblemKind::ExtentBounds,
+                    Some(ino),
+                    None,
+                    format!(
+                        "extent at file block {fb} names unknown lower file {}",
+                        e.lower
+                    ),
+                );
+            }
+            continue;
+        }
         if e.phys
             .checked_add(e.len)
             .is_none_or(|end| end > state.pool_blocks)

@@ -19,6 +19,13 @@ use serde::{Deserialize, Serialize};
 pub(crate) trait Record: Serialize + DeserializeOwned {
     const TABLE: &'static str;
     const VERSION: u8;
+    /// Decode a payload written by an older version of this record, if that version is known.
+    fn decode_older(
+        _version: u8,
+        _payload: &[u8],
+    ) -> Option<std::result::Result<Self, postcard::Error>> {
+        None
+    }
 }
 
 pub(crate) fn encode<R: Record>(r: &R) -> Vec<u8> {
@@ -55,6 +62,9 @@ pub(crate) fn decode<R: Record>(bytes: &[u8], key: &dyn std::fmt::Debug) -> Resu
         return Err(fail("checksum mismatch"));
     }
     if body[0] != R::VERSION {
+        if let Some(old) = R::decode_older(body[0], &body[1..]) {
+            return old.map_err(|e| fail(&format!("undecodable version {} record: {e}", body[0])));
+        }
         return Err(fail(&format!(
             "record version {} is not understood (this build reads version {})",
             body[0],
@@ -90,7 +100,7 @@ pub(crate) struct InodeRecord {
     pub parent: u64,
     /// Symlinks: the target.
     pub target: Vec<u8>,
-    /// Regular files: pool blocks referenced by the extent map (shared ones counted in full).
+    /// Regular files: blocks mapped by the extent map, pool and lower (shared ones in full).
     pub blocks: u64,
 }
 
@@ -113,14 +123,79 @@ impl Record for DirentRecord {
 }
 
 /// One extent of a file's map, keyed by (inode, first file block).
+/// `lower == 0`: `phys` is a pool block. Otherwise `phys` is a block of lower file `lower` (the
+/// overlay's read-only lower directory), which no refcount covers: it is never written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ExtentRecord {
     pub phys: u64,
     pub len: u64,
+    pub lower: u64,
+}
+
+/// Version 1 of [`ExtentRecord`]: pool extents only.
+#[derive(Deserialize)]
+struct ExtentRecordV1 {
+    phys: u64,
+    len: u64,
 }
 
 impl Record for ExtentRecord {
     const TABLE: &'static str = "extents";
+    const VERSION: u8 = 2;
+    fn decode_older(
+        version: u8,
+        payload: &[u8],
+    ) -> Option<std::result::Result<Self, postcard::Error>> {
+        (version == 1).then(|| {
+            postcard::from_bytes::<ExtentRecordV1>(payload).map(|v| ExtentRecord {
+                phys: v.phys,
+                len: v.len,
+                lower: 0,
+            })
+        })
+    }
+}
+
+/// The overlay's lower directory, recorded once (key 0 of table `lower`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LowerRootRecord {
+    /// Absolute, canonical path.
+    pub path: Vec<u8>,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl Record for LowerRootRecord {
+    const TABLE: &'static str = "lower";
+    const VERSION: u8 = 1;
+}
+
+/// A lower file some extents point into, as it was when imported; a lower file that no longer
+/// matches is refused (EIO) rather than mixed with newer bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LowerFileRecord {
+    /// Path relative to the lower root.
+    pub path: Vec<u8>,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: Timespec,
+}
+
+impl Record for LowerFileRecord {
+    const TABLE: &'static str = "lower_files";
+    const VERSION: u8 = 1;
+}
+
+/// A directory whose lower entries are not imported yet (table `lower_pending`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LowerDirRecord {
+    /// Path relative to the lower root ("" for the root).
+    pub path: Vec<u8>,
+}
+
+impl Record for LowerDirRecord {
+    const TABLE: &'static str = "lower_pending";
     const VERSION: u8 = 1;
 }
 
@@ -184,9 +259,35 @@ mod tests {
 
     #[test]
     fn envelope_round_trips() {
-        let r = ExtentRecord { phys: 42, len: 7 };
+        let r = ExtentRecord {
+            phys: 42,
+            len: 7,
+            lower: 3,
+        };
         let bytes = encode(&r);
         assert_eq!(decode::<ExtentRecord>(&bytes, &1u64).ok(), Some(r));
+    }
+
+    #[test]
+    fn version_1_extents_still_decode() {
+        #[derive(Serialize)]
+        struct V1 {
+            phys: u64,
+            len: u64,
+        }
+        let mut out = vec![1u8];
+        out = postcard::to_extend(&V1 { phys: 9, len: 4 }, out).unwrap_or_default();
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        let e = decode::<ExtentRecord>(&out, &0u64).ok();
+        assert_eq!(
+            e,
+            Some(ExtentRecord {
+                phys: 9,
+                len: 4,
+                lower: 0
+            })
+        );
     }
 
     #[test]

@@ -15,12 +15,14 @@ use redb::ReadableTable;
 /// Largest file size: keeps every byte offset and block number well inside i64.
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
 
-/// One mapped piece of a file: `len` blocks from file block `fb` at pool block `phys`.
+/// One mapped piece of a file: `len` blocks from file block `fb` at pool block `phys`
+/// (or, when `lower != 0`, at block `phys` of lower file `lower`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Mapping {
     pub fb: u64,
     pub phys: u64,
     pub len: u64,
+    pub lower: u64,
 }
 
 /// Where the bytes of a write come from.
@@ -46,6 +48,7 @@ impl Ctx<'_> {
                     fb,
                     phys: e.phys + skip,
                     len: (e.len - skip).min(end - fb),
+                    lower: e.lower,
                 });
             }
         }
@@ -58,6 +61,7 @@ impl Ctx<'_> {
                     fb: kfb,
                     phys: e.phys,
                     len: e.len.min(end - kfb),
+                    lower: e.lower,
                 });
             }
         }
@@ -90,6 +94,7 @@ impl Ctx<'_> {
                     encode(&ExtentRecord {
                         phys: e.phys,
                         len: fb - kfb,
+                        lower: e.lower,
                     })
                     .as_slice(),
                 )?;
@@ -101,6 +106,7 @@ impl Ctx<'_> {
                     encode(&ExtentRecord {
                         phys: e.phys + off,
                         len: e_end - end,
+                        lower: e.lower,
                     })
                     .as_slice(),
                 )?;
@@ -111,8 +117,11 @@ impl Ctx<'_> {
                 fb: cut_start,
                 phys: e.phys + (cut_start - kfb),
                 len: cut_end - cut_start,
+                lower: e.lower,
             });
         }
+        // The block counter counts every mapped block, lower ones too (st_blocks: a lower file
+        // is not sparse, and `cp` must not take it for one).
         let gone: u64 = removed.iter().map(|m| m.len).sum();
         rec.blocks = rec.blocks.saturating_sub(gone);
         self.mem.dirty = true;
@@ -128,20 +137,26 @@ impl Ctx<'_> {
         n: u64,
     ) -> Result<()> {
         for m in self.unmap(ino, rec, fb, n)? {
-            self.decref(m.phys, m.len)?;
+            if m.lower == 0 {
+                self.decref(m.phys, m.len)?;
+            }
         }
         Ok(())
     }
 
     /// Map `[fb, fb+len)` (which must be unmapped) to pool blocks from `phys`, merging with
     /// neighbouring extents that continue physically.
-    fn map(
+    fn map(&mut self, ino: u64, rec: &mut InodeRecord, fb: u64, phys: u64, len: u64) -> Result<()> {
+        self.map_from(ino, rec, (fb, phys, len), 0)
+    }
+
+    /// `map` for blocks of lower file `lower` (0: the pool).
+    fn map_from(
         &mut self,
         ino: u64,
         rec: &mut InodeRecord,
-        mut fb: u64,
-        mut phys: u64,
-        mut len: u64,
+        (mut fb, mut phys, mut len): (u64, u64, u64),
+        lower: u64,
     ) -> Result<()> {
         let added = len;
         if fb > 0 {
@@ -153,7 +168,7 @@ impl Ctx<'_> {
                 None => None,
             };
             if let Some((pfb, p)) = prev {
-                if pfb + p.len == fb && p.phys + p.len == phys {
+                if pfb + p.len == fb && p.phys + p.len == phys && p.lower == lower {
                     self.extents.remove((ino, pfb))?;
                     fb = pfb;
                     phys = p.phys;
@@ -166,13 +181,15 @@ impl Ctx<'_> {
             None => None,
         };
         if let Some(nx) = next {
-            if nx.phys == phys + len {
+            if nx.phys == phys + len && nx.lower == lower {
                 self.extents.remove((ino, fb + len))?;
                 len += nx.len;
             }
         }
-        self.extents
-            .insert((ino, fb), encode(&ExtentRecord { phys, len }).as_slice())?;
+        self.extents.insert(
+            (ino, fb),
+            encode(&ExtentRecord { phys, len, lower }).as_slice(),
+        )?;
         rec.blocks += added;
         self.mem.dirty = true;
         Ok(())
@@ -208,6 +225,12 @@ impl Ctx<'_> {
                             Segment::Hole { .. } => {
                                 zero_range(self.pool, to, b - a).map_err(Error::from_io)?
                             }
+                            Segment::Lower { file, pos: p, .. } => {
+                                let lf = self.lower_file(file)?;
+                                self.pool
+                                    .copy_from(&lf.file, p + (a - seg_start), to, b - a)
+                                    .map_err(Error::from_io)?
+                            }
                         }
                     }
                     if seg_end >= want_end {
@@ -220,20 +243,44 @@ impl Ctx<'_> {
         }
     }
 
-    /// Copy the bytes `[from, to)` of block `b` (relative to the block) from its current content
-    /// (`old` pool block or a hole) into new pool block `new`.
-    fn carry_over(&self, old: Option<u64>, new: u64, from: u64, to: u64) -> Result<()> {
+    /// Copy the bytes `[from, to)` of a block (relative to the block) from its current content
+    /// (`old`: (lower file or 0 for the pool, block), or a hole) into new pool block `new`.
+    fn carry_over(&self, old: Option<(u64, u64)>, new: u64, from: u64, to: u64) -> Result<()> {
         if from >= to {
             return Ok(());
         }
         let dst = new * self.bs + from;
         match old {
-            Some(p) => self
+            Some((0, p)) => self
                 .pool
                 .copy_within(p * self.bs + from, dst, to - from)
                 .map_err(Error::from_io),
+            Some((lower, p)) => {
+                let lf = self.lower_file(lower)?;
+                self.pool
+                    .copy_from(&lf.file, p * self.bs + from, dst, to - from)
+                    .map_err(Error::from_io)
+            }
             None => zero_range(self.pool, dst, to - from).map_err(Error::from_io),
         }
+    }
+
+    /// The open, verified lower file behind lower id `id`.
+    pub(crate) fn lower_file(&self, id: u64) -> Result<std::sync::Arc<crate::lower::LowerFile>> {
+        let tree = self.lower.ok_or_else(|| {
+            Error::corrupt(format!(
+                "extent names lower file {id}, but the store has no lower directory"
+            ))
+        })?;
+        let rec = match self.lower_files.get(id)? {
+            Some(v) => decode::<crate::codec::LowerFileRecord>(v.value(), &id)?,
+            None => {
+                return Err(Error::corrupt(format!(
+                    "extent names unknown lower file {id}"
+                )))
+            }
+        };
+        tree.file(id, &rec)
     }
 
     /// Write `len` bytes from `src` at byte `off` of the file. Blocks allocated in the open
@@ -265,8 +312,9 @@ impl Ctx<'_> {
             if m.fb > pos {
                 push_new_run(&mut runs, pos, m.fb - pos);
             }
-            let in_place =
-                self.mem.txn_alloc.contains_all(m.phys, m.len) && !self.is_shared(m.phys, m.len)?;
+            let in_place = m.lower == 0
+                && self.mem.txn_alloc.contains_all(m.phys, m.len)
+                && !self.is_shared(m.phys, m.len)?;
             if in_place {
                 runs.push((m.fb, m.len, Some(m.phys)));
             } else {
@@ -295,10 +343,13 @@ impl Ctx<'_> {
                         existing
                             .iter()
                             .find(|m| m.fb <= b && b < m.fb + m.len)
-                            .map(|m| m.phys + (b - m.fb))
+                            .map(|m| (m.lower, m.phys + (b - m.fb)))
                     };
                     let hint = if rfb > 0 {
-                        self.mappings(ino, rfb - 1, 1)?.first().map(|m| m.phys + 1)
+                        self.mappings(ino, rfb - 1, 1)?
+                            .first()
+                            .filter(|m| m.lower == 0)
+                            .map(|m| m.phys + 1)
                     } else {
                         None
                     };
@@ -467,6 +518,14 @@ impl Ctx<'_> {
             {
                 *l += len
             }
+            (
+                Some(Segment::Lower {
+                    file: f,
+                    pos: p,
+                    len: l,
+                }),
+                Segment::Lower { file, pos, len },
+            ) if *f == file && *p + *l == pos => *l += len,
             _ => segs.push(s),
         };
         for m in self.mappings(ino, first, end.div_ceil(bs) - first)? {
@@ -475,13 +534,41 @@ impl Ctx<'_> {
             if a > pos {
                 push(&mut segs, Segment::Hole { len: a - pos });
             }
-            push(
-                &mut segs,
-                Segment::Pool {
-                    pos: m.phys * bs + (a - m.fb * bs),
-                    len: b - a,
-                },
-            );
+            let at = m.phys * bs + (a - m.fb * bs);
+            if m.lower == 0 {
+                push(
+                    &mut segs,
+                    Segment::Pool {
+                        pos: at,
+                        len: b - a,
+                    },
+                );
+            } else {
+                // Bytes of the last lower block past the lower file's end read as zeros.
+                let lower_size = match self.lower_files.get(m.lower)? {
+                    Some(v) => decode::<crate::codec::LowerFileRecord>(v.value(), &m.lower)?.size,
+                    None => {
+                        return Err(Error::corrupt(format!(
+                            "inode {ino} maps unknown lower file {}",
+                            m.lower
+                        )))
+                    }
+                };
+                let data = (b - a).min(lower_size.saturating_sub(at));
+                if data > 0 {
+                    push(
+                        &mut segs,
+                        Segment::Lower {
+                            file: m.lower,
+                            pos: at,
+                            len: data,
+                        },
+                    );
+                }
+                if data < b - a {
+                    push(&mut segs, Segment::Hole { len: b - a - data });
+                }
+            }
             pos = b;
         }
         if pos < end {
@@ -569,8 +656,16 @@ impl Ctx<'_> {
             let src_fb = (src_off + head) / bs;
             self.unmap_and_release(dst, dst_rec, body_fb, body_blocks)?;
             for m in self.mappings(src, src_fb, body_blocks)? {
-                self.incref(m.phys, m.len)?;
-                self.map(dst, dst_rec, body_fb + (m.fb - src_fb), m.phys, m.len)?;
+                // Lower data is immutable and uncounted: sharing it is copying the extent.
+                if m.lower == 0 {
+                    self.incref(m.phys, m.len)?;
+                }
+                self.map_from(
+                    dst,
+                    dst_rec,
+                    (body_fb + (m.fb - src_fb), m.phys, m.len),
+                    m.lower,
+                )?;
             }
         }
         if tail_start < dst_end {

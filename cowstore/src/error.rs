@@ -49,6 +49,8 @@ pub enum Error {
         offset: u64,
         reason: String,
     },
+    #[error("the store sits over lower directory {recorded}; refusing a different one ({given})")]
+    LowerMismatch { recorded: PathBuf, given: PathBuf },
     #[error("corrupt store: {0}")]
     Corrupted(String),
     #[error("I/O error: {0}")]
@@ -80,6 +82,7 @@ impl Error {
             Error::ReadOnly => libc::EROFS,
             Error::NoData => libc::ENXIO,
             Error::InUse { .. } => libc::EBUSY,
+            Error::LowerMismatch { .. } => libc::EINVAL,
             Error::NotAStore { .. } | Error::UnsupportedFormat { .. } | Error::Corrupted(_) => {
                 libc::EIO
             }

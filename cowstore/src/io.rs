@@ -28,6 +28,20 @@ pub trait FileIo: Send + Sync + Debug {
     fn copy_within(&self, src: u64, dst: u64, len: u64) -> io::Result<()>;
     /// Make the range read as zeros and give its space back to the host.
     fn punch(&self, off: u64, len: u64) -> io::Result<()>;
+    /// Copy `len` bytes from another file at `src_off` to `dst_off` of this one (bytes past the
+    /// source's end are zeros).
+    fn copy_from(&self, src: &File, src_off: u64, dst_off: u64, len: u64) -> io::Result<()> {
+        let mut buf = vec![0u8; len.min(1 << 20) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            let got = read_full_at(src, &mut buf[..n], src_off + done)?;
+            buf[got..n].fill(0);
+            self.write_at(&buf[..n], dst_off + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
     /// Reserve host space for `[off, off+len)` (the bytes read as zeros where not yet written).
     fn allocate(&self, off: u64, len: u64) -> io::Result<()> {
         let end = off + len;
@@ -157,10 +171,59 @@ impl FileIo for DiskFile {
         sys::fallocate(&self.file, 0, off, len)
     }
 
+    fn copy_from(&self, src: &File, src_off: u64, dst_off: u64, len: u64) -> io::Result<()> {
+        let mut done = 0u64;
+        while done < len {
+            let chunk = (len - done).min(1 << 30) as usize;
+            match sys::copy_file_range(
+                src.as_raw_fd(),
+                src_off + done,
+                self.file.as_raw_fd(),
+                dst_off + done,
+                chunk,
+            ) {
+                Ok(0) => return zero_range(self, dst_off + done, len - done),
+                Ok(n) => done += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
+                    ) =>
+                {
+                    let mut buf = vec![0u8; (len - done).min(1 << 20) as usize];
+                    while done < len {
+                        let n = (len - done).min(buf.len() as u64) as usize;
+                        let got = read_full_at(src, &mut buf[..n], src_off + done)?;
+                        buf[got..n].fill(0);
+                        self.write_at(&buf[..n], dst_off + done)?;
+                        done += n as u64;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn host_space(&self) -> io::Result<Option<(u64, u64)>> {
         let (frsize, blocks, avail) = sys::fs_space(&self.file)?;
         Ok(Some((blocks * frsize, avail * frsize)))
     }
+}
+
+/// Read as much of `buf` as the file has from `off`; returns the bytes read (short only at EOF).
+fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// Fallback for hosts without `copy_file_range` between these ranges.

@@ -12,6 +12,7 @@ mod codec;
 mod data;
 pub mod error;
 pub mod io;
+mod lower;
 mod ns;
 mod rangeset;
 pub mod repair;

@@ -1,7 +1,10 @@
 //! The namespace: inodes, directory entries (keyed by parent and name, with stable readdir
 //! cookies), hard links, rename, xattrs, and the orphan list.
 
-use crate::codec::{decode, encode, DirentRecord, InodeRecord, XattrRecord};
+use crate::codec::{
+    decode, encode, DirentRecord, ExtentRecord, InodeRecord, LowerDirRecord, LowerFileRecord,
+    XattrRecord,
+};
 use crate::error::{Error, Result};
 use crate::tables::Ctx;
 use crate::types::{Caller, DirEntry, FileKind, InodeNo, NewInode, RenameFlags, Timespec};
@@ -119,7 +122,8 @@ impl Ctx<'_> {
         Ok(d)
     }
 
-    fn dir_is_empty(&self, ino: u64) -> Result<bool> {
+    fn dir_is_empty(&mut self, ino: u64) -> Result<bool> {
+        self.ensure_imported(ino)?;
         let empty: &[u8] = &[];
         Ok(self
             .dirents
@@ -146,6 +150,7 @@ impl Ctx<'_> {
     ) -> Result<(u64, InodeRecord)> {
         self.refuse_growth_when_full()?;
         check_name(name)?;
+        self.ensure_imported(parent)?;
         let mut prec = self.get_dir(parent)?;
         if prec.nlink == 0 {
             return Err(Error::NotFound);
@@ -192,6 +197,7 @@ impl Ctx<'_> {
 
     pub fn link(&mut self, ino: u64, newparent: u64, newname: &[u8]) -> Result<InodeRecord> {
         self.refuse_growth_when_full()?;
+        self.ensure_imported(newparent)?;
         check_name(newname)?;
         let mut rec = self.get_inode(ino)?;
         if rec.kind == FileKind::Directory {
@@ -262,6 +268,7 @@ impl Ctx<'_> {
     }
 
     pub fn unlink(&mut self, parent: u64, name: &[u8]) -> Result<()> {
+        self.ensure_imported(parent)?;
         let mut prec = self.get_dir(parent)?;
         let d = self.get_dirent(parent, name)?.ok_or(Error::NotFound)?;
         let mut rec = self.get_inode(d.ino)?;
@@ -283,6 +290,7 @@ impl Ctx<'_> {
         if name == b".." {
             return Err(Error::NotEmpty);
         }
+        self.ensure_imported(parent)?;
         let mut prec = self.get_dir(parent)?;
         let d = self.get_dirent(parent, name)?.ok_or(Error::NotFound)?;
         let mut rec = self.get_inode(d.ino)?;
@@ -337,6 +345,8 @@ impl Ctx<'_> {
         }
         self.get_dir(parent)?;
         self.get_dir(newparent)?;
+        self.ensure_imported(parent)?;
+        self.ensure_imported(newparent)?;
         let src = self.get_dirent(parent, name)?.ok_or(Error::NotFound)?;
         let dst = self.get_dirent(newparent, newname)?;
         let now = Timespec::now();
@@ -489,6 +499,117 @@ impl Ctx<'_> {
             });
         }
         Ok(out)
+    }
+
+    // ------------------------------------------------------------------ overlay import
+
+    /// Whether directory `dir` still has lower entries to import.
+    pub fn import_pending(&self, dir: u64) -> Result<bool> {
+        Ok(self.lower.is_some() && self.lower_pending.get(dir)?.is_some())
+    }
+
+    /// Import the lower entries of directory `dir` (once): each becomes an inode of the store with
+    /// the lower entry's attributes, xattrs and symlink target; regular files get one extent that
+    /// points into the lower file, subdirectories are themselves marked pending. Entries the store
+    /// already has under the same name win. Hard links (same lower inode) share one store inode.
+    pub fn ensure_imported(&mut self, dir: u64) -> Result<()> {
+        let Some(lower) = self.lower else {
+            return Ok(());
+        };
+        let pending = match self.lower_pending.get(dir)? {
+            Some(v) => decode::<LowerDirRecord>(v.value(), &dir)?,
+            None => return Ok(()),
+        };
+        let entries = lower.list(&pending.path)?;
+        let mut drec = self.get_dir(dir)?;
+        let bs = self.bs;
+        for e in entries {
+            if e.name.len() > NAME_MAX || self.get_dirent(dir, &e.name)?.is_some() {
+                continue;
+            }
+            let mut rel = pending.path.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(&e.name);
+            if e.kind != FileKind::Directory {
+                let linked = self.lower_inodes.get((e.dev, e.ino))?.map(|v| v.value());
+                if let Some(existing) = linked {
+                    if let Some(mut r) = self.try_inode(existing)? {
+                        r.nlink += 1;
+                        self.put_inode(existing, &r)?;
+                        self.add_dirent(dir, &mut drec, &e.name, existing, r.kind)?;
+                        continue;
+                    }
+                }
+            }
+            let ino = self.alloc_ino();
+            let owner = Caller {
+                uid: e.uid,
+                gid: e.gid,
+            };
+            let mut rec = new_inode_record(e.kind, e.perm, owner, e.rdev, dir);
+            rec.atime = e.atime;
+            rec.mtime = e.mtime;
+            rec.ctime = e.ctime;
+            rec.crtime = e.ctime;
+            rec.generation = self.mem.state.generation;
+            match e.kind {
+                FileKind::Symlink => {
+                    rec.size = e.target.len() as u64;
+                    rec.target = e.target.clone();
+                }
+                FileKind::Regular => {
+                    rec.size = e.size;
+                    let lf = LowerFileRecord {
+                        path: rel.clone(),
+                        dev: e.dev,
+                        ino: e.ino,
+                        size: e.size,
+                        mtime: e.mtime,
+                    };
+                    self.lower_files.insert(ino, encode(&lf).as_slice())?;
+                    if e.size > 0 {
+                        let ext = ExtentRecord {
+                            phys: 0,
+                            len: e.size.div_ceil(bs),
+                            lower: ino,
+                        };
+                        self.extents.insert((ino, 0), encode(&ext).as_slice())?;
+                        rec.blocks = ext.len;
+                    }
+                }
+                FileKind::Directory => {
+                    self.lower_pending.insert(
+                        ino,
+                        encode(&LowerDirRecord { path: rel.clone() }).as_slice(),
+                    )?;
+                    drec.nlink += 1;
+                }
+                _ => {}
+            }
+            for (name, value) in &e.xattrs {
+                if name.len() <= XATTR_NAME_MAX && value.len() <= XATTR_SIZE_MAX {
+                    self.xattrs.insert(
+                        (ino, name.as_slice()),
+                        encode(&XattrRecord {
+                            value: value.clone(),
+                        })
+                        .as_slice(),
+                    )?;
+                }
+            }
+            if e.kind != FileKind::Directory {
+                self.lower_inodes.insert((e.dev, e.ino), ino)?;
+            }
+            self.add_dirent(dir, &mut drec, &e.name, ino, e.kind)?;
+            self.put_inode(ino, &rec)?;
+            self.mem.state.inodes += 1;
+        }
+        self.lower_pending.remove(dir)?;
+        self.put_inode(dir, &drec)?;
+        self.mem.dirty = true;
+        Ok(())
     }
 
     // ------------------------------------------------------------------ xattrs

@@ -330,11 +330,15 @@ fn repair_txn(cx: &mut Ctx<'_>, sum: &mut RepairSummary) -> Result<()> {
             ));
             continue;
         };
-        let in_pool = e
-            .phys
-            .checked_add(e.len)
-            .is_some_and(|end| end <= pool_blocks)
-            && e.len > 0;
+        let known_lower = e.lower == 0 || cx.lower_files.get(e.lower)?.is_some();
+        let in_pool = e.len > 0
+            && if e.lower == 0 {
+                e.phys
+                    .checked_add(e.len)
+                    .is_some_and(|end| end <= pool_blocks)
+            } else {
+                known_lower
+            };
         let overlaps = matches!(last_end, Some((li, le)) if li == ino && fb < le);
         if !in_pool || overlaps {
             cx.extents.remove((ino, fb))?;
@@ -361,15 +365,22 @@ fn repair_txn(cx: &mut Ctx<'_>, sum: &mut RepairSummary) -> Result<()> {
             len = max - fb;
             cx.extents.insert(
                 (ino, fb),
-                encode(&ExtentRecord { phys: e.phys, len }).as_slice(),
+                encode(&ExtentRecord {
+                    phys: e.phys,
+                    len,
+                    lower: e.lower,
+                })
+                .as_slice(),
             )?;
             sum.actions.push(format!(
                 "inode {ino}: extent at file block {fb} trimmed to the end of the file"
             ));
         }
         last_end = Some((ino, fb + len));
-        refs.push((e.phys, len));
         *blocks.entry(ino).or_default() += len;
+        if e.lower == 0 {
+            refs.push((e.phys, len));
+        }
     }
     for (&ino, r) in inodes.iter_mut() {
         if r.kind == FileKind::Regular {

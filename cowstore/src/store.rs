@@ -5,6 +5,7 @@ use crate::codec::{decode, InodeRecord, StateRecord};
 use crate::data::{require_regular, touch_data, Source, MAX_FILE_SIZE};
 use crate::error::{Error, Result};
 use crate::io::{DirEnv, Env, FileIo, RedbFile, ScratchFile, SpaceReserve, RESERVE_FILE};
+use crate::lower::{LowerFile, LowerTree};
 use crate::ns::{new_inode_record, NAME_MAX};
 use crate::superblock::{Superblock, SUPERBLOCK_FILE, SUPERBLOCK_LEN};
 use crate::tables::{Ctx, TxnMem, STATE, STATE_KEY};
@@ -25,7 +26,18 @@ pub const POOL_FILE: &str = "pool";
 #[derive(Debug)]
 pub struct PinnedRead {
     segments: Vec<Segment>,
+    lower: Vec<(u64, Arc<LowerFile>)>,
     _pin: crate::tables::Pin,
+}
+
+impl PinnedRead {
+    /// The open lower file a `Segment::Lower` of this read names.
+    pub fn lower_file(&self, id: u64) -> Option<&std::fs::File> {
+        self.lower
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, f)| &f.file)
+    }
 }
 
 impl std::ops::Deref for PinnedRead {
@@ -59,6 +71,9 @@ pub struct OpenOptions {
     /// Verify the checksum of every B-tree page before trusting the file (reads all metadata
     /// once). A damaged file is then refused at open with a message, instead of failing later.
     pub verify: bool,
+    /// Overlay: the read-only lower directory. Recorded by the first open that names one; later
+    /// opens may omit it, and a different one is refused.
+    pub lower: Option<std::path::PathBuf>,
 }
 
 impl Default for OpenOptions {
@@ -68,6 +83,7 @@ impl Default for OpenOptions {
             commit_interval: Some(Duration::from_secs(5)),
             cache_bytes: 64 << 20,
             verify: true,
+            lower: None,
         }
     }
 }
@@ -86,6 +102,7 @@ pub(crate) struct Inner {
     meta_backend: Arc<dyn FileIo>,
     cache_bytes: usize,
     pub reserve: Option<Arc<SpaceReserve>>,
+    pub(crate) lower: Option<Arc<LowerTree>>,
     pub pool: Arc<dyn FileIo>,
     pub state: Mutex<TxnState>,
     commit_lock: Mutex<()>,
@@ -228,6 +245,7 @@ impl Store {
         };
         let mut wtx = db.begin_write()?;
         wtx.set_durability(Durability::Immediate)?;
+        let (lower, newly_recorded) = reconcile_lower(&db, &wtx, opts)?;
         let inner = Arc::new(Inner {
             env,
             sb,
@@ -236,6 +254,7 @@ impl Store {
             meta_backend: backend,
             cache_bytes: opts.cache_bytes,
             reserve,
+            lower,
             pool,
             state: Mutex::new(TxnState {
                 wtx: Some(wtx),
@@ -248,6 +267,9 @@ impl Store {
             stop: (Mutex::new(false), Condvar::new()),
             _lock: guard,
         });
+        if newly_recorded {
+            lock(&inner.state).mem.dirty = true;
+        }
         if !opts.read_only {
             inner.recover(!state.clean)?;
         }
@@ -315,11 +337,14 @@ impl Store {
     // ------------------------------------------------------------------ namespace
 
     pub fn getattr(&self, ino: InodeNo) -> Result<InodeAttr> {
+        // A directory's link count is only right once its lower entries are in.
+        self.import(ino)?;
         self.inner
             .read(|cx| Ok(self.attr(ino.0, &cx.get_inode(ino.0)?)))
     }
 
     pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> Result<InodeAttr> {
+        self.import(parent)?;
         self.inner.read(|cx| {
             let ino = cx.lookup(parent.0, name)?;
             Ok(self.attr(ino, &cx.get_inode(ino)?))
@@ -435,7 +460,43 @@ impl Store {
 
     /// Up to `limit` entries after cookie `offset` (0 = from the start, with "." and "..").
     pub fn readdir(&self, dir: InodeNo, offset: u64, limit: usize) -> Result<Vec<DirEntry>> {
+        self.import(dir)?;
         self.inner.read(|cx| cx.readdir(dir.0, offset, limit))
+    }
+
+    /// Overlay: import a directory's lower entries before it is first looked into.
+    fn import(&self, dir: InodeNo) -> Result<()> {
+        if self.inner.lower.is_none() || !self.inner.read(|cx| cx.import_pending(dir.0))? {
+            return Ok(());
+        }
+        if self.inner.read_only {
+            // A read-only open imports into its scratch transaction, never into the store.
+            return self.inner.write_unchecked(|cx| cx.ensure_imported(dir.0));
+        }
+        self.inner.write(|cx| cx.ensure_imported(dir.0))
+    }
+
+    /// The overlay's lower directory, if the store has one.
+    pub fn lower_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.lower.as_ref().map(|l| l.path.clone())
+    }
+
+    /// Overlay: lower files that changed since they were imported (path, what changed).
+    pub fn lower_changes(&self) -> Result<Vec<(String, String)>> {
+        let Some(tree) = self.inner.lower.clone() else {
+            return Ok(Vec::new());
+        };
+        self.inner.read(|cx| {
+            let mut out = Vec::new();
+            for item in cx.lower_files.iter()? {
+                let (k, v) = item?;
+                let rec = decode::<crate::codec::LowerFileRecord>(v.value(), &k.value())?;
+                if let Some(what) = tree.changed(&rec) {
+                    out.push((String::from_utf8_lossy(&rec.path).into_owned(), what));
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// Count an open handle: an inode unlinked while open lives until its last `release`.
@@ -517,8 +578,17 @@ impl Store {
             let rec = cx.get_inode(ino.0)?;
             require_regular(&rec)?;
             let segments = cx.read_segments(ino.0, &rec, off, len)?;
+            let mut lower = Vec::new();
+            for s in &segments {
+                if let Segment::Lower { file, .. } = *s {
+                    if !lower.iter().any(|(id, _)| *id == file) {
+                        lower.push((file, cx.lower_file(file)?));
+                    }
+                }
+            }
             Ok(PinnedRead {
                 segments,
+                lower,
                 _pin: cx.mem.pins.pin(),
             })
         })
@@ -532,8 +602,16 @@ impl Store {
         let mut at = 0usize;
         for s in segs.iter() {
             let n = s.len() as usize;
-            if let Segment::Pool { pos, .. } = s {
-                self.inner.pool.read_at(&mut out[at..at + n], *pos)?;
+            match *s {
+                Segment::Pool { pos, .. } => self.inner.pool.read_at(&mut out[at..at + n], pos)?,
+                Segment::Lower { file, pos, .. } => {
+                    use std::os::unix::fs::FileExt;
+                    let f = segs
+                        .lower_file(file)
+                        .ok_or_else(|| Error::corrupt("lower file not pinned"))?;
+                    f.read_exact_at(&mut out[at..at + n], pos)?;
+                }
+                Segment::Hole { .. } => {}
             }
             at += n;
         }
@@ -746,7 +824,9 @@ impl Inner {
         let mut st = lock(&self.state);
         let TxnState { wtx, mem } = &mut *st;
         let wtx = wtx.as_ref().ok_or_else(poisoned)?;
-        let cx = Ctx::open(wtx, mem, self.pool.as_ref(), self.bs)?;
+        let mut cx = Ctx::open(wtx, mem, self.pool.as_ref(), self.bs)?;
+        cx.lower = self.lower.as_deref();
+        let cx = cx;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&cx)))
             .unwrap_or_else(|p| Err(panic_error(p)))
     }
@@ -758,11 +838,21 @@ impl Inner {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
+        self.write_unchecked(f)
+    }
+
+    /// `write` without the read-only check: for read-only opens, whose transaction lives on a
+    /// scratch overlay and is never committed (the overlay import of `Store::import`).
+    pub(crate) fn write_unchecked<T>(
+        &self,
+        f: impl FnOnce(&mut Ctx<'_>) -> Result<T>,
+    ) -> Result<T> {
         let mut st = lock(&self.state);
         let TxnState { wtx, mem } = &mut *st;
         let w = wtx.as_ref().ok_or_else(poisoned)?;
         let result = {
             let mut cx = Ctx::open(w, mem, self.pool.as_ref(), self.bs)?;
+            cx.lower = self.lower.as_deref();
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut cx)))
                 .unwrap_or_else(|p| Err(panic_error(p)))
         };
@@ -962,6 +1052,60 @@ fn panic_error(p: Box<dyn std::any::Any + Send>) -> Error {
     Error::Corrupted(format!(
         "meta.redb: internal error while reading metadata ({what}); run cowfs fsck"
     ))
+}
+
+/// Match the lower directory the caller names with the one the store recorded (recording it the
+/// first time). Returns the opened lower tree and whether it was recorded just now.
+fn reconcile_lower(
+    db: &Database,
+    wtx: &WriteTransaction,
+    opts: &OpenOptions,
+) -> Result<(Option<Arc<LowerTree>>, bool)> {
+    use crate::codec::{encode, LowerDirRecord, LowerRootRecord};
+    use crate::tables::{LOWER, LOWER_PENDING};
+    use std::os::unix::ffi::OsStrExt;
+    let recorded: Option<LowerRootRecord> = {
+        let rtx = db.begin_read()?;
+        match rtx.open_table(LOWER) {
+            Ok(t) => match t.get(0)? {
+                Some(v) => Some(decode::<LowerRootRecord>(v.value(), &0u64)?),
+                None => None,
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    match (recorded, &opts.lower) {
+        (None, None) => Ok((None, false)),
+        (Some(r), given) => {
+            let recorded_path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&r.path));
+            let tree = LowerTree::open(given.as_deref().unwrap_or(&recorded_path))?;
+            if tree.dev != r.dev || tree.ino != r.ino {
+                return Err(Error::LowerMismatch {
+                    recorded: recorded_path,
+                    given: tree.path.clone(),
+                });
+            }
+            Ok((Some(Arc::new(tree)), false))
+        }
+        (None, Some(p)) => {
+            if opts.read_only {
+                return Err(Error::ReadOnly);
+            }
+            let tree = LowerTree::open(p)?;
+            let rec = LowerRootRecord {
+                path: tree.path.as_os_str().as_bytes().to_vec(),
+                dev: tree.dev,
+                ino: tree.ino,
+            };
+            wtx.open_table(LOWER)?.insert(0, encode(&rec).as_slice())?;
+            wtx.open_table(LOWER_PENDING)?.insert(
+                InodeNo::ROOT.0,
+                encode(&LowerDirRecord { path: Vec::new() }).as_slice(),
+            )?;
+            Ok((Some(Arc::new(tree)), true))
+        }
+    }
 }
 
 fn open_db(

@@ -67,3 +67,85 @@ pub fn fs_space(fd: &impl AsRawFd) -> io::Result<(u64, u64, u64)> {
 fn to_off(v: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))
 }
+
+/// `openat2(2)` of `path` relative to `dir`, refusing to leave `dir` or to follow any symlink.
+pub fn openat_beneath(
+    dir: &impl AsRawFd,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: an all-zero open_how is valid (no flags, no mode, no resolve restrictions).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    loop {
+        // SAFETY: `path` is NUL-terminated and `how` is a valid open_how of the size passed; both
+        // outlive the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+            return Ok(unsafe { std::fs::File::from_raw_fd(fd as libc::c_int) });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Names of the extended attributes of `path` (not following a final symlink).
+pub fn llistxattr(path: &std::ffi::CStr) -> io::Result<Vec<Vec<u8>>> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: `buf` is writable for its whole length; `path` is NUL-terminated.
+        let n = unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(buf
+                .split(|&b| b == 0)
+                .filter(|s| !s.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// The value of extended attribute `name` of `path` (not following a final symlink).
+pub fn lgetxattr(path: &std::ffi::CStr, name: &std::ffi::CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: `buf` is writable for its whole length; both strings are NUL-terminated.
+        let n = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(buf);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+            _ => return Err(e),
+        }
+    }
+}

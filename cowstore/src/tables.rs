@@ -11,6 +11,10 @@
 //! | refcounts  | first pool block      | RefcountRecord (count >= 2)  |
 //! | free       | first pool block      | FreeRecord                   |
 //! | orphans    | ino                   | () (unlinked, still open)    |
+//! | lower      | 0u64                  | LowerRootRecord (overlay)    |
+//! | lower_files| lower file id         | LowerFileRecord              |
+//! | lower_pending | directory ino      | LowerDirRecord (not imported yet) |
+//! | lower_inodes | (lower dev, lower ino) | store ino (hard links)    |
 
 use crate::codec::{decode, encode, InodeRecord, StateRecord};
 use crate::error::{Error, Result};
@@ -31,6 +35,11 @@ pub(crate) const EXTENTS: TableDefinition<(u64, u64), Bytes> = TableDefinition::
 pub(crate) const REFCOUNTS: TableDefinition<u64, Bytes> = TableDefinition::new("refcounts");
 pub(crate) const FREE: TableDefinition<u64, Bytes> = TableDefinition::new("free");
 pub(crate) const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
+pub(crate) const LOWER: TableDefinition<u64, Bytes> = TableDefinition::new("lower");
+pub(crate) const LOWER_FILES: TableDefinition<u64, Bytes> = TableDefinition::new("lower_files");
+pub(crate) const LOWER_PENDING: TableDefinition<u64, Bytes> = TableDefinition::new("lower_pending");
+pub(crate) const LOWER_INODES: TableDefinition<(u64, u64), u64> =
+    TableDefinition::new("lower_inodes");
 
 pub(crate) const STATE_KEY: u64 = 0;
 
@@ -123,6 +132,11 @@ pub(crate) struct Ctx<'t> {
     pub free: Table<'t, u64, Bytes>,
     pub orphans: Table<'t, u64, ()>,
     pub state: Table<'t, u64, Bytes>,
+    pub lower_files: Table<'t, u64, Bytes>,
+    pub lower_pending: Table<'t, u64, Bytes>,
+    pub lower_inodes: Table<'t, (u64, u64), u64>,
+    /// The overlay's lower tree, when the store has one.
+    pub lower: Option<&'t crate::lower::LowerTree>,
     pub mem: &'t mut TxnMem,
     pub pool: &'t dyn FileIo,
     /// Block size in bytes.
@@ -146,6 +160,10 @@ impl<'t> Ctx<'t> {
             free: wtx.open_table(FREE)?,
             orphans: wtx.open_table(ORPHANS)?,
             state: wtx.open_table(STATE)?,
+            lower_files: wtx.open_table(LOWER_FILES)?,
+            lower_pending: wtx.open_table(LOWER_PENDING)?,
+            lower_inodes: wtx.open_table(LOWER_INODES)?,
+            lower: None,
             mem,
             pool,
             bs,

@@ -54,6 +54,7 @@ impl Store {
                             encode(&ExtentRecord {
                                 phys: m.phys,
                                 len: m.len,
+                                lower: m.lower,
                             })
                             .as_slice(),
                         )?;

@@ -208,12 +208,14 @@ pub enum Segment {
     Pool { pos: u64, len: u64 },
     /// `len` bytes of zeros (a hole, or unwritten space).
     Hole { len: u64 },
+    /// `len` bytes at byte `pos` of lower file `file` (overlay; see `PinnedRead::lower_file`).
+    Lower { file: u64, pos: u64, len: u64 },
 }
 
 impl Segment {
     pub fn len(&self) -> u64 {
         match *self {
-            Segment::Pool { len, .. } | Segment::Hole { len } => len,
+            Segment::Pool { len, .. } | Segment::Hole { len } | Segment::Lower { len, .. } => len,
         }
     }
 

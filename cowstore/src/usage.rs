@@ -15,8 +15,11 @@ pub struct ExtentInfo {
     pub file_offset: u64,
     pub pool_offset: u64,
     pub len: u64,
-    /// How many references the pool blocks have (1 = exclusive to this file).
+    /// How many references the pool blocks have (1 = exclusive to this file; 0 for lower data).
     pub refcount: u64,
+    /// Overlay: the lower file this piece reads from (0: the pool); `pool_offset` is then the
+    /// offset in that lower file.
+    pub lower_file: u64,
 }
 
 /// Space used by a file or a set of files, in bytes.
@@ -92,12 +95,23 @@ impl Ctx<'_> {
         let bs = self.bs;
         let mut out = Vec::new();
         for m in self.mappings(ino, 0, u64::MAX)? {
+            if m.lower != 0 {
+                out.push(ExtentInfo {
+                    file_offset: m.fb * bs,
+                    pool_offset: m.phys * bs,
+                    len: m.len * bs,
+                    refcount: 0,
+                    lower_file: m.lower,
+                });
+                continue;
+            }
             for (p, l, count) in self.refcount_pieces(m.phys, m.len)? {
                 out.push(ExtentInfo {
                     file_offset: (m.fb + (p - m.phys)) * bs,
                     pool_offset: p * bs,
                     len: l * bs,
                     refcount: count,
+                    lower_file: 0,
                 });
             }
         }
@@ -136,7 +150,8 @@ impl Store {
             if !seen.insert(ino) {
                 continue;
             }
-            for e in self.extents(ino)? {
+            // Lower data takes no space in the store.
+            for e in self.extents(ino)?.into_iter().filter(|e| e.lower_file == 0) {
                 u.total += e.len;
                 if e.refcount > 1 {
                     u.shared += e.len;

@@ -233,16 +233,28 @@ impl CowFs {
     }
 
     /// The buffered read path: the bytes pass through a userspace buffer.
-    fn read_buffered(&self, segs: &[Segment]) -> Result<Vec<u8>, FsError> {
+    fn read_buffered(&self, segs: &cowstore::PinnedRead) -> Result<Vec<u8>, FsError> {
         let total: u64 = segs.iter().map(Segment::len).sum();
         let mut buf = vec![0u8; total as usize];
         let mut at = 0usize;
-        for s in segs {
+        for s in segs.iter() {
             let n = s.len() as usize;
-            if let Segment::Pool { pos, .. } = *s {
-                self.pool
+            match *s {
+                Segment::Pool { pos, .. } => self
+                    .pool
                     .read_at(&mut buf[at..at + n], pos)
-                    .map_err(cowstore::Error::Io)?;
+                    .map_err(cowstore::Error::Io)?,
+                Segment::Lower { file, pos, .. } => {
+                    use std::os::unix::fs::FileExt;
+                    let f = segs.lower_file(file).ok_or_else(|| {
+                        cowstore::Error::Io(std::io::Error::other(
+                            "lower file of a read is not open",
+                        ))
+                    })?;
+                    f.read_exact_at(&mut buf[at..at + n], pos)
+                        .map_err(cowstore::Error::Io)?;
+                }
+                Segment::Hole { .. } => {}
             }
             at += n;
         }
@@ -251,7 +263,12 @@ impl CowFs {
 
     /// Try the zero-copy reply. `Ok(None)`: answered; `Ok(Some(reply))`: not sent, answer
     /// another way.
-    fn read_spliced(&self, req: &Request, segs: &[Segment], reply: ReplyData) -> Option<ReplyData> {
+    fn read_spliced(
+        &self,
+        req: &Request,
+        segs: &cowstore::PinnedRead,
+        reply: ReplyData,
+    ) -> Option<ReplyData> {
         let (Some(dev), Some(pool)) = (self.shared.dev.get(), sys::file_fd(self.pool.as_ref()))
         else {
             return Some(reply);

@@ -72,7 +72,9 @@ fn slots_needed(segs: &[Segment]) -> usize {
     1 + segs
         .iter()
         .map(|s| match *s {
-            Segment::Pool { pos, len } => ((pos as usize % PAGE) + len as usize).div_ceil(PAGE),
+            Segment::Pool { pos, len } | Segment::Lower { pos, len, .. } => {
+                ((pos as usize % PAGE) + len as usize).div_ceil(PAGE)
+            }
             Segment::Hole { len } => (len as usize).div_ceil(PAGE),
         })
         .sum::<usize>()
@@ -92,11 +94,35 @@ pub fn fits(segs: &[Segment]) -> io::Result<bool> {
 
 /// Send the reply to request `unique`: header, then each segment from `pool` (or zeros), then
 /// one splice into `dev`. Returns the data bytes sent.
+/// The bytes of a read reply: segments, and the open lower files `Segment::Lower` names.
+pub trait ReadSource {
+    fn segments(&self) -> &[Segment];
+    fn lower(&self, file: u64) -> Option<BorrowedFd<'_>>;
+}
+
+impl ReadSource for cowstore::PinnedRead {
+    fn segments(&self) -> &[Segment] {
+        self
+    }
+    fn lower(&self, file: u64) -> Option<BorrowedFd<'_>> {
+        self.lower_file(file).map(|f| f.as_fd())
+    }
+}
+
+impl ReadSource for [Segment] {
+    fn segments(&self) -> &[Segment] {
+        self
+    }
+    fn lower(&self, _file: u64) -> Option<BorrowedFd<'_>> {
+        None
+    }
+}
+
 pub fn reply(
     dev: BorrowedFd<'_>,
     unique: u64,
     pool: BorrowedFd<'_>,
-    segs: &[Segment],
+    segs: &(impl ReadSource + ?Sized),
 ) -> Result<u64, SpliceError> {
     PIPE.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -120,8 +146,9 @@ fn fill_and_send(
     dev: BorrowedFd<'_>,
     unique: u64,
     pool: BorrowedFd<'_>,
-    segs: &[Segment],
+    read: &(impl ReadSource + ?Sized),
 ) -> Result<u64, SpliceError> {
+    let segs: &[Segment] = read.segments();
     let data: u64 = segs.iter().map(Segment::len).sum();
     let total = OUT_HEADER_LEN as u64 + data;
     let total32 = u32::try_from(total)
@@ -138,25 +165,34 @@ fn fill_and_send(
         )));
     }
     for seg in segs {
-        match *seg {
-            Segment::Pool { pos, len } => {
-                let mut off = pos;
-                let end = pos + len;
-                while off < end {
-                    let want = (end - off).min(1 << 30) as usize;
-                    match sys::splice_from_file(pool, &mut off, wr, want) {
-                        // Past the pool file's end: unwritten space, which reads as zeros.
-                        Ok(0) => {
-                            zeros(wr, end - off)?;
-                            off = end;
-                        }
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(SpliceError::NotSent(e)),
-                    }
-                }
+        let (src, pos, len) = match *seg {
+            Segment::Hole { len } => {
+                zeros(wr, len)?;
+                continue;
             }
-            Segment::Hole { len } => zeros(wr, len)?,
+            Segment::Pool { pos, len } => (pool, pos, len),
+            // Overlay: unmodified lower data is spliced straight from the lower file.
+            Segment::Lower { file, pos, len } => {
+                let f = read.lower(file).ok_or_else(|| {
+                    SpliceError::NotSent(io::Error::other("lower file of a read is not open"))
+                })?;
+                (f, pos, len)
+            }
+        };
+        let mut off = pos;
+        let end = pos + len;
+        while off < end {
+            let want = (end - off).min(1 << 30) as usize;
+            match sys::splice_from_file(src, &mut off, wr, want) {
+                // Past the file's end: unwritten space, which reads as zeros.
+                Ok(0) => {
+                    zeros(wr, end - off)?;
+                    off = end;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(SpliceError::NotSent(e)),
+            }
         }
     }
     loop {
@@ -217,7 +253,7 @@ mod tests {
         assert!(fits(&segs)?);
         let (dev_rd, dev_wr) = sys::pipe()?;
         sys::set_pipe_size(dev_wr.as_fd(), 1 << 20)?;
-        let sent = reply(dev_wr.as_fd(), 0xabcdef, pool.as_fd(), &segs)
+        let sent = reply(dev_wr.as_fd(), 0xabcdef, pool.as_fd(), &segs[..])
             .map_err(|e| io::Error::other(format!("{e:?}")))?;
         assert_eq!(sent, 12_030);
         drop(dev_wr);

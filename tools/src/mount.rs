@@ -28,6 +28,11 @@ pub struct Args {
     /// Mount options, comma-separated (see below).
     #[arg(short = 'o', value_name = "OPT[,OPT...]")]
     pub options: Vec<String>,
+    /// Overlay: show this read-only directory tree in the mount and keep every change in the
+    /// store (it is never written). The store remembers it: later mounts may omit it, and a
+    /// different directory is refused.
+    #[arg(long, value_name = "DIR")]
+    pub lower: Option<PathBuf>,
     /// Internal: report readiness on stdout to the `cowfs mount` that started this daemon.
     #[arg(long, hide = true)]
     pub notify_stdout: bool,
@@ -85,6 +90,9 @@ fn start_daemon(a: &Args, opts: &MountOpts) -> CmdResult {
         .stdin(Stdio::null())
         .stdout(writer)
         .stderr(stderr);
+    if let Some(lower) = &a.lower {
+        cmd.arg("--lower").arg(absolute(lower));
+    }
     for o in &a.options {
         cmd.arg("-o").arg(o);
     }
@@ -124,7 +132,10 @@ fn serve(a: &Args, opts: &MountOpts) -> CmdResult {
     let spec = MountSpec {
         store: absolute(&a.store),
         mountpoint: absolute(&a.mountpoint),
-        open: opts.open_options(),
+        open: cowstore::OpenOptions {
+            lower: a.lower.as_deref().map(absolute),
+            ..opts.open_options()
+        },
         fs: opts.fs_config(),
         options: opts.kernel_options(),
         acl: opts.acl,

@@ -1,0 +1,338 @@
+//! The overlay at the store level: a real lower directory is imported lazily, read through,
+//! written with block-level copy-up, and never modified; names removed or renamed stay so across
+//! reopens; a lower file that changes underneath is refused; symlinks are never followed out.
+
+use cowstore::*;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+const ME: Caller = Caller { uid: 0, gid: 0 };
+const BIG: usize = 16 << 20;
+
+fn opts(lower: Option<&Path>) -> OpenOptions {
+    OpenOptions {
+        commit_interval: None,
+        lower: lower.map(Path::to_path_buf),
+        ..Default::default()
+    }
+}
+
+/// A lower tree with every kind of entry.
+fn make_lower(root: &Path) {
+    std::fs::create_dir_all(root.join("dir/sub")).expect("mkdir");
+    let big: Vec<u8> = (0..BIG).map(|i| (i % 253) as u8).collect();
+    std::fs::write(root.join("big"), &big).expect("big");
+    std::fs::write(root.join("small"), b"hello lower").expect("small");
+    std::fs::write(root.join("dir/sub/deep"), b"deep file").expect("deep");
+    std::fs::write(root.join("empty"), b"").expect("empty");
+    std::fs::set_permissions(root.join("small"), std::fs::Permissions::from_mode(0o640))
+        .expect("chmod");
+    std::os::unix::fs::symlink("../../../etc/passwd", root.join("dir/escape")).expect("symlink");
+    std::fs::hard_link(root.join("small"), root.join("dir/small-link")).expect("hardlink");
+    let c = std::ffi::CString::new(root.join("small").to_str().expect("utf8")).expect("cstr");
+    // SAFETY: test-only call with valid NUL-terminated strings and a valid buffer.
+    let r = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            c"user.color".as_ptr(),
+            b"blue".as_ptr().cast(),
+            4,
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr on the lower tree");
+    let fifo = std::ffi::CString::new(root.join("dir/fifo").to_str().expect("utf8")).expect("cstr");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+}
+
+/// Hash and stat of every entry, to prove the lower tree is never touched.
+/// mode, inode, size, mtime, atime and content of one entry.
+type EntryState = (u32, u64, u64, i64, i64, Vec<u8>);
+
+fn snapshot(root: &Path) -> BTreeMap<String, EntryState> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let e = e.expect("entry");
+            let p = e.path();
+            let md = std::fs::symlink_metadata(&p).expect("lstat");
+            let content = if md.is_file() {
+                std::fs::read(&p).expect("read")
+            } else {
+                Vec::new()
+            };
+            if md.is_dir() {
+                stack.push(p.clone());
+            }
+            out.insert(
+                p.strip_prefix(root).expect("prefix").display().to_string(),
+                (
+                    md.mode(),
+                    md.ino(),
+                    md.size(),
+                    md.mtime(),
+                    md.atime(),
+                    content,
+                ),
+            );
+        }
+    }
+    out
+}
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let t = tempfile::tempdir().expect("tmp");
+    let lower = t.path().join("lower");
+    let store = t.path().join("store");
+    make_lower(&lower);
+    Store::mkfs(&store, &MkfsOptions::default()).expect("mkfs");
+    (t, lower, store)
+}
+
+#[test]
+fn overlay_presents_the_lower_tree() -> Result<()> {
+    let (_t, lower, store) = setup();
+    let before = snapshot(&lower);
+    let s = Store::open(&store, &opts(Some(&lower)))?;
+    let names: Vec<Vec<u8>> = s
+        .readdir(InodeNo::ROOT, 0, 100)?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            b".".to_vec(),
+            b"..".to_vec(),
+            b"big".to_vec(),
+            b"dir".to_vec(),
+            b"empty".to_vec(),
+            b"small".to_vec()
+        ]
+    );
+    let small = s.lookup(InodeNo::ROOT, b"small")?;
+    let md = std::fs::metadata(lower.join("small"))?;
+    assert_eq!(
+        (small.perm as u32, small.uid, small.size),
+        (0o640, md.uid(), 11)
+    );
+    assert_eq!(small.mtime.sec, md.mtime());
+    assert_eq!(s.read_to_vec(small.ino, 0, 100)?, b"hello lower");
+    assert_eq!(s.getxattr(small.ino, b"user.color")?, b"blue");
+    let dir = s.lookup(InodeNo::ROOT, b"dir")?;
+    let link = s.lookup(dir.ino, b"small-link")?;
+    assert_eq!(link.ino, small.ino, "hard links share one inode");
+    assert_eq!(s.getattr(small.ino)?.nlink, 2);
+    let esc = s.lookup(dir.ino, b"escape")?;
+    assert_eq!(esc.kind, FileKind::Symlink);
+    assert_eq!(
+        s.readlink(esc.ino)?,
+        b"../../../etc/passwd",
+        "symlinks are presented, never resolved"
+    );
+    assert_eq!(s.lookup(dir.ino, b"fifo")?.kind, FileKind::Fifo);
+    let sub = s.lookup(dir.ino, b"sub")?;
+    assert_eq!(
+        s.read_to_vec(s.lookup(sub.ino, b"deep")?.ino, 0, 100)?,
+        b"deep file"
+    );
+    let big = s.lookup(InodeNo::ROOT, b"big")?;
+    let want = std::fs::read(lower.join("big"))?;
+    assert_eq!(s.read_to_vec(big.ino, 0, BIG as u64)?, want);
+    assert_eq!(
+        s.read_to_vec(s.lookup(InodeNo::ROOT, b"empty")?.ino, 0, 10)?,
+        b""
+    );
+    // Reads of unmodified lower data name the lower file, not the pool.
+    let segs = s.read(big.ino, 4096, 8192)?;
+    assert!(
+        matches!(
+            segs[0],
+            Segment::Lower {
+                pos: 4096,
+                len: 8192,
+                ..
+            }
+        ),
+        "{:?}",
+        &segs[..]
+    );
+    drop(segs);
+    // Nothing was copied at import.
+    assert_eq!(s.stats()?.referenced_bytes, 0);
+    s.commit()?;
+    assert!(s.check()?.is_clean());
+    s.close()?;
+    assert_eq!(snapshot(&lower), before, "the lower tree was modified");
+    Ok(())
+}
+
+#[test]
+fn writes_copy_up_only_the_blocks_written() -> Result<()> {
+    let (_t, lower, store) = setup();
+    let before = snapshot(&lower);
+    let s = Store::open(&store, &opts(Some(&lower)))?;
+    let big = s.lookup(InodeNo::ROOT, b"big")?.ino;
+    s.write(big, 5 << 20, &[0xEE; 4096])?;
+    s.write(big, 7 * 4096 + 100, b"unaligned")?;
+    s.commit()?;
+    let st = s.stats()?;
+    assert!(
+        st.referenced_bytes <= 3 * 4096,
+        "a 4 KiB write into a 16 MiB lower file grew the store by {}",
+        st.referenced_bytes
+    );
+    let mut want = std::fs::read(lower.join("big"))?;
+    want[5 << 20..(5 << 20) + 4096].fill(0xEE);
+    want[7 * 4096 + 100..7 * 4096 + 109].copy_from_slice(b"unaligned");
+    assert_eq!(s.read_to_vec(big, 0, BIG as u64)?, want);
+    // Truncate, punch and a reflink of a lower file work like any other file.
+    let copy = s
+        .create(
+            InodeNo::ROOT,
+            b"copy",
+            &NewInode {
+                kind: FileKind::Regular,
+                perm: 0o644,
+                rdev: 0,
+                symlink_target: None,
+            },
+            ME,
+        )?
+        .ino;
+    assert_eq!(s.clone_range(big, 0, copy, 0, u64::MAX)?, BIG as u64);
+    assert!(
+        s.stats()?.referenced_bytes <= 3 * 4096,
+        "a clone of lower data copied it"
+    );
+    assert_eq!(s.read_to_vec(copy, 0, BIG as u64)?, want);
+    s.fallocate(big, 4096, 4096, FallocMode::PunchHole)?;
+    want[4096..8192].fill(0);
+    s.setattr(
+        big,
+        &SetAttr {
+            size: Some(10_000),
+            ..Default::default()
+        },
+    )?;
+    want.truncate(10_000);
+    assert_eq!(s.read_to_vec(big, 0, BIG as u64)?, want);
+    s.setattr(
+        big,
+        &SetAttr {
+            size: Some(20_000),
+            ..Default::default()
+        },
+    )?;
+    want.resize(20_000, 0);
+    assert_eq!(
+        s.read_to_vec(big, 0, BIG as u64)?,
+        want,
+        "bytes past a truncate read as zeros"
+    );
+    s.commit()?;
+    assert!(s.check()?.is_clean(), "{:#?}", s.check()?.problems);
+    s.close()?;
+    assert_eq!(snapshot(&lower), before, "the lower tree was modified");
+    Ok(())
+}
+
+#[test]
+fn removals_and_renames_of_lower_entries_persist() -> Result<()> {
+    let (_t, lower, store) = setup();
+    {
+        let s = Store::open(&store, &opts(Some(&lower)))?;
+        s.unlink(InodeNo::ROOT, b"small")?;
+        let dir = s.lookup(InodeNo::ROOT, b"dir")?.ino;
+        s.rename(dir, b"sub", InodeNo::ROOT, b"moved", RenameFlags::default())?;
+        s.rename(
+            InodeNo::ROOT,
+            b"big",
+            InodeNo::ROOT,
+            b"renamed",
+            RenameFlags::default(),
+        )?;
+        s.close()?;
+    }
+    // Reopen without naming the lower directory: the store remembers it.
+    let s = Store::open(&store, &opts(None))?;
+    assert!(matches!(
+        s.lookup(InodeNo::ROOT, b"small"),
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(
+        s.lookup(InodeNo::ROOT, b"big"),
+        Err(Error::NotFound)
+    ));
+    let moved = s.lookup(InodeNo::ROOT, b"moved")?;
+    assert_eq!(
+        s.read_to_vec(s.lookup(moved.ino, b"deep")?.ino, 0, 100)?,
+        b"deep file"
+    );
+    let dir = s.lookup(InodeNo::ROOT, b"dir")?.ino;
+    assert!(matches!(s.lookup(dir, b"sub"), Err(Error::NotFound)));
+    // The hard link in dir survives the unlink of its other name.
+    assert_eq!(
+        s.read_to_vec(s.lookup(dir, b"small-link")?.ino, 0, 100)?,
+        b"hello lower"
+    );
+    assert!(s.check()?.is_clean(), "{:#?}", s.check()?.problems);
+    s.close()?;
+    assert!(
+        lower.join("small").exists() && lower.join("big").exists(),
+        "the lower tree was modified"
+    );
+    // A different lower directory is refused.
+    let other = tempfile::tempdir().expect("tmp");
+    match Store::open(&store, &opts(Some(other.path()))) {
+        Err(Error::LowerMismatch { .. }) => {}
+        other => panic!("expected LowerMismatch, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn a_changed_lower_file_is_refused_and_reported() -> Result<()> {
+    let (_t, lower, store) = setup();
+    let s = Store::open(&store, &opts(Some(&lower)))?;
+    let small = s.lookup(InodeNo::ROOT, b"small")?.ino;
+    s.close()?;
+    std::fs::write(lower.join("small"), b"changed underneath, longer")?;
+    let s = Store::open(&store, &opts(None))?;
+    match s.read_to_vec(small, 0, 100) {
+        Err(e) => assert_eq!(e.errno(), libc::EIO, "{e}"),
+        Ok(v) => panic!("read mixed versions: {v:?}"),
+    }
+    let changes = s.lower_changes()?;
+    assert!(changes.iter().any(|(p, _)| p == "small"), "{changes:?}");
+    let report = s.check()?;
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::LowerChanged),
+        "{:#?}",
+        report.problems
+    );
+    Ok(())
+}
+
+#[test]
+fn lower_symlinked_directories_are_never_followed() -> Result<()> {
+    let (_t, lower, store) = setup();
+    let outside = tempfile::tempdir().expect("tmp");
+    std::fs::write(outside.path().join("secret"), b"outside")?;
+    std::os::unix::fs::symlink(outside.path(), lower.join("link-out"))?;
+    let s = Store::open(&store, &opts(Some(&lower)))?;
+    let l = s.lookup(InodeNo::ROOT, b"link-out")?;
+    assert_eq!(
+        l.kind,
+        FileKind::Symlink,
+        "a symlink to a directory is imported as a symlink"
+    );
+    assert!(s.lookup(l.ino, b"secret").is_err());
+    Ok(())
+}

@@ -31,16 +31,7 @@ pub trait FileIo: Send + Sync + Debug {
     /// Copy `len` bytes from another file at `src_off` to `dst_off` of this one (bytes past the
     /// source's end are zeros).
     fn copy_from(&self, src: &File, src_off: u64, dst_off: u64, len: u64) -> io::Result<()> {
-        let mut buf = vec![0u8; len.min(1 << 20) as usize];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(buf.len() as u64) as usize;
-            let got = read_full_at(src, &mut buf[..n], src_off + done)?;
-            buf[got..n].fill(0);
-            self.write_at(&buf[..n], dst_off + done)?;
-            done += n as u64;
-        }
-        Ok(())
+        copy_buffered(src, src_off, self, dst_off, len)
     }
     /// Reserve host space for `[off, off+len)` (the bytes read as zeros where not yet written).
     fn allocate(&self, off: u64, len: u64) -> io::Result<()> {
@@ -123,29 +114,7 @@ impl FileIo for DiskFile {
     }
 
     fn copy_within(&self, src: u64, dst: u64, len: u64) -> io::Result<()> {
-        let fd = self.file.as_raw_fd();
-        let mut done = 0u64;
-        while done < len {
-            let chunk = (len - done).min(1 << 30) as usize;
-            match sys::copy_file_range(fd, src + done, fd, dst + done, chunk) {
-                Ok(0) => {
-                    // Source past EOF: the rest reads as zeros.
-                    return zero_range(self, dst + done, len - done);
-                }
-                Ok(n) => done += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
-                    ) =>
-                {
-                    return copy_through_buffer(self, src + done, dst + done, len - done);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.copy_from(&self.file, src, dst, len)
     }
 
     fn punch(&self, off: u64, len: u64) -> io::Result<()> {
@@ -191,14 +160,7 @@ impl FileIo for DiskFile {
                         Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
                     ) =>
                 {
-                    let mut buf = vec![0u8; (len - done).min(1 << 20) as usize];
-                    while done < len {
-                        let n = (len - done).min(buf.len() as u64) as usize;
-                        let got = read_full_at(src, &mut buf[..n], src_off + done)?;
-                        buf[got..n].fill(0);
-                        self.write_at(&buf[..n], dst_off + done)?;
-                        done += n as u64;
-                    }
+                    return copy_buffered(src, src_off + done, self, dst_off + done, len - done);
                 }
                 Err(e) => return Err(e),
             }
@@ -210,6 +172,27 @@ impl FileIo for DiskFile {
         let (frsize, blocks, avail) = sys::fs_space(&self.file)?;
         Ok(Some((blocks * frsize, avail * frsize)))
     }
+}
+
+/// Copy through a bounded buffer (bytes past the source's end are zeros): the fallback where the
+/// kernel cannot copy between these files.
+fn copy_buffered(
+    src: &File,
+    src_off: u64,
+    dst: &(impl FileIo + ?Sized),
+    dst_off: u64,
+    len: u64,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        let got = read_full_at(src, &mut buf[..n], src_off + done)?;
+        buf[got..n].fill(0);
+        dst.write_at(&buf[..n], dst_off + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// Read as much of `buf` as the file has from `off`; returns the bytes read (short only at EOF).

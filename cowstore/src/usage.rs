@@ -58,6 +58,42 @@ pub struct Summary {
     pub pool_host_bytes: Option<u64>,
 }
 
+/// Iterator over a directory's entries (see [`Store::entries`]).
+pub struct Entries<'a> {
+    store: &'a Store,
+    dir: InodeNo,
+    cookie: u64,
+    batch: std::collections::VecDeque<crate::types::DirEntry>,
+    done: bool,
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Result<crate::types::DirEntry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.batch.pop_front() {
+                self.cookie = e.cookie;
+                if e.name == b"." || e.name == b".." {
+                    continue;
+                }
+                return Some(Ok(e));
+            }
+            if self.done {
+                return None;
+            }
+            match self.store.readdir(self.dir, self.cookie, 1024) {
+                Ok(b) if b.is_empty() => self.done = true,
+                Ok(b) => self.batch.extend(b),
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
 impl Ctx<'_> {
     /// Refcount runs overlapping `[start, start+len)`, clipped, with implied count 1 filled in.
     fn refcount_pieces(&self, start: u64, len: u64) -> Result<Vec<(u64, u64, u64)>> {
@@ -173,27 +209,28 @@ impl Store {
         Ok(u)
     }
 
+    /// The entries of a directory other than "." and "..", fetched in batches.
+    pub fn entries(&self, dir: InodeNo) -> Entries<'_> {
+        Entries {
+            store: self,
+            dir,
+            cookie: 0,
+            batch: std::collections::VecDeque::new(),
+            done: false,
+        }
+    }
+
     /// Every regular file under `dir` (recursively), for `du`.
     pub fn files_under(&self, dir: InodeNo) -> Result<Vec<InodeNo>> {
         let mut out = Vec::new();
         let mut stack = vec![dir];
         while let Some(d) = stack.pop() {
-            let mut cookie = 0;
-            loop {
-                let batch = self.readdir(d, cookie, 1024)?;
-                if batch.is_empty() {
-                    break;
-                }
-                for e in &batch {
-                    cookie = e.cookie;
-                    if e.name == b"." || e.name == b".." {
-                        continue;
-                    }
-                    match e.kind {
-                        FileKind::Directory => stack.push(e.ino),
-                        FileKind::Regular => out.push(e.ino),
-                        _ => {}
-                    }
+            for e in self.entries(d) {
+                let e = e?;
+                match e.kind {
+                    FileKind::Directory => stack.push(e.ino),
+                    FileKind::Regular => out.push(e.ino),
+                    _ => {}
                 }
             }
         }
@@ -216,24 +253,14 @@ impl Store {
             if found.len() == wanted.len() || !visited.insert(d) {
                 continue;
             }
-            let mut cookie = 0;
-            loop {
-                let batch = self.readdir(d, cookie, 1024)?;
-                if batch.is_empty() {
-                    break;
+            for e in self.entries(d) {
+                let e = e?;
+                let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+                if wanted.contains(&e.ino.0) {
+                    found.entry(e.ino.0).or_insert_with(|| p.clone());
                 }
-                for e in batch {
-                    cookie = e.cookie;
-                    if e.name == b"." || e.name == b".." {
-                        continue;
-                    }
-                    let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
-                    if wanted.contains(&e.ino.0) {
-                        found.entry(e.ino.0).or_insert_with(|| p.clone());
-                    }
-                    if e.kind == FileKind::Directory {
-                        stack.push((e.ino, p));
-                    }
+                if e.kind == FileKind::Directory {
+                    stack.push((e.ino, p));
                 }
             }
         }

@@ -113,20 +113,10 @@ fn walk(
         return Ok(u);
     }
     if !summarize {
-        let mut cookie = 0;
-        loop {
-            let batch = store.readdir(ino, cookie, 1024)?;
-            if batch.is_empty() {
-                break;
-            }
-            for e in batch {
-                cookie = e.cookie;
-                if e.name == b"." || e.name == b".." {
-                    continue;
-                }
-                let child = format!("{path}/{}", String::from_utf8_lossy(&e.name));
-                walk(store, e.ino, e.kind, child, false, false, rows)?;
-            }
+        for e in store.entries(ino) {
+            let e = e?;
+            let child = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+            walk(store, e.ino, e.kind, child, false, false, rows)?;
         }
     }
     let files = store.files_under(ino)?;

@@ -3,9 +3,11 @@
 //!
 //! Everything is opened beneath the lower root with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`,
 //! so no symlink (or `..`) inside the lower tree is ever followed out of it; symlinks are imported
-//! as symlinks. Files are opened read-only with `O_NOATIME` where permitted: the lower tree is never
-//! written, not even its access times. A lower file whose inode, size or mtime differ from what was
-//! recorded at import is refused with EIO instead of mixing versions.
+//! as symlinks. The lower tree is never written, not even its access times: it is reached through
+//! a private read-only, `noatime` clone of its mounts when the process may make one (root), since
+//! listing a directory or reading a symlink updates atime whatever the open flags; files are also
+//! opened with `O_NOATIME` where permitted. A lower file whose inode, size or mtime differ from
+//! what was recorded at import is refused with EIO instead of mixing versions.
 
 use crate::codec::LowerFileRecord;
 use crate::error::{Error, Result};
@@ -77,14 +79,25 @@ impl LowerTree {
             path: path.to_path_buf(),
             reason: format!("lower directory: {e}"),
         })?;
-        let root = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags_dir()
-            .open(&path)
-            .map_err(|e| Error::NotAStore {
-                path: path.clone(),
-                reason: format!("lower directory: {e}"),
-            })?;
+        // Through a private read-only, noatime view when we may make one: listing a directory or
+        // reading a symlink would otherwise update its atime, which O_NOATIME cannot prevent.
+        let root = match sys::private_readonly_view(&cstr(path.as_os_str().as_bytes())?) {
+            Ok(view) => view,
+            Err(e) => {
+                log::warn!(
+                    "lower {}: no private read-only view ({e}); directory and symlink atimes may change",
+                    path.display()
+                );
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags_dir()
+                    .open(&path)
+                    .map_err(|e| Error::NotAStore {
+                        path: path.clone(),
+                        reason: format!("lower directory: {e}"),
+                    })?
+            }
+        };
         let md = root.metadata()?;
         if !md.is_dir() {
             return Err(Error::NotAStore {

@@ -48,22 +48,69 @@ fn make_lower(root: &Path) {
 }
 
 /// Hash and stat of every entry, to prove the lower tree is never touched.
-/// mode, inode, size, mtime, atime and content of one entry.
-type EntryState = (u32, u64, u64, i64, i64, Vec<u8>);
+/// mode, inode, size, mtime, (atime, atime_nsec) and content hash of one entry.
+type EntryState = (u32, u64, u64, i64, (i64, i64), u64);
+
+/// The names in directory `d`, listed without updating its atime (O_NOATIME), so that taking a
+/// snapshot does not itself change what it records.
+fn names_noatime(d: &Path) -> Vec<std::ffi::OsString> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let c = std::ffi::CString::new(d.as_os_str().as_bytes()).expect("cstr");
+    // SAFETY: `c` is NUL-terminated; the descriptor is handed to fdopendir, which owns it, and
+    // closedir releases both; each dirent is read before the next readdir call.
+    unsafe {
+        let fd = libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME,
+        );
+        assert!(fd >= 0, "open {}", d.display());
+        let dir = libc::fdopendir(fd);
+        assert!(!dir.is_null(), "fdopendir {}", d.display());
+        let mut out = Vec::new();
+        loop {
+            let ent = libc::readdir(dir);
+            if ent.is_null() {
+                break;
+            }
+            let name = std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()).to_bytes();
+            if name != b"." && name != b".." {
+                out.push(std::ffi::OsString::from_vec(name.to_vec()));
+            }
+        }
+        libc::closedir(dir);
+        out
+    }
+}
+
+/// The bytes of lower file `p`, read without updating its atime.
+fn read_noatime(p: &Path) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(p)
+        .expect("open");
+    let mut data = Vec::new();
+    f.read_to_end(&mut data).expect("read");
+    data
+}
+
+fn hash_noatime(p: &Path) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(&read_noatime(p));
+    h.finish()
+}
 
 fn snapshot(root: &Path) -> BTreeMap<String, EntryState> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir") {
-            let e = e.expect("entry");
-            let p = e.path();
+        for name in names_noatime(&d) {
+            let p = d.join(name);
             let md = std::fs::symlink_metadata(&p).expect("lstat");
-            let content = if md.is_file() {
-                std::fs::read(&p).expect("read")
-            } else {
-                Vec::new()
-            };
+            let content = if md.is_file() { hash_noatime(&p) } else { 0 };
             if md.is_dir() {
                 stack.push(p.clone());
             }
@@ -74,7 +121,7 @@ fn snapshot(root: &Path) -> BTreeMap<String, EntryState> {
                     md.ino(),
                     md.size(),
                     md.mtime(),
-                    md.atime(),
+                    (md.atime(), md.atime_nsec()),
                     content,
                 ),
             );
@@ -140,7 +187,7 @@ fn overlay_presents_the_lower_tree() -> Result<()> {
         b"deep file"
     );
     let big = s.lookup(InodeNo::ROOT, b"big")?;
-    let want = std::fs::read(lower.join("big"))?;
+    let want = read_noatime(&lower.join("big"));
     assert_eq!(s.read_to_vec(big.ino, 0, BIG as u64)?, want);
     assert_eq!(
         s.read_to_vec(s.lookup(InodeNo::ROOT, b"empty")?.ino, 0, 10)?,
@@ -185,7 +232,7 @@ fn writes_copy_up_only_the_blocks_written() -> Result<()> {
         "a 4 KiB write into a 16 MiB lower file grew the store by {}",
         st.referenced_bytes
     );
-    let mut want = std::fs::read(lower.join("big"))?;
+    let mut want = read_noatime(&lower.join("big"));
     want[5 << 20..(5 << 20) + 4096].fill(0xEE);
     want[7 * 4096 + 100..7 * 4096 + 109].copy_from_slice(b"unaligned");
     assert_eq!(s.read_to_vec(big, 0, BIG as u64)?, want);
@@ -334,5 +381,39 @@ fn lower_symlinked_directories_are_never_followed() -> Result<()> {
         "a symlink to a directory is imported as a symlink"
     );
     assert!(s.lookup(l.ino, b"secret").is_err());
+    Ok(())
+}
+
+/// Access time of `p` (not following a symlink), to the nanosecond.
+fn atime(p: &Path) -> (i64, i64) {
+    let md = std::fs::symlink_metadata(p).expect("lstat");
+    (md.atime(), md.atime_nsec())
+}
+
+/// Regression: importing a lower directory listed it and read its symlinks through the ordinary
+/// mount, so relatime updated the atime of every lower directory and symlink the store looked
+/// into (O_NOATIME only covers the files read). As root the store now reaches the lower tree
+/// through a private read-only, noatime clone of its mount.
+#[test]
+fn importing_leaves_lower_directory_and_symlink_atimes_alone() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to make a private noatime view of the lower tree");
+        return Ok(());
+    }
+    let (_t, lower, store) = setup();
+    let watched = ["", "dir", "dir/sub", "dir/escape", "small", "big"].map(|p| lower.join(p));
+    // Fresh entries have atime == mtime, so relatime would update each on its first access.
+    let before: Vec<_> = watched.iter().map(|p| atime(p)).collect();
+    let s = Store::open(&store, &opts(Some(&lower)))?;
+    let dir = s.lookup(InodeNo::ROOT, b"dir")?;
+    let sub = s.lookup(dir.ino, b"sub")?;
+    s.readdir(sub.ino, 0, 100)?;
+    s.readlink(s.lookup(dir.ino, b"escape")?.ino)?;
+    let small = s.lookup(InodeNo::ROOT, b"small")?;
+    assert_eq!(s.read_to_vec(small.ino, 0, 100)?, b"hello lower");
+    s.close()?;
+    let after: Vec<_> = watched.iter().map(|p| atime(p)).collect();
+    assert_eq!(after, before, "atimes of {watched:?}");
     Ok(())
 }

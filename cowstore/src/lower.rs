@@ -200,11 +200,21 @@ impl LowerTree {
     /// The lower file behind extents of lower id `id`, opened (or taken from the cache) and
     /// verified against its record.
     pub fn file(&self, id: u64, rec: &LowerFileRecord) -> Result<Arc<LowerFile>> {
-        {
+        let cached = {
             let g = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(f) = g.0.get(&id) {
-                return Ok(f.clone());
+            g.0.get(&id).cloned()
+        };
+        if let Some(f) = cached {
+            // Verified again on every use (one fstat): a lower file rewritten while it is open
+            // must not have its new bytes served as the old file's.
+            let md = f.file.metadata()?;
+            if let Err(e) = self.verify(rec, &md) {
+                let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
+                g.0.remove(&id);
+                g.1.retain(|&i| i != id);
+                return Err(e);
             }
+            return Ok(f);
         }
         let name = cstr(&rec.path)?;
         let file = match sys::openat_beneath(
@@ -219,7 +229,21 @@ impl LowerTree {
             other => other,
         }
         .map_err(|e| lower_io(&self.path, &rec.path, e))?;
-        let md = file.metadata()?;
+        self.verify(rec, &file.metadata()?)?;
+        let f = Arc::new(LowerFile { file });
+        let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.insert(id, f.clone());
+        g.1.push_back(id);
+        while g.1.len() > OPEN_FILES {
+            if let Some(old) = g.1.pop_front() {
+                g.0.remove(&old);
+            }
+        }
+        Ok(f)
+    }
+
+    /// EIO (and a log line) if the lower file `md` describes is not the one `rec` recorded.
+    fn verify(&self, rec: &LowerFileRecord, md: &std::fs::Metadata) -> Result<()> {
         let mtime = ts(md.mtime(), md.mtime_nsec());
         if md.ino() != rec.ino || md.dev() != rec.dev || md.size() != rec.size || mtime != rec.mtime
         {
@@ -236,16 +260,7 @@ impl LowerTree {
             );
             return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EIO)));
         }
-        let f = Arc::new(LowerFile { file });
-        let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.insert(id, f.clone());
-        g.1.push_back(id);
-        while g.1.len() > OPEN_FILES {
-            if let Some(old) = g.1.pop_front() {
-                g.0.remove(&old);
-            }
-        }
-        Ok(f)
+        Ok(())
     }
 
     /// How a recorded lower file differs from what is there now, if it does.

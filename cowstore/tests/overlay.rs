@@ -417,3 +417,31 @@ fn importing_leaves_lower_directory_and_symlink_atimes_alone() -> Result<()> {
     assert_eq!(after, before, "atimes of {watched:?}");
     Ok(())
 }
+
+/// Regression: a lower file was verified only when first opened; once in the open-file cache,
+/// rewriting it in place (same inode) had its new bytes served as the imported file's.
+#[test]
+fn a_lower_file_rewritten_while_open_is_refused() -> Result<()> {
+    let (_t, lower, store) = setup();
+    let s = Store::open(&store, &opts(Some(&lower)))?;
+    let small = s.lookup(InodeNo::ROOT, b"small")?.ino;
+    assert_eq!(s.read_to_vec(small, 0, 100)?, b"hello lower");
+    // Same inode and size, new bytes and mtime.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(lower.join("small"))?;
+    std::os::unix::fs::FileExt::write_all_at(&f, b"HELLO", 0)?;
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))?;
+    drop(f);
+    match s.read_to_vec(small, 0, 100) {
+        Err(e) => assert_eq!(e.errno(), libc::EIO, "{e}"),
+        Ok(v) => panic!("read mixed versions: {:?}", String::from_utf8_lossy(&v)),
+    }
+    // Other lower files are still served.
+    let deep = s.lookup(
+        s.lookup(s.lookup(InodeNo::ROOT, b"dir")?.ino, b"sub")?.ino,
+        b"deep",
+    )?;
+    assert_eq!(s.read_to_vec(deep.ino, 0, 100)?, b"deep file");
+    Ok(())
+}

@@ -72,25 +72,41 @@ impl Mount {
         host: Option<&Path>,
         opts: &[&str],
     ) -> Result<Mount, Box<dyn std::error::Error>> {
+        let mut m = Mount::unmounted(host)?;
+        m.mount(opts)?;
+        Ok(m)
+    }
+
+    /// mkfs a store in a new temp dir (or under `host`), not mounted yet.
+    pub fn unmounted(host: Option<&Path>) -> Result<Mount, Box<dyn std::error::Error>> {
         become_subreaper();
         let dir = tempfile::Builder::new().prefix("cowfs-test-").tempdir()?;
         let store = host.map_or_else(|| dir.path().join("store"), |h| h.join("store"));
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt)?;
         run_ok(&["mkfs", s(&store)])?;
-        let mut m = Mount {
+        Ok(Mount {
             dir,
             store,
             mnt,
             pid: None,
             below: Vec::new(),
-        };
-        m.mount(opts)?;
-        Ok(m)
+        })
     }
 
     pub fn mount(&mut self, opts: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
-        let mut args = vec!["mount", s(&self.store), s(&self.mnt)];
+        self.mount_with(&[], opts)
+    }
+
+    /// Mount with extra arguments to `cowfs mount` (such as `--lower DIR`) and `-o opts`.
+    pub fn mount_with(
+        &mut self,
+        extra: &[&str],
+        opts: &[&str],
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut args = vec!["mount"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[s(&self.store), s(&self.mnt)]);
         let joined = opts.join(",");
         if !opts.is_empty() {
             args.push("-o");

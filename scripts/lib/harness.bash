@@ -35,13 +35,22 @@ h_init() {
     [[ $(id -u) -eq 0 ]] || h_fail "must run as root (mounts, allow_other, tmpfs)"
     [[ -e /dev/fuse ]] || h_fail "/dev/fuse is missing"
     WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/cowfs-$H_NAME.XXXXXX")
+    # Tests that switch to unprivileged users (pjdfstest) must be able to reach the mounts.
+    chmod 755 "$WORK"
     trap h_cleanup EXIT
     trap 'exit 130' INT TERM
 }
 
 h_cleanup() {
-    local rc=$? i mnt pid
+    local rc=$? i mnt pid daemons
     set +e
+    # Workloads first, so none writes into a bare mountpoint once its mount is detached.
+    daemons=" ${H_PID[*]} "
+    for pid in $(jobs -p); do
+        [[ $daemons == *" $pid "* ]] && continue
+        kill -9 "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
     for ((i = ${#H_MOUNTS[@]} - 1; i >= 0; i--)); do
         mnt=${H_MOUNTS[i]}
         if h_is_mounted "$mnt"; then
@@ -58,7 +67,7 @@ h_cleanup() {
             wait "$pid" 2>/dev/null
         fi
     done
-    # Any other child (workloads, fsx) still running.
+    # Any child left.
     for pid in $(jobs -p); do
         kill -9 "$pid" 2>/dev/null
         wait "$pid" 2>/dev/null
@@ -91,12 +100,26 @@ h_mount() {
             tail -n 20 "$log" >&2
             h_fail "the daemon for $mnt exited before the mount was live"
         fi
-        if h_is_mounted "$mnt" && "$COWFS" stats "$mnt" >/dev/null 2>&1; then
+        if h_is_mounted "$mnt" && "$COWFS" stats "$mnt" >/dev/null 2>"$WORK/stats.err"; then
             return 0
         fi
         sleep 0.05
     done
-    h_fail "$mnt not live after 30 s"
+    echo "last 'cowfs stats $mnt': $(cat "$WORK/stats.err")" >&2
+    grep " $mnt " /proc/self/mountinfo >&2 || true
+    h_dump_daemon "$mnt"
+    h_fail "$mnt not live after 600 tries"
+}
+
+# h_dump_daemon MNT: the daemon's threads and where they wait (for hangs).
+h_dump_daemon() {
+    local pid=${H_PID[$1]:-} t
+    [[ -n $pid ]] || return 0
+    echo "--- daemon $pid of $1: threads (name, wchan, kernel stack) ---" >&2
+    for t in /proc/"$pid"/task/*; do
+        echo "$(cat "$t/comm" 2>/dev/null) $(cat "$t/wchan" 2>/dev/null)" >&2
+        cat "$t/stack" >&2 2>/dev/null || true
+    done
 }
 
 h_track() {

@@ -38,12 +38,13 @@ pub fn mismatch(msg: impl Display) -> Fail {
 
 /// The daemon was killed: requests fail with ENOTCONN (or ECONNABORTED while in flight).
 pub fn is_gone(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+    matches!(errno(e), Some(libc::ENOTCONN | libc::ECONNABORTED))
 }
 
-/// An I/O error on `what`; GONE when the mount at `probe` answers ENOTCONN.
+/// An I/O error on `what`; GONE when the mount at `probe` answers ENOTCONN. The probe opens
+/// the directory: a stat could be answered from the kernel's attribute cache.
 pub fn io_fail(what: impl Display, e: &io::Error, probe: &Path) -> Fail {
-    let gone = is_gone(e) || std::fs::metadata(probe).is_err_and(|e| is_gone(&e));
+    let gone = is_gone(e) || File::open(probe).is_err_and(|e| is_gone(&e));
     Fail {
         code: if gone { GONE } else { IO },
         msg: format!("{what}: {e}"),

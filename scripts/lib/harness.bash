@@ -84,11 +84,12 @@ h_cleanup() {
 
 h_is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts; }
 
-# h_mount STORE MNT [OPTS]: serve STORE at MNT; returns once the mount answers.
+# h_mount STORE MNT [OPTS [ARGS...]]: serve STORE at MNT (more `cowfs mount` arguments, such
+# as --lower DIR, after OPTS); returns once the mount answers.
 h_mount() {
     local store=$1 mnt=$2 opts=${3:-} log pid i
     log="$WORK/daemon-$(basename "$mnt").log"
-    local args=(mount -f "$store" "$mnt")
+    local args=(mount -f "$store" "$mnt" "${@:4}")
     [[ -n $opts ]] && args+=(-o "$opts")
     "$COWFS" "${args[@]}" >>"$log" 2>&1 &
     pid=$!

@@ -41,9 +41,11 @@ impl Default for MountOpts {
             dirsync: false,
             commit_secs: 5,
             copy_mode: CopyMode::Splice,
-            threads: std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .clamp(2, 8),
+            // More threads than CPUs: a thread serving a cold read blocks on the disk inside
+            // splice, so with one thread per CPU concurrent readers queue behind each other
+            // (measured, 4 fio jobs of 4 KiB random reads, 2 CPUs: 54 MiB/s with 2 threads,
+            // 83 MiB/s with 8). Each thread costs a request buffer and a splice pipe.
+            threads: (std::thread::available_parallelism().map_or(2, |n| n.get()) * 4).clamp(4, 16),
             ttl_secs: 10,
             readahead_kb: None,
             writeback_cache: false,
@@ -92,7 +94,7 @@ Mount options (-o OPT[,OPT...]):
   commit=SECONDS         commit every SECONDS when there are changes (default 5; 0: only on
                          fsync, sync and unmount)
   copy_mode=splice|buffered    how read data reaches the kernel (default splice: zero-copy)
-  threads=N              request threads (default: CPUs, 2..8)
+  threads=N              request threads (default: 4 per CPU, 4..16)
   ttl=SECONDS            attribute and entry cache time in the kernel (default 10)
   readahead_kb=N         kernel readahead for the mount (default: the largest read request,
                          about 1 MiB, so sequential reads come in few large requests; 0 keeps

@@ -748,32 +748,26 @@ impl Store {
 
     // ------------------------------------------------------------------ space
 
+    /// Space as `df` shows it. The store grows inside its host filesystem, so its size and free
+    /// space are the host's: free pool runs are punched out and already count as free there; only
+    /// blocks freed by the open transaction (released at the next commit) are added.
     pub fn statfs(&self) -> Result<StatFs> {
-        let (pool_blocks, free_blocks, pending, inodes) = self.inner.read(|cx| {
-            let mut free = 0u64;
-            for item in cx.free.iter()? {
-                let (k, v) = item?;
-                free += decode::<crate::codec::FreeRecord>(v.value(), &k.value())?.len;
-            }
+        let (pool_blocks, pending, inodes) = self.inner.read(|cx| {
             Ok((
                 cx.mem.state.pool_blocks,
-                free,
                 cx.mem.pending_free.total(),
                 cx.mem.state.inodes,
             ))
         })?;
         let bs = self.inner.bs;
-        let host = self.inner.pool.host_space();
-        let (host_total, host_avail) = match host {
-            Ok(Some((total, avail))) => (total / bs, avail / bs),
+        let (total, avail) = match self.inner.pool.host_space() {
+            Ok(Some((total, avail))) => (total / bs, (avail / bs + pending).min(total / bs)),
+            // No host filesystem (an in-memory store): report the pool with room to grow.
             _ => (pool_blocks * 2 + (1 << 20), pool_blocks + (1 << 20)),
         };
-        let reusable = free_blocks + pending;
-        let used = pool_blocks.saturating_sub(reusable);
-        let avail = host_avail + reusable;
         Ok(StatFs {
             block_size: bs as u32,
-            total_blocks: (used + avail).max(host_total.min(used + avail)),
+            total_blocks: total,
             free_blocks: avail,
             avail_blocks: avail,
             files: inodes + (1 << 32),

@@ -193,3 +193,48 @@ fn commit_waits_for_pinned_reads_before_freeing_their_blocks() -> Result<()> {
     assert_eq!(s.read_to_vec(a.ino, 0, 8192)?, vec![b'Z'; 8192]);
     Ok(())
 }
+
+/// Regression (df): statfs added the pool's free runs, which are punched out and already free on
+/// the host, to the host's free space, and sized the filesystem from it. The store grows inside
+/// its host filesystem: size and free space are the host's.
+#[test]
+fn statfs_reports_the_host_filesystem() -> Result<()> {
+    let (dir, s) = fresh(4096);
+    let f = s.create_open(InodeNo::ROOT, b"f", 0o644, ME)?;
+    s.write(f.ino, 0, &vec![1u8; 1 << 20])?;
+    s.commit()?;
+    s.setattr(
+        f.ino,
+        &SetAttr {
+            size: Some(0),
+            ..Default::default()
+        },
+    )?;
+    s.commit()?;
+    let st = s.statfs()?;
+    let host = fs_stat(dir.path());
+    assert_eq!(st.total_blocks, host.0 / 4096, "size is the host's");
+    let diff = st.avail_blocks.abs_diff(host.1 / 4096);
+    assert!(
+        diff < 4096,
+        "free space is the host's (store {} vs host {} blocks)",
+        st.avail_blocks,
+        host.1 / 4096
+    );
+    Ok(())
+}
+
+/// (total bytes, available bytes) of the filesystem holding `p`, from `df`'s own source.
+fn fs_stat(p: &std::path::Path) -> (u64, u64) {
+    let out = std::process::Command::new("stat")
+        .args(["-f", "-c", "%S %b %a"])
+        .arg(p)
+        .output()
+        .expect("stat -f");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<u64> = text
+        .split_whitespace()
+        .map(|x| x.parse().expect("number"))
+        .collect();
+    (v[0] * v[1], v[0] * v[2])
+}

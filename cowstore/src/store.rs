@@ -969,14 +969,20 @@ impl Inner {
                 w.set_durability(Durability::Immediate)?;
                 st.wtx = Some(w);
             }
-            // Punch while the state lock is held: the blocks are in the free table now, and a
-            // write that allocated one before the punch would lose its bytes to it.
-            for (s, l) in released.iter() {
+            // The released blocks are in the free table now. Punch them after letting go of the
+            // state lock (a punch can cost tens of microseconds of synchronous discard, and there
+            // may be thousands), but registered as being punched first: the allocator skips them
+            // until the punch is done, so no write can lose its bytes to a late punch.
+            let punching = crate::alloc::Punching::start(self.pool.as_ref(), &released);
+            drop(st);
+            for &(s, l) in punching.runs() {
                 if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
                     log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
                 }
             }
+            drop(punching);
             // Space may have come back: take the metadata reserve again.
+            let mut st = lock(&self.state);
             if let Some(r) = &self.reserve {
                 if !r.is_held() && r.fill() {
                     log::info!("host space available again: metadata reserve restored");

@@ -13,6 +13,13 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Default readahead of a mount, KiB. With a window of one read request (about 1 MiB) the
+/// kernel has one request in flight; a wider one lets it send several, which the request threads
+/// serve in parallel. Cold 256 MiB sequential reads, 1 job, 2 CPUs, virtio disk (alternating
+/// runs): 1020 KiB 655-721 MiB/s, 8 MiB 785-895 MiB/s; 2 and 4 MiB were between, 16 MiB
+/// within a few percent of 8.
+pub const DEFAULT_READAHEAD_KB: u32 = 8192;
+
 /// Everything a mount needs.
 #[derive(Clone, Debug)]
 pub struct MountSpec {
@@ -25,9 +32,10 @@ pub struct MountSpec {
     pub acl: SessionACL,
     /// Request-serving threads.
     pub threads: usize,
-    /// Kernel readahead for the mount in KiB (the bdi's read_ahead_kb). `None`: as large as
-    /// the largest read request (about 1 MiB), so sequential reads arrive in requests of that
-    /// size instead of the kernel default's 128 KiB; `Some(0)` keeps the kernel default.
+    /// Kernel readahead for the mount in KiB (the bdi's read_ahead_kb). `None`:
+    /// [`DEFAULT_READAHEAD_KB`], and at least the largest read request, so sequential reads
+    /// arrive as several full-size requests in flight instead of the kernel default's 128 KiB
+    /// one at a time; `Some(0)` keeps the kernel default.
     pub readahead_kb: Option<u32>,
 }
 
@@ -111,7 +119,10 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
     let control = match control::mount_dev(&mountpoint) {
         Ok(devno) => {
             let max_read = shared.kernel.lock().map(|k| k.max_write).unwrap_or(0);
-            set_readahead(devno, spec.readahead_kb.unwrap_or(max_read / 1024));
+            let kb = spec
+                .readahead_kb
+                .unwrap_or(DEFAULT_READAHEAD_KB.max(max_read / 1024));
+            set_readahead(devno, kb);
             let source = stats_source(
                 &shared,
                 Arc::downgrade(&store),

@@ -96,9 +96,8 @@ Mount options (-o OPT[,OPT...]):
   copy_mode=splice|buffered    how read data reaches the kernel (default splice: zero-copy)
   threads=N              request threads (default: 4 per CPU, 4..16)
   ttl=SECONDS            attribute and entry cache time in the kernel (default 10)
-  readahead_kb=N         kernel readahead for the mount (default: the largest read request,
-                         about 1 MiB, so sequential reads come in few large requests; 0 keeps
-                         the kernel's 128)
+  readahead_kb=N         kernel readahead for the mount (default 8192: several ~1 MiB read
+                         requests in flight; 0 keeps the kernel's 128)
   writeback_cache        let the kernel batch writes in its page cache
   log=FILE               daemon log file (default STORE/cowfs.log; -f logs to stderr)
   debug                  log every request (very verbose)

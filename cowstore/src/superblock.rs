@@ -58,16 +58,13 @@ pub struct Superblock {
 impl Superblock {
     pub fn new(block_size: u32) -> Result<Superblock> {
         validate_block_size(block_size)?;
-        let mut id = [0u8; 16];
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let seed = now.as_nanos() ^ (u128::from(std::process::id()) << 64);
-        id.copy_from_slice(&seed.to_le_bytes());
         Ok(Superblock {
             version: FormatVersion::V1,
             block_size,
-            id,
+            id: crate::sys::random_id(),
             created: now.as_secs() as i64,
         })
     }

@@ -207,3 +207,18 @@ pub fn lgetxattr(path: &std::ffi::CStr, name: &std::ffi::CStr) -> io::Result<Vec
         }
     }
 }
+
+/// 16 random bytes from the kernel (a store's id); time and pid only if getrandom fails.
+pub fn random_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    // SAFETY: `id` is writable for its 16 bytes for the duration of the call.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    if n != id.len() as isize {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        id = (now ^ (u128::from(std::process::id()) << 96)).to_le_bytes();
+    }
+    id
+}

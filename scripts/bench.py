@@ -194,8 +194,8 @@ def report(tsv, outdir, name):
     out.append("| test | splice | buffered | buffered / splice | daemon CPU s, splice | daemon CPU s, buffered |")
     out.append("|---|---:|---:|---:|---:|---:|")
     for k, label in (("seqread_1M_j1", "seq read 1 MiB"), ("randread_4k_j1", "rand read 4 KiB")):
-        sp, bu = med(rows, k, "cowfs"), med(rows, k, "cowfs-buffered")
-        cs, cb = med(rows, k + "_cpu", "cowfs"), med(rows, k + "_cpu", "cowfs-buffered")
+        sp, bu = med(rows, k, "cowfs-splice"), med(rows, k, "cowfs-buffered")
+        cs, cb = med(rows, k + "_cpu", "cowfs-splice"), med(rows, k + "_cpu", "cowfs-buffered")
         r = f"{bu / sp:.2f}x" if sp and bu else "-"
         out.append(f"| {label} (MiB/s) | {fmt(sp, 'MiB/s')} | {fmt(bu, 'MiB/s')} | {r} | "
                    f"{'-' if cs is None else f'{cs:.2f}'} | {'-' if cb is None else f'{cb:.2f}'} |")

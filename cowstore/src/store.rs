@@ -502,6 +502,7 @@ impl Store {
     /// Count an open handle: an inode unlinked while open lives until its last `release`.
     pub fn open_inode(&self, ino: InodeNo) -> Result<InodeAttr> {
         let mut st = lock(&self.inner.state);
+        self.inner.ensure_txn(&mut st);
         let rec = {
             let TxnState { wtx, mem } = &mut *st;
             let wtx = wtx.as_ref().ok_or_else(poisoned)?;
@@ -816,6 +817,7 @@ impl Inner {
     /// Run a read-only closure against the open transaction (it sees uncommitted changes).
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Ctx<'_>) -> Result<T>) -> Result<T> {
         let mut st = lock(&self.state);
+        self.ensure_txn(&mut st);
         let TxnState { wtx, mem } = &mut *st;
         let wtx = wtx.as_ref().ok_or_else(poisoned)?;
         let mut cx = Ctx::open(wtx, mem, self.pool.as_ref(), self.bs)?;
@@ -842,6 +844,7 @@ impl Inner {
         f: impl FnOnce(&mut Ctx<'_>) -> Result<T>,
     ) -> Result<T> {
         let mut st = lock(&self.state);
+        self.ensure_txn(&mut st);
         let TxnState { wtx, mem } = &mut *st;
         let w = wtx.as_ref().ok_or_else(poisoned)?;
         let result = {
@@ -866,6 +869,15 @@ impl Inner {
             }
         }
         result
+    }
+
+    /// If an earlier failure left no open transaction (its recovery met the same fault), try the
+    /// recovery again now, so that a transient fault does not leave the store refusing everything
+    /// until it is reopened. A closed store stays closed.
+    fn ensure_txn(&self, st: &mut TxnState) {
+        if st.wtx.is_none() && !self.closed.load(Ordering::SeqCst) && !self.read_only {
+            self.rollback(st, &poisoned());
+        }
     }
 
     /// The B-tree database (replaced by `reopen_db` after a latched I/O error).
@@ -906,11 +918,15 @@ impl Inner {
                 .ok_or_else(|| Error::corrupt("state record missing"))?;
             decode::<StateRecord>(v.value(), &STATE_KEY)
         })();
+        // Process state survives a rollback: open handles, and the reads still copying pool bytes
+        // (a fresh pin registry would let the next commit free their blocks under them).
         let open = std::mem::take(&mut st.mem.open_counts);
+        let pins = st.mem.pins.clone();
         if let Ok(state) = committed {
             st.mem = TxnMem::new(state);
             st.mem.state.clean = false;
             st.mem.open_counts = open;
+            st.mem.pins = pins;
             st.mem.low_space = self.reserve.as_ref().is_some_and(|r| !r.is_held());
             if let Ok(mut w) = self.db().begin_write() {
                 if w.set_durability(Durability::Immediate).is_ok() {
@@ -929,6 +945,7 @@ impl Inner {
         let _one_at_a_time = lock(&self.commit_lock);
         {
             let mut st = lock(&self.state);
+            self.ensure_txn(&mut st);
             if !st.mem.dirty && !closing {
                 return Ok(());
             }

@@ -6,61 +6,69 @@
 
 use crate::codec::{decode, encode, FreeRecord, RefcountRecord};
 use crate::error::{Error, Result};
-use crate::io::FileIo;
 use crate::rangeset::RangeSet;
 use crate::tables::Ctx;
 use redb::ReadableTable;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// How many free-table records the next-fit search looks at before growing the pool instead.
 const FREE_PROBES: usize = 64;
 
-/// Pool blocks a durable commit released that are being punched out of the pool file right now,
-/// per store (keyed by the address of its pool file object).
+/// Pool blocks a durable commit released that are being punched out of the pool file right now.
 ///
 /// Commit punches released blocks after it lets go of the state lock (each punch can cost tens
 /// of microseconds of synchronous discard on the host, and a commit after random overwrites
 /// frees thousands of runs). The blocks are in the free table by then, so the allocator must not
 /// hand one out before its punch is done: the punch would zero the new bytes. This set is what
-/// it checks. It lives outside `TxnMem` because a rollback replaces that while a punch may be
-/// in flight. A crash before the punches leaves the blocks free with stale bytes, which is
-/// harmless: allocation zeroes or overwrites what it hands out, and the open after an unclean
-/// stop punches all free space again.
-static PUNCHING: Mutex<Vec<(usize, RangeSet)>> = Mutex::new(Vec::new());
-/// Entries in `PUNCHING` (a lock-free fast path for the allocator when nothing is in flight).
-static PUNCHING_ENTRIES: AtomicUsize = AtomicUsize::new(0);
-
-fn pool_key(pool: &dyn FileIo) -> usize {
-    (pool as *const dyn FileIo).cast::<()>() as usize
+/// it checks. One per store, held by `TxnMem` and carried across a rollback (which replaces the
+/// rest of `TxnMem` while a punch may be in flight), like the read pins. A crash before the
+/// punches leaves the blocks free with stale bytes, which is harmless: allocation zeroes or
+/// overwrites what it hands out, and the open after an unclean stop punches all free space again.
+#[derive(Debug, Default)]
+pub(crate) struct PunchRegistry {
+    runs: Mutex<RangeSet>,
+    /// Whether any run is registered (a lock-free fast path for the allocator).
+    busy: AtomicBool,
 }
 
-/// Blocks of one store being punched; registered by [`Punching::start`], unregistered on drop.
+impl PunchRegistry {
+    /// Register `runs` as being punched. Call it while holding the state lock in which they
+    /// became free, so no allocation can see them free and unregistered.
+    pub fn start(self: &Arc<Self>, runs: &RangeSet) -> Punching {
+        let list: Vec<(u64, u64)> = runs.iter().collect();
+        if !list.is_empty() {
+            let mut set = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+            for &(s, l) in &list {
+                set.insert(s, l);
+            }
+            self.busy.store(true, Ordering::SeqCst);
+        }
+        Punching {
+            registry: self.clone(),
+            runs: list,
+        }
+    }
+
+    /// The parts of `[start, start+len)` that are being punched, sorted.
+    fn within(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
+        if !self.busy.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .intersect(start, len)
+    }
+}
+
+/// Blocks being punched; registered by [`PunchRegistry::start`], unregistered on drop.
 pub(crate) struct Punching {
-    key: usize,
+    registry: Arc<PunchRegistry>,
     runs: Vec<(u64, u64)>,
 }
 
 impl Punching {
-    /// Register `runs` as being punched. Call it while holding the state lock in which they
-    /// became free, so no allocation can see them free and unregistered.
-    pub fn start(pool: &dyn FileIo, runs: &RangeSet) -> Punching {
-        let key = pool_key(pool);
-        let mut set = RangeSet::new();
-        for (s, l) in runs.iter() {
-            set.insert(s, l);
-        }
-        let list: Vec<(u64, u64)> = set.iter().collect();
-        if !list.is_empty() {
-            PUNCHING
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((key, set));
-            PUNCHING_ENTRIES.fetch_add(1, Ordering::SeqCst);
-        }
-        Punching { key, runs: list }
-    }
-
     pub fn runs(&self) -> &[(u64, u64)] {
         &self.runs
     }
@@ -71,29 +79,12 @@ impl Drop for Punching {
         if self.runs.is_empty() {
             return;
         }
-        // Commits of one store are serialised, so it has at most one entry.
-        let mut all = PUNCHING.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = all.iter().position(|(k, _)| *k == self.key) {
-            all.swap_remove(i);
-            PUNCHING_ENTRIES.fetch_sub(1, Ordering::SeqCst);
+        let mut set = self.registry.runs.lock().unwrap_or_else(|p| p.into_inner());
+        for &(s, l) in &self.runs {
+            set.remove(s, l);
         }
+        self.registry.busy.store(!set.is_empty(), Ordering::SeqCst);
     }
-}
-
-/// The parts of `[start, start+len)` of this store's pool that are being punched.
-fn punching_within(pool: &dyn FileIo, start: u64, len: u64) -> Vec<(u64, u64)> {
-    if PUNCHING_ENTRIES.load(Ordering::SeqCst) == 0 {
-        return Vec::new();
-    }
-    let key = pool_key(pool);
-    let all = PUNCHING.lock().unwrap_or_else(|p| p.into_inner());
-    let mut out: Vec<(u64, u64)> = all
-        .iter()
-        .filter(|(k, _)| *k == key)
-        .flat_map(|(_, set)| set.intersect(start, len))
-        .collect();
-    out.sort_unstable();
-    out
 }
 
 /// The first start of `n` blocks inside `[start, start+len)` that avoids `busy` (sorted runs).
@@ -177,7 +168,7 @@ impl Ctx<'_> {
                 return self.grow_pool(n);
             }
             if let Some((s, rec)) = self.free_record_before(h)? {
-                if s + rec.len >= h + n && punching_within(self.pool, h, n).is_empty() {
+                if s + rec.len >= h + n && self.mem.punching.within(h, n).is_empty() {
                     self.take_free(s, rec, h, n)?;
                     return Ok(h);
                 }
@@ -192,7 +183,7 @@ impl Ctx<'_> {
             if rec.len < n {
                 continue;
             }
-            let busy = punching_within(self.pool, s, rec.len);
+            let busy = self.mem.punching.within(s, rec.len);
             if let Some(at) = first_fit_avoiding(s, rec.len, n, &busy) {
                 self.take_free(s, rec, at, n)?;
                 return Ok(at);
@@ -201,7 +192,7 @@ impl Ctx<'_> {
         // A free run that ends at the pool's end can be extended in place. The probes above
         // may not have reached it, so it can also be long enough already.
         if let Some((s, rec)) = self.free_record_before(end_of_pool.saturating_sub(1))? {
-            let idle = punching_within(self.pool, s, rec.len).is_empty();
+            let idle = self.mem.punching.within(s, rec.len).is_empty();
             if s + rec.len == end_of_pool && end_of_pool > 0 && idle {
                 if rec.len >= n {
                     self.take_free(s, rec, s, n)?;
@@ -534,7 +525,6 @@ mod tests {
         // Commit punches released blocks outside the state lock; until a punch is done, its
         // blocks are free in the table but must not be allocated (the punch would zero them).
         let (_env, s) = store();
-        let pool = s.inner().pool.clone();
         s.inner()
             .write(|cx| {
                 cx.mem.state.pool_blocks = 100;
@@ -545,7 +535,8 @@ mod tests {
         let mut busy = crate::rangeset::RangeSet::new();
         busy.insert(10, 5);
         busy.insert(18, 2);
-        let punching = super::Punching::start(pool.as_ref(), &busy);
+        let registry = s.inner().state_punching();
+        let punching = registry.start(&busy);
         s.inner()
             .write(|cx| {
                 assert_eq!(cx.alloc(2, Some(11))?, 15, "a busy hint is not taken");

@@ -880,6 +880,12 @@ impl Inner {
         }
     }
 
+    /// This store's registry of blocks being punched (tests hold blocks in it).
+    #[cfg(test)]
+    pub(crate) fn state_punching(&self) -> Arc<crate::alloc::PunchRegistry> {
+        lock(&self.state).mem.punching.clone()
+    }
+
     /// The B-tree database (replaced by `reopen_db` after a latched I/O error).
     pub(crate) fn db(&self) -> Arc<Database> {
         self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -918,15 +924,18 @@ impl Inner {
                 .ok_or_else(|| Error::corrupt("state record missing"))?;
             decode::<StateRecord>(v.value(), &STATE_KEY)
         })();
-        // Process state survives a rollback: open handles, and the reads still copying pool bytes
-        // (a fresh pin registry would let the next commit free their blocks under them).
+        // Process state survives a rollback: open handles, the reads still copying pool bytes (a
+        // fresh pin registry would let the next commit free their blocks under them), and the
+        // blocks a finished commit is still punching.
         let open = std::mem::take(&mut st.mem.open_counts);
         let pins = st.mem.pins.clone();
+        let punching = st.mem.punching.clone();
         if let Ok(state) = committed {
             st.mem = TxnMem::new(state);
             st.mem.state.clean = false;
             st.mem.open_counts = open;
             st.mem.pins = pins;
+            st.mem.punching = punching;
             st.mem.low_space = self.reserve.as_ref().is_some_and(|r| !r.is_held());
             if let Ok(mut w) = self.db().begin_write() {
                 if w.set_durability(Durability::Immediate).is_ok() {
@@ -990,7 +999,7 @@ impl Inner {
             // state lock (a punch can cost tens of microseconds of synchronous discard, and there
             // may be thousands), but registered as being punched first: the allocator skips them
             // until the punch is done, so no write can lose its bytes to a late punch.
-            let punching = crate::alloc::Punching::start(self.pool.as_ref(), &released);
+            let punching = st.mem.punching.start(&released);
             drop(st);
             for &(s, l) in punching.runs() {
                 if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {

@@ -64,6 +64,8 @@ pub(crate) struct TxnMem {
     pub ops_since_commit: u64,
     /// Reads copying pool bytes right now (their blocks must not be reused meanwhile).
     pub pins: Arc<ReadPins>,
+    /// Blocks a finished commit is still punching (not to be allocated yet).
+    pub punching: Arc<crate::alloc::PunchRegistry>,
 }
 
 /// Counts reads that hold pool positions outside the store lock. Freed blocks become
@@ -119,6 +121,7 @@ impl TxnMem {
             low_space: false,
             ops_since_commit: 0,
             pins: Arc::new(ReadPins::default()),
+            punching: Arc::default(),
         }
     }
 }

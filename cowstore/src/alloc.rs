@@ -8,7 +8,6 @@ use crate::codec::{decode, encode, FreeRecord, RefcountRecord};
 use crate::error::{Error, Result};
 use crate::rangeset::RangeSet;
 use crate::tables::Ctx;
-use redb::ReadableTable;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -100,23 +99,36 @@ fn first_fit_avoiding(start: u64, len: u64, n: u64, busy: &[(u64, u64)]) -> Opti
 }
 
 impl Ctx<'_> {
+    /// Free blocks of `[start, start+len)` that must not be handed out yet, sorted and merged:
+    /// those a finished commit is still punching, and those held for reads still copying from
+    /// them (see `TxnMem::held`).
+    fn busy_within(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
+        let mut busy = self.mem.punching.within(start, len);
+        let held = self.mem.held().intersect(start, len);
+        if held.is_empty() {
+            return busy;
+        }
+        let mut set = RangeSet::new();
+        for (s, l) in busy.drain(..).chain(held) {
+            set.insert(s, l);
+        }
+        set.iter().collect()
+    }
+
     fn free_records(&self, from: u64, limit: usize) -> Result<Vec<(u64, FreeRecord)>> {
         let mut out = Vec::new();
         for item in self.free.range(from..)?.take(limit) {
             let (k, v) = item?;
-            out.push((k.value(), decode::<FreeRecord>(v.value(), &k.value())?));
+            out.push((k, decode::<FreeRecord>(&v, &k)?));
         }
         Ok(out)
     }
 
     fn free_record_before(&self, at: u64) -> Result<Option<(u64, FreeRecord)>> {
-        match self.free.range(..=at)?.next_back() {
+        match self.free.range_rev(..=at)?.next() {
             Some(item) => {
                 let (k, v) = item?;
-                Ok(Some((
-                    k.value(),
-                    decode::<FreeRecord>(v.value(), &k.value())?,
-                )))
+                Ok(Some((k, decode::<FreeRecord>(&v, &k)?)))
             }
             None => Ok(None),
         }
@@ -155,7 +167,9 @@ impl Ctx<'_> {
             return Err(Error::NoSpace);
         }
         let start = self.find_space(n, hint)?;
-        self.mem.txn_alloc.insert(start, n);
+        self.mem.add_txn_alloc(start, n);
+        // Blocks this very operation freed and takes again must not be punched after it.
+        self.mem.keep_unpunched(start, n);
         self.mem.cursor = start + n;
         self.mem.dirty = true;
         Ok(start)
@@ -168,7 +182,7 @@ impl Ctx<'_> {
                 return self.grow_pool(n);
             }
             if let Some((s, rec)) = self.free_record_before(h)? {
-                if s + rec.len >= h + n && self.mem.punching.within(h, n).is_empty() {
+                if s + rec.len >= h + n && self.busy_within(h, n).is_empty() {
                     self.take_free(s, rec, h, n)?;
                     return Ok(h);
                 }
@@ -183,7 +197,7 @@ impl Ctx<'_> {
             if rec.len < n {
                 continue;
             }
-            let busy = self.mem.punching.within(s, rec.len);
+            let busy = self.busy_within(s, rec.len);
             if let Some(at) = first_fit_avoiding(s, rec.len, n, &busy) {
                 self.take_free(s, rec, at, n)?;
                 return Ok(at);
@@ -192,7 +206,7 @@ impl Ctx<'_> {
         // A free run that ends at the pool's end can be extended in place. The probes above
         // may not have reached it, so it can also be long enough already.
         if let Some((s, rec)) = self.free_record_before(end_of_pool.saturating_sub(1))? {
-            let idle = self.mem.punching.within(s, rec.len).is_empty();
+            let idle = self.busy_within(s, rec.len).is_empty();
             if s + rec.len == end_of_pool && end_of_pool > 0 && idle {
                 if rec.len >= n {
                     self.take_free(s, rec, s, n)?;
@@ -237,7 +251,7 @@ impl Ctx<'_> {
         }
         let end = start + len;
         let next = match self.free.get(end)? {
-            Some(v) => Some(decode::<FreeRecord>(v.value(), &end)?),
+            Some(v) => Some(decode::<FreeRecord>(&v, &end)?),
             None => None,
         };
         if let Some(next) = next {
@@ -249,15 +263,17 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Release blocks no longer referenced. Blocks allocated in this transaction are free at once;
-    /// committed blocks wait until the commit that frees them is durable.
+    /// Release blocks no longer referenced. Blocks allocated in this transaction are free at once
+    /// (and punched once the operation succeeds); committed blocks wait until the commit that
+    /// frees them is durable. So do fresh blocks that an active read is still copying from.
     pub fn release_blocks(&mut self, start: u64, len: u64) -> Result<()> {
-        // While a read may still be copying from them, even fresh blocks wait for the commit.
-        let fresh = if self.mem.pins.any() {
-            Vec::new()
-        } else {
-            self.mem.txn_alloc.intersect(start, len)
-        };
+        let fresh: Vec<(u64, u64)> = self
+            .mem
+            .txn_alloc()
+            .intersect(start, len)
+            .into_iter()
+            .filter(|&(s, l)| !self.mem.pins.overlaps(s, l))
+            .collect();
         let mut pos = start;
         for (s, l) in fresh
             .iter()
@@ -265,16 +281,12 @@ impl Ctx<'_> {
             .chain(std::iter::once((start + len, 0)))
         {
             if s > pos {
-                self.mem.pending_free.insert(pos, s - pos);
+                self.mem.add_pending_free(pos, s - pos);
             }
             if l > 0 {
-                self.mem.txn_alloc.remove(s, l);
+                self.mem.drop_txn_alloc(s, l);
                 self.insert_free(s, l)?;
-                // Only to give the host its space back: nothing reads free blocks (allocate zeroes
-                // what it hands out), so a failed punch must not fail a half-done mutation.
-                if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
-                    log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
-                }
+                self.mem.punch_after_op(s, l);
             }
             pos = s + l;
         }
@@ -285,13 +297,10 @@ impl Ctx<'_> {
     // ------------------------------------------------------------------ refcounts
 
     fn refcount_at_or_before(&self, at: u64) -> Result<Option<(u64, RefcountRecord)>> {
-        match self.refcounts.range(..=at)?.next_back() {
+        match self.refcounts.range_rev(..=at)?.next() {
             Some(item) => {
                 let (k, v) = item?;
-                Ok(Some((
-                    k.value(),
-                    decode::<RefcountRecord>(v.value(), &k.value())?,
-                )))
+                Ok(Some((k, decode::<RefcountRecord>(&v, &k)?)))
             }
             None => Ok(None),
         }
@@ -329,7 +338,7 @@ impl Ctx<'_> {
         let mut out = Vec::new();
         for item in self.refcounts.range(start..end)? {
             let (k, v) = item?;
-            out.push((k.value(), decode::<RefcountRecord>(v.value(), &k.value())?));
+            out.push((k, decode::<RefcountRecord>(&v, &k)?));
         }
         Ok(out)
     }
@@ -425,7 +434,6 @@ mod tests {
     use crate::io::MemEnv;
     use crate::store::{MkfsOptions, OpenOptions, Store};
     use crate::types::{Caller, FileKind, InodeNo, NewInode, SetAttr};
-    use redb::ReadableTable;
     use std::sync::Arc;
 
     fn store() -> (MemEnv, Store) {
@@ -446,9 +454,8 @@ mod tests {
                 let mut v = Vec::new();
                 for item in cx.free.iter()? {
                     let (k, val) = item?;
-                    let r: crate::codec::FreeRecord =
-                        crate::codec::decode(val.value(), &k.value())?;
-                    v.push((k.value(), r.len));
+                    let r: crate::codec::FreeRecord = crate::codec::decode(&val, &k)?;
+                    v.push((k, r.len));
                 }
                 Ok(v)
             })
@@ -461,9 +468,8 @@ mod tests {
                 let mut v = Vec::new();
                 for item in cx.refcounts.iter()? {
                     let (k, val) = item?;
-                    let r: crate::codec::RefcountRecord =
-                        crate::codec::decode(val.value(), &k.value())?;
-                    v.push((k.value(), r.len, r.count));
+                    let r: crate::codec::RefcountRecord = crate::codec::decode(&val, &k)?;
+                    v.push((k, r.len, r.count));
                 }
                 Ok(v)
             })
@@ -636,7 +642,7 @@ mod tests {
         );
         let pending = s
             .inner()
-            .read(|cx| Ok(cx.mem.pending_free.total()))
+            .read(|cx| Ok(cx.mem.pending_free().total()))
             .expect("read");
         assert_eq!(pending, 2);
         s.commit().expect("commit");

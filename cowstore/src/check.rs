@@ -213,7 +213,7 @@ impl Store {
     }
 
     pub fn check_with_progress(&self, progress: Progress<'_>) -> Result<CheckReport> {
-        let rtx = self.inner().db().begin_read()?;
+        let rtx = self.inner().db()?.begin_read()?;
         let bs = u64::from(self.block_size());
         let lower_changes = self.lower_changes()?;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -244,13 +244,13 @@ impl Store {
             let mut free = 0u64;
             for item in cx.free.iter()? {
                 let (k, v) = item?;
-                free += decode::<FreeRecord>(v.value(), &k.value())?.len;
+                free += decode::<FreeRecord>(&v, &k)?.len;
             }
-            free += cx.mem.pending_free.total();
+            free += cx.mem.pending_free().total();
             let (mut shared, mut extra_refs) = (0u64, 0u64);
             for item in cx.refcounts.iter()? {
                 let (k, v) = item?;
-                let r = decode::<RefcountRecord>(v.value(), &k.value())?;
+                let r = decode::<RefcountRecord>(&v, &k)?;
                 shared += r.len;
                 extra_refs += r.len * (r.count.saturating_sub(1));
             }

@@ -10,7 +10,6 @@ use crate::error::{Error, Result};
 use crate::io::zero_range;
 use crate::tables::Ctx;
 use crate::types::{FileKind, SeekWhence, Segment, Timespec};
-use redb::ReadableTable;
 
 /// Largest file size: keeps every byte offset and block number well inside i64.
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
@@ -38,10 +37,10 @@ impl Ctx<'_> {
     pub fn mappings(&self, ino: u64, fb: u64, n: u64) -> Result<Vec<Mapping>> {
         let end = fb.saturating_add(n);
         let mut out = Vec::new();
-        if let Some(item) = self.extents.range((ino, 0)..=(ino, fb))?.next_back() {
+        if let Some(item) = self.extents.range_rev((ino, 0)..=(ino, fb))?.next() {
             let (k, v) = item?;
-            let (_, kfb) = k.value();
-            let e: ExtentRecord = decode(v.value(), &k.value())?;
+            let (_, kfb) = k;
+            let e: ExtentRecord = decode(&v, &k)?;
             if kfb + e.len > fb {
                 let skip = fb - kfb;
                 out.push(Mapping {
@@ -55,8 +54,8 @@ impl Ctx<'_> {
         if fb < u64::MAX {
             for item in self.extents.range((ino, fb + 1)..(ino, end))? {
                 let (k, v) = item?;
-                let (_, kfb) = k.value();
-                let e: ExtentRecord = decode(v.value(), &k.value())?;
+                let (_, kfb) = k;
+                let e: ExtentRecord = decode(&v, &k)?;
                 out.push(Mapping {
                     fb: kfb,
                     phys: e.phys,
@@ -73,16 +72,16 @@ impl Ctx<'_> {
     fn unmap(&mut self, ino: u64, rec: &mut InodeRecord, fb: u64, n: u64) -> Result<Vec<Mapping>> {
         let end = fb.saturating_add(n);
         let mut raw = Vec::new();
-        if let Some(item) = self.extents.range((ino, 0)..(ino, fb))?.next_back() {
+        if let Some(item) = self.extents.range_rev((ino, 0)..(ino, fb))?.next() {
             let (k, v) = item?;
-            let e: ExtentRecord = decode(v.value(), &k.value())?;
-            if k.value().1 + e.len > fb {
-                raw.push((k.value().1, e));
+            let e: ExtentRecord = decode(&v, &k)?;
+            if k.1 + e.len > fb {
+                raw.push((k.1, e));
             }
         }
         for item in self.extents.range((ino, fb)..(ino, end))? {
             let (k, v) = item?;
-            raw.push((k.value().1, decode::<ExtentRecord>(v.value(), &k.value())?));
+            raw.push((k.1, decode::<ExtentRecord>(&v, &k)?));
         }
         let mut removed = Vec::new();
         for (kfb, e) in raw {
@@ -160,10 +159,10 @@ impl Ctx<'_> {
     ) -> Result<()> {
         let added = len;
         if fb > 0 {
-            let prev = match self.extents.range((ino, 0)..(ino, fb))?.next_back() {
+            let prev = match self.extents.range_rev((ino, 0)..(ino, fb))?.next() {
                 Some(item) => {
                     let (k, v) = item?;
-                    Some((k.value().1, decode::<ExtentRecord>(v.value(), &k.value())?))
+                    Some((k.1, decode::<ExtentRecord>(&v, &k)?))
                 }
                 None => None,
             };
@@ -177,7 +176,7 @@ impl Ctx<'_> {
             }
         }
         let next = match self.extents.get((ino, fb + len))? {
-            Some(v) => Some(decode::<ExtentRecord>(v.value(), &(ino, fb + len))?),
+            Some(v) => Some(decode::<ExtentRecord>(&v, &(ino, fb + len))?),
             None => None,
         };
         if let Some(nx) = next {
@@ -273,7 +272,7 @@ impl Ctx<'_> {
             ))
         })?;
         let rec = match self.lower_files.get(id)? {
-            Some(v) => decode::<crate::codec::LowerFileRecord>(v.value(), &id)?,
+            Some(v) => decode::<crate::codec::LowerFileRecord>(&v, &id)?,
             None => {
                 return Err(Error::corrupt(format!(
                     "extent names unknown lower file {id}"
@@ -313,7 +312,8 @@ impl Ctx<'_> {
                 push_new_run(&mut runs, pos, m.fb - pos);
             }
             let in_place = m.lower == 0
-                && self.mem.txn_alloc.contains_all(m.phys, m.len)
+                && self.mem.txn_alloc().contains_all(m.phys, m.len)
+                && !self.mem.pins.overlaps(m.phys, m.len)
                 && !self.is_shared(m.phys, m.len)?;
             if in_place {
                 runs.push((m.fb, m.len, Some(m.phys)));
@@ -546,7 +546,7 @@ impl Ctx<'_> {
             } else {
                 // Bytes of the last lower block past the lower file's end read as zeros.
                 let lower_size = match self.lower_files.get(m.lower)? {
-                    Some(v) => decode::<crate::codec::LowerFileRecord>(v.value(), &m.lower)?.size,
+                    Some(v) => decode::<crate::codec::LowerFileRecord>(&v, &m.lower)?.size,
                     None => {
                         return Err(Error::corrupt(format!(
                             "inode {ino} maps unknown lower file {}",

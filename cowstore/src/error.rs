@@ -58,6 +58,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// A fault of the store or the host (I/O, damage) rather than a refusal of the request.
+    pub fn is_fault(&self) -> bool {
+        matches!(self, Error::Io(_) | Error::Corrupted(_))
+    }
+
     pub(crate) fn corrupt(what: impl Into<String>) -> Error {
         Error::Corrupted(what.into())
     }

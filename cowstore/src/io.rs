@@ -766,13 +766,6 @@ pub(crate) struct RedbFile {
 }
 
 impl RedbFile {
-    pub fn new(file: Arc<dyn FileIo>) -> RedbFile {
-        RedbFile {
-            file,
-            reserve: None,
-        }
-    }
-
     /// Retry once after releasing the reserve when the host is full.
     fn with_room(&self, op: impl Fn() -> io::Result<()>) -> io::Result<()> {
         match op() {
@@ -807,8 +800,19 @@ impl redb::StorageBackend for RedbFile {
         self.with_room(|| self.file.set_len(len))
     }
 
+    /// Never retried: after a failed fdatasync Linux may have dropped the dirty pages and would
+    /// report success to a second call, so this commit fails (the store keeps its changes for
+    /// the next one). On a full host the reserve is released so that the next one has room.
     fn sync_data(&self) -> std::result::Result<(), io::Error> {
-        self.with_room(|| self.file.sync())
+        let r = self.file.sync();
+        if let Err(e) = &r {
+            if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                if let Some(res) = &self.reserve {
+                    res.release();
+                }
+            }
+        }
+        r
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), io::Error> {

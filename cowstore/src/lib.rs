@@ -13,6 +13,7 @@ mod data;
 pub mod error;
 pub mod io;
 mod lower;
+mod meta;
 mod ns;
 mod rangeset;
 pub mod repair;

@@ -8,7 +8,6 @@ use crate::codec::{
 use crate::error::{Error, Result};
 use crate::tables::Ctx;
 use crate::types::{Caller, DirEntry, FileKind, InodeNo, NewInode, RenameFlags, Timespec};
-use redb::ReadableTable;
 
 pub const NAME_MAX: usize = 255;
 pub const XATTR_NAME_MAX: usize = 255;
@@ -67,10 +66,7 @@ impl Ctx<'_> {
 
     pub fn get_dirent(&self, parent: u64, name: &[u8]) -> Result<Option<DirentRecord>> {
         match self.dirents.get((parent, name))? {
-            Some(v) => Ok(Some(decode(
-                v.value(),
-                &(parent, String::from_utf8_lossy(name)),
-            )?)),
+            Some(v) => Ok(Some(decode(&v, &(parent, String::from_utf8_lossy(name)))?)),
             None => Ok(None),
         }
     }
@@ -129,7 +125,7 @@ impl Ctx<'_> {
             .dirents
             .range((ino, empty)..)?
             .next()
-            .map(|r| r.map(|(k, _)| k.value().0 != ino))
+            .map(|r| r.map(|(k, _)| k.0 != ino))
             .transpose()?
             .unwrap_or(true))
     }
@@ -484,18 +480,18 @@ impl Ctx<'_> {
                 break;
             }
             let (k, v) = item?;
-            let name = v.value().to_vec();
+            let name = v;
             let d = self.get_dirent(ino, &name)?.ok_or_else(|| {
                 Error::corrupt(format!(
                     "directory {ino}: cookie {} names a missing entry",
-                    k.value().1
+                    k.1
                 ))
             })?;
             out.push(DirEntry {
                 name,
                 ino: InodeNo(d.ino),
                 kind: d.kind,
-                cookie: k.value().1,
+                cookie: k.1,
             });
         }
         Ok(out)
@@ -505,7 +501,7 @@ impl Ctx<'_> {
 
     /// Whether directory `dir` still has lower entries to import.
     pub fn import_pending(&self, dir: u64) -> Result<bool> {
-        Ok(self.lower.is_some() && self.lower_pending.get(dir)?.is_some())
+        Ok(self.lower.is_some() && self.lower_pending.contains(dir)?)
     }
 
     /// Import the lower entries of directory `dir` (once): each becomes an inode of the store with
@@ -517,7 +513,7 @@ impl Ctx<'_> {
             return Ok(());
         };
         let pending = match self.lower_pending.get(dir)? {
-            Some(v) => decode::<LowerDirRecord>(v.value(), &dir)?,
+            Some(v) => decode::<LowerDirRecord>(&v, &dir)?,
             None => return Ok(()),
         };
         let entries = lower.list(&pending.path)?;
@@ -533,7 +529,7 @@ impl Ctx<'_> {
             }
             rel.extend_from_slice(&e.name);
             if e.kind != FileKind::Directory {
-                let linked = self.lower_inodes.get((e.dev, e.ino))?.map(|v| v.value());
+                let linked = self.lower_inodes.get((e.dev, e.ino))?;
                 if let Some(existing) = linked {
                     if let Some(mut r) = self.try_inode(existing)? {
                         r.nlink += 1;
@@ -619,7 +615,7 @@ impl Ctx<'_> {
         let mut out = Vec::new();
         for item in self.xattrs.range((ino, empty)..)? {
             let (k, _) = item?;
-            let (i, name) = k.value();
+            let (i, name) = k;
             if i != ino {
                 break;
             }
@@ -631,9 +627,7 @@ impl Ctx<'_> {
     pub fn get_xattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
         self.get_inode(ino)?;
         match self.xattrs.get((ino, name))? {
-            Some(v) => {
-                Ok(decode::<XattrRecord>(v.value(), &(ino, String::from_utf8_lossy(name)))?.value)
-            }
+            Some(v) => Ok(decode::<XattrRecord>(&v, &(ino, String::from_utf8_lossy(name)))?.value),
             None => Err(Error::NoAttr),
         }
     }
@@ -650,7 +644,7 @@ impl Ctx<'_> {
             return Err(Error::Invalid("attribute value too large"));
         }
         let mut rec = self.get_inode(ino)?;
-        let exists = self.xattrs.get((ino, name))?.is_some();
+        let exists = self.xattrs.contains((ino, name))?;
         if flags & libc::XATTR_CREATE != 0 && exists {
             return Err(Error::Exists);
         }
@@ -670,7 +664,7 @@ impl Ctx<'_> {
 
     pub fn remove_xattr(&mut self, ino: u64, name: &[u8]) -> Result<()> {
         let mut rec = self.get_inode(ino)?;
-        if self.xattrs.remove((ino, name))?.is_none() {
+        if !self.xattrs.remove((ino, name))? {
             return Err(Error::NoAttr);
         }
         rec.ctime = Timespec::now();

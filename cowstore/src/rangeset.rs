@@ -84,6 +84,22 @@ impl RangeSet {
         out
     }
 
+    /// The parts of `[start, start+len)` that are not in the set.
+    pub fn gaps(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut pos = start;
+        for (s, l) in self.intersect(start, len) {
+            if s > pos {
+                out.push((pos, s - pos));
+            }
+            pos = s + l;
+        }
+        if pos < start + len {
+            out.push((pos, start + len - pos));
+        }
+        out
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.map.iter().map(|(&s, &l)| (s, l))
     }
@@ -122,5 +138,8 @@ mod tests {
         assert!(!s.contains_all(5, 10));
         assert_eq!(s.intersect(5, 20), vec![(5, 5), (20, 5)]);
         assert_eq!(s.total(), 85);
+        assert_eq!(s.gaps(5, 20), vec![(10, 10)]);
+        assert_eq!(s.gaps(90, 20), vec![(95, 15)]);
+        assert_eq!(s.gaps(200, 3), vec![(200, 3)]);
     }
 }

@@ -13,7 +13,6 @@ use crate::ns::new_inode_record;
 use crate::store::Store;
 use crate::tables::Ctx;
 use crate::types::{Caller, FileKind, InodeNo};
-use redb::ReadableTable;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub const LOST_FOUND: &[u8] = b"lost+found";
@@ -38,10 +37,7 @@ impl Store {
             let mut v = Vec::new();
             for item in cx.free.iter()? {
                 let (k, val) = item?;
-                v.push((
-                    k.value(),
-                    decode::<FreeRecord>(val.value(), &k.value())?.len,
-                ));
+                v.push((k, decode::<FreeRecord>(&val, &k)?.len));
             }
             Ok(v)
         })?;
@@ -58,9 +54,9 @@ fn repair_txn(cx: &mut Ctx<'_>, sum: &mut RepairSummary) -> Result<()> {
     let mut inodes: BTreeMap<u64, InodeRecord> = BTreeMap::new();
     for item in cx.inodes.iter()? {
         let (k, v) = item?;
-        match decode::<InodeRecord>(v.value(), &k.value()) {
+        match decode::<InodeRecord>(&v, &k) {
             Ok(r) => {
-                inodes.insert(k.value(), r);
+                inodes.insert(k, r);
             }
             Err(e) => sum.unfixable.push(e.to_string()),
         }
@@ -75,8 +71,8 @@ fn repair_txn(cx: &mut Ctx<'_>, sum: &mut RepairSummary) -> Result<()> {
     let mut dirents: Vec<(u64, Vec<u8>, DirentRecord)> = Vec::new();
     for item in cx.dirents.iter()? {
         let (k, v) = item?;
-        let (parent, name) = k.value();
-        match decode::<DirentRecord>(v.value(), &parent) {
+        let (parent, name) = k;
+        match decode::<DirentRecord>(&v, &parent) {
             Ok(d) => dirents.push((parent, name.to_vec(), d)),
             Err(e) => {
                 sum.unfixable.push(e.to_string());
@@ -116,7 +112,7 @@ fn repair_txn(cx: &mut Ctx<'_>, sum: &mut RepairSummary) -> Result<()> {
     let mut cookies: Vec<((u64, u64), Vec<u8>)> = Vec::new();
     for item in cx.cookies.iter()? {
         let (k, v) = item?;
-        cookies.push((k.value(), v.value().to_vec()));
+        cookies.push((k, v));
     }
     let wanted: HashSet<(u64, u64, Vec<u8>)> = kept
         .iter()
@@ -256,7 +252,7 @@ fn repair_txn(cx: &mut Ctx<'_>, sum: &mut RepairSummary) -> Result<()> {
     }
     let mut orphans: HashSet<u64> = HashSet::new();
     for item in cx.orphans.iter()? {
-        orphans.insert(item?.0.value());
+        orphans.insert(item?.0);
     }
     let mut doomed: Vec<u64> = Vec::new();
     for (&ino, r) in inodes.iter_mut() {
@@ -299,7 +295,7 @@ fn repair_txn(cx: &mut Ctx<'_>, sum: &mut RepairSummary) -> Result<()> {
             .push(format!("inode {ino} had no links: reclaimed"));
     }
     for o in orphans {
-        if !inodes.contains_key(&o) && cx.orphans.remove(o)?.is_some() {
+        if !inodes.contains_key(&o) && cx.orphans.remove(o)? {
             sum.actions
                 .push(format!("orphan list entry for missing inode {o} removed"));
         }
@@ -310,8 +306,8 @@ fn repair_txn(cx: &mut Ctx<'_>, sum: &mut RepairSummary) -> Result<()> {
     let mut all_extents: Vec<((u64, u64), Option<ExtentRecord>)> = Vec::new();
     for item in cx.extents.iter()? {
         let (k, v) = item?;
-        let rec = decode::<ExtentRecord>(v.value(), &k.value()).ok();
-        all_extents.push((k.value(), rec));
+        let rec = decode::<ExtentRecord>(&v, &k).ok();
+        all_extents.push((k, rec));
     }
     let mut refs: Vec<(u64, u64)> = Vec::new();
     let mut blocks: HashMap<u64, u64> = HashMap::new();
@@ -449,8 +445,7 @@ fn repair_txn(cx: &mut Ctx<'_>, sum: &mut RepairSummary) -> Result<()> {
             new_free.len()
         ));
     }
-    cx.mem.pending_free = Default::default();
-    cx.mem.txn_alloc = Default::default();
+    cx.mem.clear_block_sets();
 
     let count = inodes.len() as u64;
     let max_ino = inodes.keys().next_back().copied().unwrap_or(1);
@@ -552,9 +547,9 @@ fn table_fingerprint_refcounts(cx: &Ctx<'_>) -> Result<Vec<(u64, RefcountRecord)
     let mut v = Vec::new();
     for item in cx.refcounts.iter()? {
         let (k, val) = item?;
-        match decode::<RefcountRecord>(val.value(), &k.value()) {
-            Ok(r) => v.push((k.value(), r)),
-            Err(_) => v.push((k.value(), RefcountRecord { len: 0, count: 0 })),
+        match decode::<RefcountRecord>(&val, &k) {
+            Ok(r) => v.push((k, r)),
+            Err(_) => v.push((k, RefcountRecord { len: 0, count: 0 })),
         }
     }
     Ok(merge_refs(v))
@@ -564,9 +559,9 @@ fn table_fingerprint_free(cx: &Ctx<'_>) -> Result<Vec<(u64, FreeRecord)>> {
     let mut v = Vec::new();
     for item in cx.free.iter()? {
         let (k, val) = item?;
-        match decode::<FreeRecord>(val.value(), &k.value()) {
-            Ok(r) => v.push((k.value(), r)),
-            Err(_) => v.push((k.value(), FreeRecord { len: 0 })),
+        match decode::<FreeRecord>(&val, &k) {
+            Ok(r) => v.push((k, r)),
+            Err(_) => v.push((k, FreeRecord { len: 0 })),
         }
     }
     Ok(v)

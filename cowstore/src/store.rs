@@ -1,16 +1,16 @@
 //! The store: opening and creating, the transaction every operation runs in, and the commit
 //! protocol (sync the pool, flip the B-tree's commit slot, then release the blocks it freed).
 
-use crate::codec::{decode, InodeRecord, StateRecord};
+use crate::codec::{decode, encode, InodeRecord, StateRecord};
 use crate::data::{require_regular, touch_data, Source, MAX_FILE_SIZE};
 use crate::error::{Error, Result};
-use crate::io::{DirEnv, Env, FileIo, RedbFile, ScratchFile, SpaceReserve, RESERVE_FILE};
+use crate::io::{DirEnv, Env, FileIo, ScratchFile, SpaceReserve, RESERVE_FILE};
 use crate::lower::{LowerFile, LowerTree};
+use crate::meta::{key, Delta, Engine, IntKey, Layers, RedbEngine, Snapshot, TableId};
 use crate::ns::{new_inode_record, NAME_MAX};
 use crate::superblock::{Superblock, SUPERBLOCK_FILE, SUPERBLOCK_LEN};
-use crate::tables::{Ctx, TxnMem, STATE, STATE_KEY};
+use crate::tables::{state_delta, Ctx, TxnMem, STATE_KEY};
 use crate::types::*;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -20,6 +20,8 @@ use std::time::Duration;
 pub const META_FILE: &str = "meta.redb";
 /// Mutations per commit while the host is full (see `Inner::write`).
 const LOW_SPACE_COMMIT_EVERY: u64 = 64;
+/// Uncommitted metadata held in memory before an operation triggers a commit.
+const DEFAULT_MAX_DIRTY_BYTES: usize = 64 << 20;
 pub const POOL_FILE: &str = "pool";
 
 /// The segments of a read, with the pool blocks they name held against reuse until dropped.
@@ -74,6 +76,9 @@ pub struct OpenOptions {
     /// Overlay: the read-only lower directory. Recorded by the first open that names one; later
     /// opens may omit it, and a different one is refused.
     pub lower: Option<std::path::PathBuf>,
+    /// Commit as soon as the uncommitted metadata held in memory passes this many bytes, so the
+    /// open transaction stays bounded whatever the commit interval.
+    pub max_dirty_bytes: usize,
 }
 
 impl Default for OpenOptions {
@@ -84,23 +89,35 @@ impl Default for OpenOptions {
             cache_bytes: 64 << 20,
             verify: true,
             lower: None,
+            max_dirty_bytes: DEFAULT_MAX_DIRTY_BYTES,
         }
     }
 }
 
+/// The open transaction: every change since the last durable commit, over a view of it.
 pub(crate) struct TxnState {
-    pub wtx: Option<WriteTransaction>,
+    /// The last durable commit.
+    pub snap: Arc<dyn Snapshot>,
+    /// The changes of every operation that succeeded since then (the next commit's batch).
+    pub delta: Delta,
     pub mem: TxnMem,
+}
+
+impl TxnState {
+    /// The layers an operation reads through.
+    fn layers<'a>(snap: &'a Arc<dyn Snapshot>, deltas: &'a [&'a Delta]) -> Layers<'a> {
+        Layers {
+            deltas,
+            base: snap.as_ref(),
+        }
+    }
 }
 
 pub(crate) struct Inner {
     pub env: Arc<dyn Env>,
     pub sb: Superblock,
     pub bs: u64,
-    db: std::sync::RwLock<Arc<Database>>,
-    /// How to open the B-tree again after an I/O error it latched (see `reopen_db`).
-    meta_backend: Arc<dyn FileIo>,
-    cache_bytes: usize,
+    pub(crate) engine: RedbEngine,
     pub reserve: Option<Arc<SpaceReserve>>,
     pub(crate) lower: Option<Arc<LowerTree>>,
     pub pool: Arc<dyn FileIo>,
@@ -108,6 +125,9 @@ pub(crate) struct Inner {
     commit_lock: Mutex<()>,
     pub read_only: bool,
     pub commits: AtomicU64,
+    /// Failed commits so far (the error sequence that fsync reports against).
+    failed_commits: AtomicU64,
+    max_dirty_bytes: usize,
     closed: AtomicBool,
     stop: (Mutex<bool>, Condvar),
     _lock: Box<dyn Send + Sync + std::fmt::Debug>,
@@ -164,26 +184,25 @@ impl Store {
         meta.set_len(0)?;
         let pool = env.open(POOL_FILE, true)?;
         pool.set_len(0)?;
-        let db = redb::Builder::new().create_with_backend(RedbFile::new(meta.clone()))?;
-        let mut wtx = db.begin_write()?;
-        wtx.set_durability(Durability::Immediate)?;
-        {
-            let mut mem = TxnMem::new(StateRecord {
-                generation: 1,
-                next_ino: 2,
-                pool_blocks: 0,
-                inodes: 1,
-                clean: true,
-            });
-            let mut cx = Ctx::open(&wtx, &mut mem, pool.as_ref(), u64::from(sb.block_size))?;
-            let mut root =
-                new_inode_record(FileKind::Directory, 0o755, Caller::ROOT, 0, InodeNo::ROOT.0);
-            root.generation = 1;
-            cx.put_inode(InodeNo::ROOT.0, &root)?;
-            cx.put_state()?;
-        }
-        wtx.commit()?;
-        drop(db);
+        let engine = RedbEngine::open(meta, None, 1 << 20, false)?;
+        let state = StateRecord {
+            generation: 1,
+            next_ino: 2,
+            pool_blocks: 0,
+            inodes: 1,
+            clean: true,
+        };
+        let mut root =
+            new_inode_record(FileKind::Directory, 0o755, Caller::ROOT, 0, InodeNo::ROOT.0);
+        root.generation = 1;
+        let mut first = state_delta(&state);
+        first.set(
+            TableId::Inodes,
+            key::<IntKey>(InodeNo::ROOT.0),
+            Some(encode(&root)),
+        );
+        engine.commit(&[&first])?;
+        drop(engine);
         pool.sync()?;
         // The superblock goes last: a store without one is not a store, so a crashed mkfs is harmless.
         let sbf = env.open(SUPERBLOCK_FILE, true)?;
@@ -227,49 +246,34 @@ impl Store {
             }
             _ => None,
         };
-        let db = open_db(
-            backend.clone(),
-            reserve.clone(),
-            opts.cache_bytes,
-            opts.verify,
-        )?;
-        let state = {
-            let rtx = db.begin_read()?;
-            let t = rtx
-                .open_table(STATE)
-                .map_err(|e| Error::corrupt(format!("meta.redb: state table: {e}")))?;
-            let v = t
-                .get(STATE_KEY)?
-                .ok_or_else(|| Error::corrupt("meta.redb: state record missing"))?;
-            decode::<StateRecord>(v.value(), &STATE_KEY)?
+        let engine = RedbEngine::open(backend, reserve.clone(), opts.cache_bytes, opts.verify)?;
+        let snap = engine.snapshot()?;
+        let state = match snap.get(TableId::State, &key::<IntKey>(STATE_KEY))? {
+            Some(v) => decode::<StateRecord>(&v, &STATE_KEY)?,
+            None => return Err(Error::corrupt("meta.redb: state record missing")),
         };
-        let mut wtx = db.begin_write()?;
-        wtx.set_durability(Durability::Immediate)?;
-        let (lower, newly_recorded) = reconcile_lower(&db, &wtx, opts)?;
+        let mut delta = Delta::default();
+        let lower = reconcile_lower(snap.as_ref(), &mut delta, opts)?;
+        let mut mem = TxnMem::new(state);
+        mem.dirty = !delta.is_empty();
         let inner = Arc::new(Inner {
             env,
             sb,
             bs,
-            db: std::sync::RwLock::new(Arc::new(db)),
-            meta_backend: backend,
-            cache_bytes: opts.cache_bytes,
+            engine,
             reserve,
             lower,
             pool,
-            state: Mutex::new(TxnState {
-                wtx: Some(wtx),
-                mem: TxnMem::new(state),
-            }),
+            state: Mutex::new(TxnState { snap, delta, mem }),
             commit_lock: Mutex::new(()),
             read_only: opts.read_only,
             commits: AtomicU64::new(0),
+            failed_commits: AtomicU64::new(0),
+            max_dirty_bytes: opts.max_dirty_bytes.max(1 << 20),
             closed: AtomicBool::new(false),
             stop: (Mutex::new(false), Condvar::new()),
             _lock: guard,
         });
-        if newly_recorded {
-            lock(&inner.state).mem.dirty = true;
-        }
         if !opts.read_only {
             inner.recover(!state.clean)?;
         }
@@ -306,8 +310,19 @@ impl Store {
     }
 
     /// Make every change so far durable (group commit: concurrent callers share one commit).
+    ///
+    /// A commit that fails leaves every change in memory, to be committed by the next try; the
+    /// failure is counted in [`Store::error_seq`], and each later call fails too until a commit
+    /// succeeds. Nothing is ever reported durable that is not.
     pub fn commit(&self) -> Result<()> {
         self.inner.commit(false)
+    }
+
+    /// How many commits have failed so far. An fsync that sampled a smaller number when its
+    /// file was opened (or at its last fsync) must report an error: data written through it
+    /// may be lost (the errseq semantics of Linux writeback errors).
+    pub fn error_seq(&self) -> u64 {
+        self.inner.failed_commits.load(Ordering::SeqCst)
     }
 
     /// Commit, mark the store cleanly closed, and release it.
@@ -490,7 +505,7 @@ impl Store {
             let mut out = Vec::new();
             for item in cx.lower_files.iter()? {
                 let (k, v) = item?;
-                let rec = decode::<crate::codec::LowerFileRecord>(v.value(), &k.value())?;
+                let rec = decode::<crate::codec::LowerFileRecord>(&v, &k)?;
                 if let Some(what) = tree.changed(&rec) {
                     out.push((String::from_utf8_lossy(&rec.path).into_owned(), what));
                 }
@@ -501,16 +516,11 @@ impl Store {
 
     /// Count an open handle: an inode unlinked while open lives until its last `release`.
     pub fn open_inode(&self, ino: InodeNo) -> Result<InodeAttr> {
-        let mut st = lock(&self.inner.state);
-        self.inner.ensure_txn(&mut st);
-        let rec = {
-            let TxnState { wtx, mem } = &mut *st;
-            let wtx = wtx.as_ref().ok_or_else(poisoned)?;
-            let cx = Ctx::open(wtx, mem, self.inner.pool.as_ref(), self.inner.bs)?;
-            cx.get_inode(ino.0)?
-        };
-        *st.mem.open_counts.entry(ino.0).or_insert(0) += 1;
-        Ok(self.attr(ino.0, &rec))
+        self.inner.write_unchecked(|cx| {
+            let rec = cx.get_inode(ino.0)?;
+            *cx.mem.open_counts.entry(ino.0).or_insert(0) += 1;
+            Ok(self.attr(ino.0, &rec))
+        })
     }
 
     /// Drop an open handle; the last one of an unlinked inode frees it.
@@ -587,10 +597,20 @@ impl Store {
                     }
                 }
             }
+            let bs = cx.bs;
+            let runs = segments
+                .iter()
+                .filter_map(|s| match *s {
+                    Segment::Pool { pos, len } => {
+                        Some((pos / bs, (pos + len).div_ceil(bs) - pos / bs))
+                    }
+                    _ => None,
+                })
+                .collect();
             Ok(PinnedRead {
                 segments,
                 lower,
-                _pin: cx.mem.pins.pin(),
+                _pin: cx.mem.pins.pin(runs),
             })
         })
     }
@@ -756,7 +776,7 @@ impl Store {
         let (pool_blocks, pending, inodes) = self.inner.read(|cx| {
             Ok((
                 cx.mem.state.pool_blocks,
-                cx.mem.pending_free.total(),
+                cx.mem.pending_free().total(),
                 cx.mem.state.inodes,
             ))
         })?;
@@ -807,29 +827,28 @@ impl Drop for Store {
     }
 }
 
-fn poisoned() -> Error {
-    Error::Io(std::io::Error::other(
-        "the store's transaction failed earlier; reopen the store",
-    ))
-}
-
 impl Inner {
     /// Run a read-only closure against the open transaction (it sees uncommitted changes).
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Ctx<'_>) -> Result<T>) -> Result<T> {
         let mut st = lock(&self.state);
-        self.ensure_txn(&mut st);
-        let TxnState { wtx, mem } = &mut *st;
-        let wtx = wtx.as_ref().ok_or_else(poisoned)?;
-        let mut cx = Ctx::open(wtx, mem, self.pool.as_ref(), self.bs)?;
+        let TxnState { snap, delta, mem } = &mut *st;
+        let deltas = [&*delta];
+        let mut cx = Ctx::open(
+            TxnState::layers(snap, &deltas),
+            mem,
+            self.pool.as_ref(),
+            self.bs,
+        );
         cx.lower = self.lower.as_deref();
         let cx = cx;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&cx)))
             .unwrap_or_else(|p| Err(panic_error(p)))
     }
 
-    /// Run a mutation in the open transaction. On error the mutation may have been applied in
-    /// part, so the transaction is rolled back to the last commit (all operations check before
-    /// they change anything, so this only happens on I/O errors or corruption).
+    /// Run a mutation as one atomic operation inside the open transaction: if it succeeds its
+    /// changes join the transaction; if it fails (with any error, at any point) they are dropped
+    /// and its changes to the in-memory allocation state are undone, so it leaves no trace and
+    /// every other operation's changes stay as they were.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
         if self.read_only {
             return Err(Error::ReadOnly);
@@ -837,47 +856,59 @@ impl Inner {
         self.write_unchecked(f)
     }
 
-    /// `write` without the read-only check: for read-only opens, whose transaction lives on a
-    /// scratch overlay and is never committed (the overlay import of `Store::import`).
+    /// `write` without the read-only check: for read-only opens, whose changes are never
+    /// committed (the overlay import of `Store::import`, open counts).
     pub(crate) fn write_unchecked<T>(
         &self,
         f: impl FnOnce(&mut Ctx<'_>) -> Result<T>,
     ) -> Result<T> {
         let mut st = lock(&self.state);
-        self.ensure_txn(&mut st);
-        let TxnState { wtx, mem } = &mut *st;
-        let w = wtx.as_ref().ok_or_else(poisoned)?;
-        let result = {
-            let mut cx = Ctx::open(w, mem, self.pool.as_ref(), self.bs)?;
+        let TxnState { snap, delta, mem } = &mut *st;
+        let mark = mem.begin_op();
+        let (result, changes) = {
+            let deltas = [&*delta];
+            let mut cx = Ctx::open(
+                TxnState::layers(snap, &deltas),
+                mem,
+                self.pool.as_ref(),
+                self.bs,
+            );
             cx.lower = self.lower.as_deref();
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut cx)))
-                .unwrap_or_else(|p| Err(panic_error(p)))
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut cx)))
+                .unwrap_or_else(|p| Err(panic_error(p)));
+            (r, cx.into_delta())
         };
-        if let Err(e) = &result {
-            if is_fatal(e) {
-                self.rollback(&mut st, e);
+        match &result {
+            Ok(_) => {
+                delta.absorb(changes);
+                for (s, l) in mem.end_op() {
+                    // Only to give the host its space back: nothing reads free blocks (allocation
+                    // zeroes or overwrites what it hands out), so a failed punch fails nothing.
+                    if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
+                        log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
+                    }
+                }
+            }
+            Err(e) => {
+                mem.undo_op(mark);
+                if e.is_fault() {
+                    log::warn!("operation failed and left no change: {e}");
+                }
             }
         }
         // On a full host, commit in small steps: a big transaction of deletions needs new B-tree
-        // pages for everything it touches before the commit frees the old ones.
-        st.mem.ops_since_commit += 1;
-        let commit_now = st.mem.low_space && st.mem.ops_since_commit >= LOW_SPACE_COMMIT_EVERY;
+        // pages for everything it touches before the commit frees the old ones. And keep the
+        // uncommitted changes held in memory bounded.
+        mem.ops_since_commit += 1;
+        let commit_now = (mem.low_space && mem.ops_since_commit >= LOW_SPACE_COMMIT_EVERY)
+            || delta.bytes() > self.max_dirty_bytes;
         drop(st);
-        if commit_now {
+        if commit_now && !self.read_only {
             if let Err(e) = self.commit(false) {
-                log::warn!("commit on a full host failed: {e}");
+                log::warn!("commit of a full transaction failed: {e}");
             }
         }
         result
-    }
-
-    /// If an earlier failure left no open transaction (its recovery met the same fault), try the
-    /// recovery again now, so that a transient fault does not leave the store refusing everything
-    /// until it is reopened. A closed store stays closed.
-    fn ensure_txn(&self, st: &mut TxnState) {
-        if st.wtx.is_none() && !self.closed.load(Ordering::SeqCst) && !self.read_only {
-            self.rollback(st, &poisoned());
-        }
     }
 
     /// This store's registry of blocks being punched (tests hold blocks in it).
@@ -886,136 +917,108 @@ impl Inner {
         lock(&self.state).mem.punching.clone()
     }
 
-    /// The B-tree database (replaced by `reopen_db` after a latched I/O error).
-    pub(crate) fn db(&self) -> Arc<Database> {
-        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The B-tree database, for readers of the committed state (check, usage).
+    pub(crate) fn db(&self) -> Result<Arc<redb::Database>> {
+        self.engine.database()
     }
 
-    /// redb refuses all work after an I/O error until it is opened again; do that, so that a
-    /// transient failure (e.g. a full disk) does not leave the mount answering EIO until remounted.
-    fn reopen_db(&self) -> Result<()> {
-        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
-        let fresh = open_db(
-            self.meta_backend.clone(),
-            self.reserve.clone(),
-            self.cache_bytes,
-            false,
-        )?;
-        *slot = Arc::new(fresh);
-        log::warn!("metadata B-tree reopened after an I/O error");
-        Ok(())
-    }
-
-    fn rollback(&self, st: &mut TxnState, why: &Error) {
-        log::warn!("rolling back uncommitted changes after: {why}");
-        if let Some(w) = st.wtx.take() {
-            let _ = w.abort();
-        }
-        if self.db().begin_write().map(|w| w.abort()).is_err() {
-            if let Err(e) = self.reopen_db() {
-                log::error!("reopening the metadata B-tree failed: {e}");
-            }
-        }
-        let committed = (|| -> Result<StateRecord> {
-            let rtx = self.db().begin_read()?;
-            let t = rtx.open_table(STATE)?;
-            let v = t
-                .get(STATE_KEY)?
-                .ok_or_else(|| Error::corrupt("state record missing"))?;
-            decode::<StateRecord>(v.value(), &STATE_KEY)
-        })();
-        // Process state survives a rollback: open handles, the reads still copying pool bytes (a
-        // fresh pin registry would let the next commit free their blocks under them), and the
-        // blocks a finished commit is still punching.
-        let open = std::mem::take(&mut st.mem.open_counts);
-        let pins = st.mem.pins.clone();
-        let punching = st.mem.punching.clone();
-        if let Ok(state) = committed {
-            st.mem = TxnMem::new(state);
-            st.mem.state.clean = false;
-            st.mem.open_counts = open;
-            st.mem.pins = pins;
-            st.mem.punching = punching;
-            st.mem.low_space = self.reserve.as_ref().is_some_and(|r| !r.is_held());
-            if let Ok(mut w) = self.db().begin_write() {
-                if w.set_durability(Durability::Immediate).is_ok() {
-                    st.wtx = Some(w);
-                }
-            }
-        }
-    }
-
-    /// The commit protocol: (1) make pool data durable, (2) commit the B-tree (its commit-slot
-    /// flip is the atomic point), (3) return the blocks this commit freed to the allocator.
+    /// The commit protocol: (1) make pool data durable, (2) commit the metadata batch (for redb,
+    /// its commit-slot flip is the atomic point), (3) return the blocks this commit freed to the
+    /// allocator.
+    ///
+    /// A failure at (1) or (2) leaves the store at the previous commit and keeps every change in
+    /// memory for the next try; it is counted (`failed_commits`) and returned. The pool's sync is
+    /// never retried within a commit: after a failed fdatasync the kernel may have dropped the
+    /// dirty pages and would report success to a second call.
     pub(crate) fn commit(&self, closing: bool) -> Result<()> {
         if self.read_only {
             return Ok(());
         }
         let _one_at_a_time = lock(&self.commit_lock);
-        {
-            let mut st = lock(&self.state);
-            self.ensure_txn(&mut st);
-            if !st.mem.dirty && !closing {
-                return Ok(());
-            }
-            let TxnState { wtx, mem } = &mut *st;
-            let w = wtx.take().ok_or_else(poisoned)?;
-            // Freed blocks become allocatable with this commit: let reads still copying from
-            // them finish first (none can start: we hold the state lock).
-            if !mem.pending_free.is_empty() {
-                mem.pins.wait_idle();
-            }
-            let prepared = (|| -> Result<()> {
-                let mut cx = Ctx::open(&w, mem, self.pool.as_ref(), self.bs)?;
-                let pending: Vec<(u64, u64)> = cx.mem.pending_free.iter().collect();
-                for (s, l) in pending {
-                    cx.insert_free(s, l)?;
+        let mut st = lock(&self.state);
+        if !st.mem.dirty && !closing {
+            return Ok(());
+        }
+        let TxnState { snap, delta, mem } = &mut *st;
+        // Freed blocks join the free table with this commit; those an active read is still
+        // copying from are held back from allocation until a later commit finds them unread
+        // (never waiting for the read under the lock). See `TxnMem::committed`.
+        let releasable: Vec<(u64, u64)> = mem.pending_free().iter().collect();
+        let mut next = mem.state;
+        next.generation += 1;
+        next.clean = closing;
+        let frees = {
+            let deltas = [&*delta];
+            let mut cx = Ctx::open(
+                TxnState::layers(snap, &deltas),
+                mem,
+                self.pool.as_ref(),
+                self.bs,
+            );
+            let mut r = Ok(());
+            for &(s, l) in &releasable {
+                r = cx.insert_free(s, l);
+                if r.is_err() {
+                    break;
                 }
-                cx.mem.state.generation += 1;
-                cx.mem.state.clean = closing;
-                cx.put_state()?;
-                Ok(())
-            })();
-            let done = prepared
-                .and_then(|_| self.pool.sync().map_err(Error::from_io))
-                .and_then(|_| w.commit().map_err(Error::from));
-            if let Err(e) = done {
-                // The B-tree is still at the previous commit; start over from there.
-                st.wtx = None;
-                self.rollback(&mut st, &e);
+            }
+            let changes = cx.into_delta();
+            r.map(|()| changes)
+        };
+        let done = frees.and_then(|mut frees| {
+            frees.absorb(state_delta(&next));
+            self.pool.sync().map_err(Error::from_io)?;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.engine.commit(&[&*delta, &frees])
+            }))
+            .unwrap_or_else(|p| Err(panic_error(p)))?;
+            Ok(frees)
+        });
+        let frees = match done {
+            Ok(f) => f,
+            Err(e) => {
+                self.failed_commits.fetch_add(1, Ordering::SeqCst);
+                log::error!("commit failed; every change stays in memory for the next try: {e}");
                 return Err(e);
             }
-            self.commits.fetch_add(1, Ordering::Relaxed);
-            let released = std::mem::take(&mut st.mem.pending_free);
-            st.mem.txn_alloc = Default::default();
-            st.mem.dirty = false;
-            st.mem.ops_since_commit = 0;
-            if !closing {
-                let mut w = self.db().begin_write()?;
-                w.set_durability(Durability::Immediate)?;
-                st.wtx = Some(w);
+        };
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        mem.state = next;
+        match self.engine.snapshot() {
+            Ok(fresh) => {
+                *snap = fresh;
+                *delta = Delta::default();
             }
-            // The released blocks are in the free table now. Punch them after letting go of the
-            // state lock (a punch can cost tens of microseconds of synchronous discard, and there
-            // may be thousands), but registered as being punched first: the allocator skips them
-            // until the punch is done, so no write can lose its bytes to a late punch.
-            let punching = st.mem.punching.start(&released);
-            drop(st);
-            for &(s, l) in punching.runs() {
-                if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
-                    log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
-                }
+            Err(e) => {
+                // Durable, but no view of it yet: keep reading the old view with the committed
+                // changes over it (the same state); the next commit writes them again.
+                log::warn!("cannot read the new commit yet: {e}");
+                delta.absorb(frees);
             }
-            drop(punching);
-            // Space may have come back: take the metadata reserve again.
-            let mut st = lock(&self.state);
-            if let Some(r) = &self.reserve {
-                if !r.is_held() && r.fill() {
-                    log::info!("host space available again: metadata reserve restored");
-                }
-            }
-            st.mem.low_space = self.reserve.as_ref().is_some_and(|r| !r.is_held());
         }
+        let done_runs = mem.committed();
+        mem.dirty = !mem.held().is_empty();
+        mem.ops_since_commit = 0;
+        // The released blocks are in the free table now. Punch them after letting go of the
+        // state lock (a punch can cost tens of microseconds of synchronous discard, and there
+        // may be thousands), but registered as being punched first: the allocator skips them
+        // until the punch is done, so no write can lose its bytes to a late punch.
+        let punching = mem.punching.start(&done_runs);
+        drop(st);
+        for &(s, l) in punching.runs() {
+            if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
+                log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
+            }
+        }
+        drop(punching);
+        // Space may have come back: take the metadata reserve again.
+        let mut st = lock(&self.state);
+        if let Some(r) = &self.reserve {
+            if !r.is_held() && r.fill() {
+                log::info!("host space available again: metadata reserve restored");
+            }
+        }
+        st.mem.low_space = self.reserve.as_ref().is_some_and(|r| !r.is_held());
         Ok(())
     }
 
@@ -1025,7 +1028,7 @@ impl Inner {
         let orphans: Vec<u64> = self.read(|cx| {
             let mut v = Vec::new();
             for item in cx.orphans.iter()? {
-                v.push(item?.0.value());
+                v.push(item?.0);
             }
             Ok(v)
         })?;
@@ -1049,10 +1052,7 @@ impl Inner {
                 let mut v = Vec::new();
                 for item in cx.free.iter()? {
                     let (k, val) = item?;
-                    v.push((
-                        k.value(),
-                        decode::<crate::codec::FreeRecord>(val.value(), &k.value())?.len,
-                    ));
+                    v.push((k, decode::<crate::codec::FreeRecord>(&val, &k)?.len));
                 }
                 Ok((v, cx.mem.state.pool_blocks))
             })?;
@@ -1081,28 +1081,20 @@ fn panic_error(p: Box<dyn std::any::Any + Send>) -> Error {
 }
 
 /// Match the lower directory the caller names with the one the store recorded (recording it the
-/// first time). Returns the opened lower tree and whether it was recorded just now.
+/// first time, into `delta`). Returns the opened lower tree.
 fn reconcile_lower(
-    db: &Database,
-    wtx: &WriteTransaction,
+    snap: &dyn Snapshot,
+    delta: &mut Delta,
     opts: &OpenOptions,
-) -> Result<(Option<Arc<LowerTree>>, bool)> {
-    use crate::codec::{encode, LowerDirRecord, LowerRootRecord};
-    use crate::tables::{LOWER, LOWER_PENDING};
+) -> Result<Option<Arc<LowerTree>>> {
+    use crate::codec::{LowerDirRecord, LowerRootRecord};
     use std::os::unix::ffi::OsStrExt;
-    let recorded: Option<LowerRootRecord> = {
-        let rtx = db.begin_read()?;
-        match rtx.open_table(LOWER) {
-            Ok(t) => match t.get(0)? {
-                Some(v) => Some(decode::<LowerRootRecord>(v.value(), &0u64)?),
-                None => None,
-            },
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(e.into()),
-        }
+    let recorded: Option<LowerRootRecord> = match snap.get(TableId::Lower, &key::<IntKey>(0))? {
+        Some(v) => Some(decode::<LowerRootRecord>(&v, &0u64)?),
+        None => None,
     };
     match (recorded, &opts.lower) {
-        (None, None) => Ok((None, false)),
+        (None, None) => Ok(None),
         (Some(r), given) => {
             let recorded_path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&r.path));
             let tree = LowerTree::open(given.as_deref().unwrap_or(&recorded_path))?;
@@ -1112,7 +1104,7 @@ fn reconcile_lower(
                     given: tree.path.clone(),
                 });
             }
-            Ok((Some(Arc::new(tree)), false))
+            Ok(Some(Arc::new(tree)))
         }
         (None, Some(p)) => {
             if opts.read_only {
@@ -1124,39 +1116,15 @@ fn reconcile_lower(
                 dev: tree.dev,
                 ino: tree.ino,
             };
-            wtx.open_table(LOWER)?.insert(0, encode(&rec).as_slice())?;
-            wtx.open_table(LOWER_PENDING)?.insert(
-                InodeNo::ROOT.0,
-                encode(&LowerDirRecord { path: Vec::new() }).as_slice(),
-            )?;
-            Ok((Some(Arc::new(tree)), true))
+            delta.set(TableId::Lower, key::<IntKey>(0), Some(encode(&rec)));
+            delta.set(
+                TableId::LowerPending,
+                key::<IntKey>(InodeNo::ROOT.0),
+                Some(encode(&LowerDirRecord { path: Vec::new() })),
+            );
+            Ok(Some(Arc::new(tree)))
         }
     }
-}
-
-fn open_db(
-    backend: Arc<dyn FileIo>,
-    reserve: Option<Arc<SpaceReserve>>,
-    cache: usize,
-    verify: bool,
-) -> Result<Database> {
-    redb::Builder::new()
-        .set_cache_size(cache)
-        .set_check_integrity_on_open(verify)
-        .create_with_backend(RedbFile {
-            file: backend,
-            reserve,
-        })
-        .map_err(|e| match Error::from(e) {
-            Error::Corrupted(m) => Error::Corrupted(format!(
-                "{m} (the metadata B-tree failed verification at open)"
-            )),
-            other => other,
-        })
-}
-
-fn is_fatal(e: &Error) -> bool {
-    matches!(e, Error::Io(_) | Error::Corrupted(_))
 }
 
 fn spawn_committer(inner: Weak<Inner>, every: Duration) -> Result<JoinHandle<()>> {

@@ -19,40 +19,59 @@
 use crate::codec::{decode, encode, InodeRecord, StateRecord};
 use crate::error::{Error, Result};
 use crate::io::FileIo;
+use crate::meta::{
+    BytesValue, Delta, IntKey, IntValue, Layers, NamedKey, PairKey, Table, TableId, UnitValue,
+};
 use crate::rangeset::RangeSet;
-use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
-use std::cell::OnceCell;
+use redb::TableDefinition;
 use std::collections::HashMap;
-use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 pub(crate) type Bytes = &'static [u8];
 
+// The typed redb tables, for the readers of the committed B-tree (check, usage) that have not
+// moved onto the metadata seam yet. Names and types are format version 1.
 pub(crate) const STATE: TableDefinition<u64, Bytes> = TableDefinition::new("state");
 pub(crate) const INODES: TableDefinition<u64, Bytes> = TableDefinition::new("inodes");
 pub(crate) const DIRENTS: TableDefinition<(u64, Bytes), Bytes> = TableDefinition::new("dirents");
 pub(crate) const COOKIES: TableDefinition<(u64, u64), Bytes> = TableDefinition::new("cookies");
-pub(crate) const XATTRS: TableDefinition<(u64, Bytes), Bytes> = TableDefinition::new("xattrs");
 pub(crate) const EXTENTS: TableDefinition<(u64, u64), Bytes> = TableDefinition::new("extents");
 pub(crate) const REFCOUNTS: TableDefinition<u64, Bytes> = TableDefinition::new("refcounts");
 pub(crate) const FREE: TableDefinition<u64, Bytes> = TableDefinition::new("free");
 pub(crate) const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
-pub(crate) const LOWER: TableDefinition<u64, Bytes> = TableDefinition::new("lower");
 pub(crate) const LOWER_FILES: TableDefinition<u64, Bytes> = TableDefinition::new("lower_files");
-pub(crate) const LOWER_PENDING: TableDefinition<u64, Bytes> = TableDefinition::new("lower_pending");
-pub(crate) const LOWER_INODES: TableDefinition<(u64, u64), u64> =
-    TableDefinition::new("lower_inodes");
 
 pub(crate) const STATE_KEY: u64 = 0;
 
+/// How to take back one change to the in-memory block sets of the open transaction.
+#[derive(Debug)]
+enum Undo {
+    AllocRemove(u64, u64),
+    AllocInsert(u64, u64),
+    PendingRemove(u64, u64),
+    PendingInsert(u64, u64),
+}
+
+/// What an operation may change besides the journaled block sets, saved when it starts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OpMark {
+    state: StateRecord,
+    dirty: bool,
+    cursor: u64,
+}
+
 /// In-memory state that belongs to the open transaction (or to the process).
+///
+/// An operation's changes to it are undone when the operation fails, exactly like its table
+/// changes are dropped: the scalars are saved at its start ([`TxnMem::begin_op`]) and every change
+/// to the two block sets is journaled.
 #[derive(Debug)]
 pub(crate) struct TxnMem {
     pub state: StateRecord,
     /// Pool blocks allocated since the last commit: these may be rewritten in place.
-    pub txn_alloc: RangeSet,
+    txn_alloc: RangeSet,
     /// Committed blocks freed since the last commit: allocatable once the commit is durable.
-    pub pending_free: RangeSet,
+    pending_free: RangeSet,
     pub dirty: bool,
     /// Next-fit allocation cursor.
     pub cursor: u64,
@@ -62,51 +81,18 @@ pub(crate) struct TxnMem {
     pub low_space: bool,
     /// Mutations since the last commit.
     pub ops_since_commit: u64,
-    /// Reads copying pool bytes right now (their blocks must not be reused meanwhile).
+    /// Reads copying pool bytes right now (their blocks must not be reused or rewritten).
     pub pins: Arc<ReadPins>,
     /// Blocks a finished commit is still punching (not to be allocated yet).
     pub punching: Arc<crate::alloc::PunchRegistry>,
-}
-
-/// Counts reads that hold pool positions outside the store lock. Freed blocks become
-/// allocatable only when none is active, so a read never returns another file's bytes.
-#[derive(Debug, Default)]
-pub struct ReadPins {
-    active: Mutex<u64>,
-    idle: Condvar,
-}
-
-impl ReadPins {
-    pub fn pin(self: &Arc<Self>) -> Pin {
-        *self.active.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        Pin(self.clone())
-    }
-
-    pub fn any(&self) -> bool {
-        *self.active.lock().unwrap_or_else(|p| p.into_inner()) > 0
-    }
-
-    /// Wait until no read is active. Callers hold the store lock, so no new one can start.
-    pub fn wait_idle(&self) {
-        let mut n = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        while *n > 0 {
-            n = self.idle.wait(n).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
-/// One active read; dropping it ends the read.
-#[derive(Debug)]
-pub struct Pin(Arc<ReadPins>);
-
-impl Drop for Pin {
-    fn drop(&mut self) {
-        let mut n = self.0.active.lock().unwrap_or_else(|p| p.into_inner());
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            self.0.idle.notify_all();
-        }
-    }
+    /// Blocks in the free table (freed by a durable commit) that a read was still copying from
+    /// when they were released: not allocated and not punched until a commit finds them unpinned.
+    held: RangeSet,
+    /// The running operation's journal of block-set changes.
+    undo: Vec<Undo>,
+    /// Blocks of the open transaction that the running operation freed: punched out of the
+    /// pool only once the operation has succeeded (a failed one still references them).
+    to_punch: RangeSet,
 }
 
 impl TxnMem {
@@ -122,80 +108,194 @@ impl TxnMem {
             ops_since_commit: 0,
             pins: Arc::new(ReadPins::default()),
             punching: Arc::default(),
-        }
-    }
-}
-
-/// A table of the open write transaction, opened on first use.
-///
-/// Opening a redb table is a lookup in the transaction's table directory, and closing it writes
-/// its root back: about 1.5 µs each, which for a context holding every table cost far more than
-/// the B-tree work of a small operation (measured: getattr 19.5 µs with all tables opened up
-/// front). Most operations touch two or three tables, so a context opens only those.
-///
-/// `Deref` cannot return an error: a failure to open (an I/O error or damage in the table
-/// directory) panics, and `Inner::read`/`Inner::write` turn the panic into an error of that one
-/// call (rolling the transaction back), as they do for panics inside redb itself.
-pub(crate) struct LazyTable<'t, K: Key + 'static, V: Value + 'static> {
-    wtx: &'t WriteTransaction,
-    def: TableDefinition<'static, K, V>,
-    table: OnceCell<Table<'t, K, V>>,
-}
-
-impl<'t, K: Key + 'static, V: Value + 'static> LazyTable<'t, K, V> {
-    fn new(wtx: &'t WriteTransaction, def: TableDefinition<'static, K, V>) -> Self {
-        LazyTable {
-            wtx,
-            def,
-            table: OnceCell::new(),
+            held: RangeSet::new(),
+            undo: Vec::new(),
+            to_punch: RangeSet::new(),
         }
     }
 
-    /// Open the table now, returning the error instead of panicking later.
-    fn open_now(self) -> Result<Self> {
-        let t = self.wtx.open_table(self.def)?;
-        let _ = self.table.set(t);
-        Ok(self)
+    pub fn txn_alloc(&self) -> &RangeSet {
+        &self.txn_alloc
     }
-}
 
-impl<'t, K: Key + 'static, V: Value + 'static> Deref for LazyTable<'t, K, V> {
-    type Target = Table<'t, K, V>;
-
-    fn deref(&self) -> &Table<'t, K, V> {
-        self.table.get_or_init(|| {
-            self.wtx
-                .open_table(self.def)
-                .unwrap_or_else(|e| panic!("meta.redb: opening table {}: {e}", self.def))
-        })
+    pub fn pending_free(&self) -> &RangeSet {
+        &self.pending_free
     }
-}
 
-impl<K: Key + 'static, V: Value + 'static> DerefMut for LazyTable<'_, K, V> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        let _ = Deref::deref(self);
-        match self.table.get_mut() {
-            Some(t) => t,
-            None => unreachable!("the table was opened just above"),
+    /// Blocks allocated by the running operation.
+    pub fn add_txn_alloc(&mut self, start: u64, len: u64) {
+        for (s, l) in self.txn_alloc.gaps(start, len) {
+            self.txn_alloc.insert(s, l);
+            self.undo.push(Undo::AllocRemove(s, l));
         }
     }
+
+    /// Blocks of the open transaction that are free again.
+    pub fn drop_txn_alloc(&mut self, start: u64, len: u64) {
+        for (s, l) in self.txn_alloc.intersect(start, len) {
+            self.txn_alloc.remove(s, l);
+            self.undo.push(Undo::AllocInsert(s, l));
+        }
+    }
+
+    /// Committed blocks freed: allocatable after the next durable commit.
+    pub fn add_pending_free(&mut self, start: u64, len: u64) {
+        for (s, l) in self.pending_free.gaps(start, len) {
+            self.pending_free.insert(s, l);
+            self.undo.push(Undo::PendingRemove(s, l));
+        }
+    }
+
+    /// Forget both block sets (repair rebuilds allocation from the extent maps).
+    pub fn clear_block_sets(&mut self) {
+        let alloc: Vec<(u64, u64)> = self.txn_alloc.iter().collect();
+        let pending: Vec<(u64, u64)> = self.pending_free.iter().collect();
+        for (s, l) in alloc {
+            self.drop_txn_alloc(s, l);
+        }
+        for (s, l) in pending {
+            self.pending_free.remove(s, l);
+            self.undo.push(Undo::PendingInsert(s, l));
+        }
+    }
+
+    /// Punch these (fresh, now free) blocks once the running operation has succeeded.
+    pub fn punch_after_op(&mut self, start: u64, len: u64) {
+        self.to_punch.insert(start, len);
+    }
+
+    /// The running operation allocated these blocks again: they must not be punched after it.
+    pub fn keep_unpunched(&mut self, start: u64, len: u64) {
+        self.to_punch.remove(start, len);
+    }
+
+    pub fn held(&self) -> &RangeSet {
+        &self.held
+    }
+
+    /// A durable commit put every pending-free run into the free table: the block sets start
+    /// over. Runs still read by an active read are held back; returns the runs that are free for
+    /// good now (to be punched): the released ones no read uses, and held ones no longer read.
+    pub fn committed(&mut self) -> RangeSet {
+        self.txn_alloc = RangeSet::new();
+        let released = std::mem::take(&mut self.pending_free);
+        let before = std::mem::take(&mut self.held);
+        let mut done = RangeSet::new();
+        for (s, l) in before.iter().chain(released.iter()) {
+            if self.pins.overlaps(s, l) {
+                self.held.insert(s, l);
+            } else {
+                done.insert(s, l);
+            }
+        }
+        done
+    }
+
+    /// An operation starts.
+    pub fn begin_op(&mut self) -> OpMark {
+        self.undo.clear();
+        self.to_punch = RangeSet::new();
+        OpMark {
+            state: self.state,
+            dirty: self.dirty,
+            cursor: self.cursor,
+        }
+    }
+
+    /// The operation succeeded: keep its changes; returns the blocks to punch now.
+    pub fn end_op(&mut self) -> Vec<(u64, u64)> {
+        self.undo.clear();
+        std::mem::take(&mut self.to_punch).iter().collect()
+    }
+
+    /// The operation failed: take back everything it changed here.
+    pub fn undo_op(&mut self, mark: OpMark) {
+        while let Some(u) = self.undo.pop() {
+            match u {
+                Undo::AllocRemove(s, l) => self.txn_alloc.remove(s, l),
+                Undo::AllocInsert(s, l) => self.txn_alloc.insert(s, l),
+                Undo::PendingRemove(s, l) => self.pending_free.remove(s, l),
+                Undo::PendingInsert(s, l) => self.pending_free.insert(s, l),
+            }
+        }
+        self.to_punch = RangeSet::new();
+        self.state = mark.state;
+        self.dirty = mark.dirty;
+        self.cursor = mark.cursor;
+    }
 }
 
-/// Every table of the B-tree in one write transaction (each opened on first use, see
-/// [`LazyTable`]), plus what a mutation needs.
+/// The reads that hold pool positions outside the store lock, with the pool blocks each one
+/// reads. While one is active its blocks are neither reused once freed (frees wait for the
+/// commit) nor rewritten in place, and a commit that would make freed blocks allocatable waits
+/// for all of them: a read never returns another file's bytes or bytes written after it began.
+#[derive(Debug, Default)]
+pub struct ReadPins {
+    active: Mutex<PinTable>,
+}
+
+#[derive(Debug, Default)]
+struct PinTable {
+    next_id: u64,
+    /// Pin id → the pool block runs it reads.
+    reads: HashMap<u64, Vec<(u64, u64)>>,
+}
+
+impl ReadPins {
+    fn table(&self) -> std::sync::MutexGuard<'_, PinTable> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pin the pool block runs `runs` (start, len) for one read.
+    pub fn pin(self: &Arc<Self>, runs: Vec<(u64, u64)>) -> Pin {
+        let mut t = self.table();
+        let id = t.next_id;
+        t.next_id += 1;
+        t.reads.insert(id, runs);
+        Pin {
+            pins: self.clone(),
+            id,
+        }
+    }
+
+    /// Whether an active read reads any block of `[start, start+len)`.
+    pub fn overlaps(&self, start: u64, len: u64) -> bool {
+        let t = self.table();
+        t.reads
+            .values()
+            .flatten()
+            .any(|&(s, l)| s < start + len && start < s + l)
+    }
+}
+
+/// One active read; dropping it ends the read.
+#[derive(Debug)]
+pub struct Pin {
+    pins: Arc<ReadPins>,
+    id: u64,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.pins.table().reads.remove(&self.id);
+    }
+}
+
+/// The tables one operation sees (through the layers below it) and changes (in its own changes,
+/// which `Inner::write` keeps if it succeeds), plus what a mutation needs.
 pub(crate) struct Ctx<'t> {
-    pub inodes: LazyTable<'t, u64, Bytes>,
-    pub dirents: LazyTable<'t, (u64, Bytes), Bytes>,
-    pub cookies: LazyTable<'t, (u64, u64), Bytes>,
-    pub xattrs: LazyTable<'t, (u64, Bytes), Bytes>,
-    pub extents: LazyTable<'t, (u64, u64), Bytes>,
-    pub refcounts: LazyTable<'t, u64, Bytes>,
-    pub free: LazyTable<'t, u64, Bytes>,
-    pub orphans: LazyTable<'t, u64, ()>,
-    pub state: LazyTable<'t, u64, Bytes>,
-    pub lower_files: LazyTable<'t, u64, Bytes>,
-    pub lower_pending: LazyTable<'t, u64, Bytes>,
-    pub lower_inodes: LazyTable<'t, (u64, u64), u64>,
+    pub inodes: Table<'t, IntKey, BytesValue>,
+    pub dirents: Table<'t, NamedKey, BytesValue>,
+    pub cookies: Table<'t, PairKey, BytesValue>,
+    pub xattrs: Table<'t, NamedKey, BytesValue>,
+    pub extents: Table<'t, PairKey, BytesValue>,
+    pub refcounts: Table<'t, IntKey, BytesValue>,
+    pub free: Table<'t, IntKey, BytesValue>,
+    pub orphans: Table<'t, IntKey, UnitValue>,
+    pub lower_root: Table<'t, IntKey, BytesValue>,
+    pub lower_files: Table<'t, IntKey, BytesValue>,
+    pub lower_pending: Table<'t, IntKey, BytesValue>,
+    pub lower_inodes: Table<'t, PairKey, IntValue>,
     /// The overlay's lower tree, when the store has one.
     pub lower: Option<&'t crate::lower::LowerTree>,
     pub mem: &'t mut TxnMem,
@@ -205,53 +305,52 @@ pub(crate) struct Ctx<'t> {
 }
 
 impl<'t> Ctx<'t> {
-    /// A context over `wtx`. Only `inodes`, which nearly every operation reads, is opened here
-    /// (so that an error opening it is returned, not raised); the others on first use.
-    pub fn open(
-        wtx: &'t WriteTransaction,
-        mem: &'t mut TxnMem,
-        pool: &'t dyn FileIo,
-        bs: u64,
-    ) -> Result<Ctx<'t>> {
-        Ok(Ctx {
-            inodes: LazyTable::new(wtx, INODES).open_now()?,
-            dirents: LazyTable::new(wtx, DIRENTS),
-            cookies: LazyTable::new(wtx, COOKIES),
-            xattrs: LazyTable::new(wtx, XATTRS),
-            extents: LazyTable::new(wtx, EXTENTS),
-            refcounts: LazyTable::new(wtx, REFCOUNTS),
-            free: LazyTable::new(wtx, FREE),
-            orphans: LazyTable::new(wtx, ORPHANS),
-            state: LazyTable::new(wtx, STATE),
-            lower_files: LazyTable::new(wtx, LOWER_FILES),
-            lower_pending: LazyTable::new(wtx, LOWER_PENDING),
-            lower_inodes: LazyTable::new(wtx, LOWER_INODES),
+    /// A context reading through `below` and collecting its own changes.
+    pub fn open(below: Layers<'t>, mem: &'t mut TxnMem, pool: &'t dyn FileIo, bs: u64) -> Ctx<'t> {
+        Ctx {
+            inodes: Table::new(TableId::Inodes, below),
+            dirents: Table::new(TableId::Dirents, below),
+            cookies: Table::new(TableId::Cookies, below),
+            xattrs: Table::new(TableId::Xattrs, below),
+            extents: Table::new(TableId::Extents, below),
+            refcounts: Table::new(TableId::Refcounts, below),
+            free: Table::new(TableId::Free, below),
+            orphans: Table::new(TableId::Orphans, below),
+            lower_root: Table::new(TableId::Lower, below),
+            lower_files: Table::new(TableId::LowerFiles, below),
+            lower_pending: Table::new(TableId::LowerPending, below),
+            lower_inodes: Table::new(TableId::LowerInodes, below),
             lower: None,
             mem,
             pool,
             bs,
-        })
+        }
     }
 
-    fn open_all(&mut self) -> Result<()> {
-        fn open<K: Key + 'static, V: Value + 'static>(t: &mut LazyTable<'_, K, V>) -> Result<()> {
-            if t.table.get().is_none() {
-                let _ = t.table.set(t.wtx.open_table(t.def)?);
-            }
-            Ok(())
+    /// The operation's changes to every table (the state record is written by the commit).
+    pub fn into_delta(self) -> Delta {
+        let mut d = Delta::default();
+        macro_rules! take {
+            ($($t:ident),*) => {$(
+                let id = self.$t.id();
+                d.absorb(Delta::of_table(id, self.$t.into_changes()));
+            )*};
         }
-        open(&mut self.inodes)?;
-        open(&mut self.dirents)?;
-        open(&mut self.cookies)?;
-        open(&mut self.xattrs)?;
-        open(&mut self.extents)?;
-        open(&mut self.refcounts)?;
-        open(&mut self.free)?;
-        open(&mut self.orphans)?;
-        open(&mut self.state)?;
-        open(&mut self.lower_files)?;
-        open(&mut self.lower_pending)?;
-        open(&mut self.lower_inodes)
+        take!(
+            inodes,
+            dirents,
+            cookies,
+            xattrs,
+            extents,
+            refcounts,
+            free,
+            orphans,
+            lower_root,
+            lower_files,
+            lower_pending,
+            lower_inodes
+        );
+        d
     }
 
     pub fn get_inode(&self, ino: u64) -> Result<InodeRecord> {
@@ -260,7 +359,7 @@ impl<'t> Ctx<'t> {
 
     pub fn try_inode(&self, ino: u64) -> Result<Option<InodeRecord>> {
         match self.inodes.get(ino)? {
-            Some(v) => Ok(Some(decode(v.value(), &ino)?)),
+            Some(v) => Ok(Some(decode(&v, &ino)?)),
             None => Ok(None),
         }
     }
@@ -270,14 +369,15 @@ impl<'t> Ctx<'t> {
         self.mem.dirty = true;
         Ok(())
     }
+}
 
-    pub fn put_state(&mut self) -> Result<()> {
-        // Tables open on first use, and redb creates a table when it is first opened: open every
-        // one here (mkfs and every commit write the state record), so that each exists in every
-        // committed B-tree for readers that open tables by name (check, usage, fsck).
-        self.open_all()?;
-        let st = self.mem.state;
-        self.state.insert(STATE_KEY, encode(&st).as_slice())?;
-        Ok(())
-    }
+/// The state record as the commit writes it.
+pub(crate) fn state_delta(st: &StateRecord) -> Delta {
+    let mut d = Delta::default();
+    d.set(
+        TableId::State,
+        crate::meta::key::<IntKey>(STATE_KEY),
+        Some(encode(st)),
+    );
+    d
 }

@@ -6,7 +6,6 @@ use crate::codec::{decode, encode, DirentRecord, ExtentRecord, RefcountRecord};
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::types::{FileKind, InodeNo};
-use redb::ReadableTable;
 
 /// One way to break a store.
 #[derive(Clone, Debug)]
@@ -86,7 +85,6 @@ impl Store {
                     let v = cx
                         .dirents
                         .get((parent.0, name.as_slice()))?
-                        .map(|v| v.value().to_vec())
                         .ok_or(Error::NotFound)?;
                     let d: DirentRecord = decode(&v, &parent.0)?;
                     cx.dirents.remove((parent.0, name.as_slice()))?;

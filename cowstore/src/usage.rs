@@ -6,7 +6,6 @@ use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::tables::Ctx;
 use crate::types::{FileKind, InodeAttr, InodeNo};
-use redb::{ReadableTable, ReadableTableMetadata};
 use serde::Serialize;
 
 /// One piece of a file's extent map with a single refcount.
@@ -99,16 +98,16 @@ impl Ctx<'_> {
     fn refcount_pieces(&self, start: u64, len: u64) -> Result<Vec<(u64, u64, u64)>> {
         let end = start + len;
         let mut recs = Vec::new();
-        if let Some(item) = self.refcounts.range(..start)?.next_back() {
+        if let Some(item) = self.refcounts.range_rev(..start)?.next() {
             let (k, v) = item?;
-            let r: RefcountRecord = decode(v.value(), &k.value())?;
-            if k.value() + r.len > start {
-                recs.push((k.value(), r));
+            let r: RefcountRecord = decode(&v, &k)?;
+            if k + r.len > start {
+                recs.push((k, r));
             }
         }
         for item in self.refcounts.range(start..end)? {
             let (k, v) = item?;
-            recs.push((k.value(), decode::<RefcountRecord>(v.value(), &k.value())?));
+            recs.push((k, decode::<RefcountRecord>(&v, &k)?));
         }
         let mut out = Vec::new();
         let mut pos = start;
@@ -276,14 +275,14 @@ impl Store {
             let mut free_runs = 0u64;
             for item in cx.free.iter()? {
                 let (k, v) = item?;
-                decode::<FreeRecord>(v.value(), &k.value())?;
+                decode::<FreeRecord>(&v, &k)?;
                 free_runs += 1;
             }
             let mut files = 0u64;
             let mut last = None;
             for item in cx.extents.iter()? {
                 let (k, _) = item?;
-                let ino = k.value().0;
+                let ino = k.0;
                 if last != Some(ino) {
                     files += 1;
                     last = Some(ino);

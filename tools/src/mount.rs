@@ -67,24 +67,47 @@ pub fn run(a: Args) -> CmdResult {
     }
 }
 
+/// Why the daemon's log could not be opened.
+#[derive(Debug)]
+enum LogError {
+    /// Refused: a symlink, or not ours.
+    Unsafe(String),
+    Other(String),
+}
+
+impl std::fmt::Display for LogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogError::Unsafe(m) | LogError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Start `cowfs mount -f` in the background and wait for its first line on the pipe that is its
 /// stdout: "ready", or "error: ...".
 fn start_daemon(a: &Args, opts: &MountOpts) -> CmdResult {
     // Warnings of opening the log (a store whose modes were tightened) go to the terminal.
     logger::init(opts.debug);
     let (log, log_path) = match &opts.log {
-        Some(p) => (logger::open_log_file(p), p.clone()),
+        Some(p) => (
+            logger::open_log_file(p).map_err(LogError::Unsafe),
+            p.clone(),
+        ),
         None => (
             cowstore::io::DirEnv::open(&a.store)
                 .and_then(|env| env.open_log())
-                .map_err(|e| e.to_string()),
+                .map_err(|e| match e {
+                    cowstore::Error::UnsafeStore { .. } => LogError::Unsafe(e.to_string()),
+                    e => LogError::Other(e.to_string()),
+                }),
             a.store.join(cowstore::io::LOG_FILE),
         ),
     };
     let (stderr, log_note) = match log {
         Ok(f) => (Stdio::from(f), format!("; see {}", log_path.display())),
-        // The store may not exist or be refused (the daemon will say why) or be read-only: no
-        // log then.
+        // A log file that is a symlink or someone else's: refuse the mount.
+        Err(e @ LogError::Unsafe(_)) => return Err(e.to_string().into()),
+        // The store may not exist (the daemon will say so) or be read-only: no log then.
         Err(e) => {
             log::debug!("no log file: {e}");
             (Stdio::null(), String::new())

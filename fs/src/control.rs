@@ -427,4 +427,63 @@ mod tests {
         assert_eq!(unescape("/plain"), "/plain");
         assert_eq!(unescape(r"/end\04"), r"/end\04");
     }
+
+    #[test]
+    fn request_lines_are_bounded() -> io::Result<()> {
+        // Regression (issue 10, defect 13): request lines were read without a bound.
+        let (a, b) = UnixStream::pair()?;
+        (&a).write_all(&vec![b'x'; MAX_REQUEST + 10])?;
+        let deadline = Some(Instant::now() + Duration::from_secs(5));
+        assert_eq!(read_line_bounded(&b, MAX_REQUEST, deadline)?, None);
+        let (a, b) = UnixStream::pair()?;
+        (&a).write_all(b"stats\nmore")?;
+        assert_eq!(
+            read_line_bounded(&b, MAX_REQUEST, deadline)?,
+            Some(b"stats".to_vec())
+        );
+        // A peer that says nothing runs into the deadline.
+        let (_a, b) = UnixStream::pair()?;
+        let t = Instant::now();
+        let short = Some(Instant::now() + Duration::from_millis(200));
+        assert!(read_line_bounded(&b, MAX_REQUEST, short).is_err());
+        assert!(t.elapsed() < Duration::from_secs(2));
+        Ok(())
+    }
+
+    #[test]
+    fn control_directory_must_be_private_and_ours() -> io::Result<()> {
+        // Regression (issue 10, defect 13): a control directory made by someone else was used.
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("cowfs");
+        make_private_dir(&dir)?;
+        assert_eq!(std::fs::metadata(&dir)?.mode() & 0o7777, 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        check_private_dir(&dir)?;
+        assert_eq!(std::fs::metadata(&dir)?.mode() & 0o7777, 0o700, "tightened");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+        let e = check_private_dir(&dir).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("writable by others")),
+            "{e:?}"
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link)?;
+        let e = check_private_dir(&link).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("symbolic link")),
+            "{e:?}"
+        );
+        if sys::geteuid() == 0 {
+            std::os::unix::fs::lchown(&dir, Some(65534), None)?;
+            let e = make_private_dir(&dir).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains("owned by uid 65534")),
+                "{e:?}"
+            );
+        }
+        Ok(())
+    }
 }

@@ -240,7 +240,7 @@ pub(crate) fn zero_range(f: &dyn FileIo, off: u64, len: u64) -> io::Result<()> {
 /// descriptor with `O_NOFOLLOW`, and checked after opening (a regular file with one link, owned
 /// by the effective user). A directory that another user owns or may write is refused, since
 /// whoever can write it can plant a symlink or hard link that makes us truncate or write a file
-/// of theirs choosing. Modes that let others read the store are tightened (0700, 0600) with a
+/// of their choosing. Modes that let others read the store are tightened (0700, 0600) with a
 /// warning: the pool holds every file's bytes, whatever their modes inside the mount.
 #[derive(Debug, Clone)]
 pub struct DirEnv {

@@ -43,6 +43,10 @@ pub enum Error {
     InUse { path: PathBuf, holder: Option<u32> },
     #[error("not a cowfs store: {path}: {reason}")]
     NotAStore { path: PathBuf, reason: String },
+    /// The store's directory or one of its files is not safe to use: a symlink, owned by
+    /// another user, writable by others, not a regular file.
+    #[error("refusing store {path}: {reason}")]
+    UnsafeStore { path: PathBuf, reason: String },
     #[error("unsupported store format: {file} at offset {offset}: {reason}")]
     UnsupportedFormat {
         file: String,
@@ -88,9 +92,10 @@ impl Error {
             Error::NoData => libc::ENXIO,
             Error::InUse { .. } => libc::EBUSY,
             Error::LowerMismatch { .. } => libc::EINVAL,
-            Error::NotAStore { .. } | Error::UnsupportedFormat { .. } | Error::Corrupted(_) => {
-                libc::EIO
-            }
+            Error::NotAStore { .. }
+            | Error::UnsafeStore { .. }
+            | Error::UnsupportedFormat { .. }
+            | Error::Corrupted(_) => libc::EIO,
             Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }

@@ -4,11 +4,12 @@
 
 use crate::error::{Error, Result};
 use crate::sys;
+use rustix::fs::{AtFlags, Mode, OFlags};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -235,20 +236,183 @@ pub(crate) fn zero_range(f: &dyn FileIo, off: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// The store as a directory on the host.
+/// The store as a directory on the host, held open: every file is opened relative to this
+/// descriptor with `O_NOFOLLOW`, and checked after opening (a regular file with one link, owned
+/// by the effective user). A directory that another user owns or may write is refused, since
+/// whoever can write it can plant a symlink or hard link that makes us truncate or write a file
+/// of their choosing. Modes that let others read the store are tightened (0700, 0600) with a
+/// warning: the pool holds every file's bytes, whatever their modes inside the mount.
 #[derive(Debug, Clone)]
 pub struct DirEnv {
     dir: PathBuf,
+    fd: Arc<OwnedFd>,
 }
 
 pub const LOCK_FILE: &str = "lock";
+/// The mount daemon's log (not part of the format).
+pub const LOG_FILE: &str = "cowfs.log";
+
+/// Modes of the store directory and of every file in it.
+pub const STORE_DIR_MODE: u32 = 0o700;
+pub const STORE_FILE_MODE: u32 = 0o600;
+
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
 
 impl DirEnv {
-    pub fn new(dir: impl AsRef<Path>) -> DirEnv {
-        DirEnv {
-            dir: dir.as_ref().to_path_buf(),
-        }
+    /// Open the existing store directory `dir` (see the type for what is refused and fixed).
+    pub fn open(dir: impl AsRef<Path>) -> Result<DirEnv> {
+        DirEnv::open_dir(dir.as_ref(), false)
     }
+
+    /// For mkfs: create `dir` (mode 0700; missing parents as usual) or take an existing empty
+    /// one, and set its mode to 0700.
+    pub fn create(dir: impl AsRef<Path>) -> Result<DirEnv> {
+        let dir = dir.as_ref();
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Error::Io(io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", parent.display()),
+                ))
+            })?;
+        }
+        match rustix::fs::mkdir(dir, Mode::from_raw_mode(STORE_DIR_MODE)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(io_at(dir, e.into())),
+        }
+        DirEnv::open_dir(dir, true)
+    }
+
+    fn open_dir(dir: &Path, mkfs: bool) -> Result<DirEnv> {
+        let unsafe_store = |reason: String| Error::UnsafeStore {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::open(dir, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                return Err(Error::NotAStore {
+                    path: dir.to_path_buf(),
+                    reason: "no such directory".into(),
+                })
+            }
+            Err(e @ (rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR)) => {
+                return Err(if dir.is_symlink() {
+                    unsafe_store("is a symbolic link; give the directory's real path".into())
+                } else if e == rustix::io::Errno::NOTDIR {
+                    Error::NotAStore {
+                        path: dir.to_path_buf(),
+                        reason: "not a directory".into(),
+                    }
+                } else {
+                    io_at(dir, e.into())
+                })
+            }
+            Err(e) => return Err(io_at(dir, e.into())),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| io_at(dir, e.into()))?;
+        let me = euid();
+        if st.st_uid != me {
+            return Err(unsafe_store(format!(
+                "the directory is owned by uid {}, not by uid {me} who opens it",
+                st.st_uid
+            )));
+        }
+        let mode = st.st_mode & 0o7777;
+        if !mkfs && mode & 0o022 != 0 {
+            return Err(unsafe_store(format!(
+                "the directory is writable by {} (mode {mode:04o}); check its files, then \
+                 chmod 700 it",
+                if mode & 0o002 != 0 {
+                    "others"
+                } else {
+                    "its group"
+                }
+            )));
+        }
+        if mode != STORE_DIR_MODE {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(STORE_DIR_MODE))
+                .map_err(|e| io_at(dir, e.into()))?;
+            if !mkfs {
+                log::warn!(
+                    "{}: store directory was mode {mode:04o}, now {STORE_DIR_MODE:04o}",
+                    dir.display()
+                );
+            }
+        }
+        Ok(DirEnv {
+            dir: dir.to_path_buf(),
+            fd: Arc::new(fd),
+        })
+    }
+
+    /// Open (or create, mode 0600) file `name` of the store with `flags`, refusing a symlink,
+    /// anything but a regular file with one link, or a file another user owns; a file others
+    /// may read or write is set to 0600 (warning).
+    fn open_file(&self, name: &str, flags: OFlags, create: bool) -> Result<File> {
+        let path = self.dir.join(name);
+        let unsafe_store = |reason: String| Error::UnsafeStore {
+            path: self.dir.clone(),
+            reason: format!("{name}: {reason}"),
+        };
+        let mut flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        if create {
+            flags |= OFlags::CREATE;
+        }
+        let fd = rustix::fs::openat(&*self.fd, name, flags, Mode::from_raw_mode(STORE_FILE_MODE))
+            .map_err(|e| match e {
+            rustix::io::Errno::NOENT => Error::NotAStore {
+                path: self.dir.clone(),
+                reason: format!("{name} is missing"),
+            },
+            rustix::io::Errno::LOOP => {
+                unsafe_store("is a symbolic link; refusing to follow it".into())
+            }
+            e => io_at(&path, e.into()),
+        })?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| io_at(&path, e.into()))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(unsafe_store("not a regular file".into()));
+        }
+        if st.st_uid != euid() {
+            return Err(unsafe_store(format!(
+                "owned by uid {}, not by uid {}",
+                st.st_uid,
+                euid()
+            )));
+        }
+        if st.st_nlink != 1 {
+            return Err(unsafe_store(format!(
+                "has {} hard links; a store file has one",
+                st.st_nlink
+            )));
+        }
+        let mode = st.st_mode & 0o7777;
+        if mode != STORE_FILE_MODE {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(STORE_FILE_MODE))
+                .map_err(|e| io_at(&path, e.into()))?;
+            if !create || mode & 0o077 != 0 {
+                log::warn!(
+                    "{}: was mode {mode:04o}, now {STORE_FILE_MODE:04o}",
+                    path.display()
+                );
+            }
+        }
+        Ok(File::from(fd))
+    }
+
+    /// The daemon's log file in the store, opened for appending (created 0600), with the same
+    /// checks as every store file.
+    pub fn open_log(&self) -> Result<File> {
+        self.open_file(LOG_FILE, OFlags::WRONLY | OFlags::APPEND, true)
+    }
+}
+
+fn io_at(path: &Path, e: io::Error) -> Error {
+    Error::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 #[derive(Debug)]
@@ -258,37 +422,17 @@ struct LockGuard {
 
 impl Env for DirEnv {
     fn open(&self, name: &str, create: bool) -> Result<Arc<dyn FileIo>> {
-        let path = self.dir.join(name);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .open(&path)
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    Error::NotAStore {
-                        path: self.dir.clone(),
-                        reason: format!("{name} is missing"),
-                    }
-                } else {
-                    Error::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
-                }
-            })?;
+        let file = self.open_file(name, OFlags::RDWR, create)?;
         Ok(Arc::new(DiskFile::new(file)))
     }
 
     fn exists(&self, name: &str) -> bool {
-        self.dir.join(name).exists()
+        // Whatever is there, a symlink included: opening it then says what is wrong.
+        rustix::fs::statat(&*self.fd, name, AtFlags::SYMLINK_NOFOLLOW).is_ok()
     }
 
     fn lock(&self) -> Result<Box<dyn Send + Sync + Debug>> {
-        let path = self.dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
+        let mut file = self.open_file(LOCK_FILE, OFlags::RDWR, true)?;
         // A lock recorded by this very process can be one we just released whose descriptor a
         // concurrently forked child still holds until its exec closes it: wait that out briefly.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
@@ -870,7 +1014,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cowstore-io-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("pool");
-        let file = OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -893,13 +1037,120 @@ mod tests {
     fn second_lock_reports_in_use() -> Result<()> {
         let dir = std::env::temp_dir().join(format!("cowstore-lock-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let env = DirEnv::new(&dir);
+        let env = DirEnv::open(&dir)?;
         let _held = env.lock()?;
         match env.lock() {
             Err(Error::InUse { holder, .. }) => assert_eq!(holder, Some(std::process::id())),
             other => panic!("expected InUse, got {other:?}"),
         }
         std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    fn mode_of(p: &Path) -> io::Result<u32> {
+        use std::os::unix::fs::PermissionsExt;
+        Ok(std::fs::symlink_metadata(p)?.permissions().mode() & 0o7777)
+    }
+
+    fn unsafe_reason(r: Result<impl Debug>) -> String {
+        match r {
+            Err(Error::UnsafeStore { reason, .. }) => reason,
+            other => panic!("expected UnsafeStore, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dir_env_refuses_symlinked_store_files() -> Result<()> {
+        // Regression (issue 10, defect 8): store files were opened through symlinks, so whoever
+        // could write the store directory made its user truncate any file.
+        let tmp = tempfile::tempdir()?;
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"precious")?;
+        let dir = tmp.path().join("store");
+        let env = DirEnv::create(&dir)?;
+        for name in [LOCK_FILE, RESERVE_FILE, LOG_FILE, "pool"] {
+            std::os::unix::fs::symlink(&victim, dir.join(name))?;
+        }
+        let reason = unsafe_reason(env.lock());
+        assert!(
+            reason.contains("lock") && reason.contains("symbolic link"),
+            "{reason}"
+        );
+        let reason = unsafe_reason(env.open(RESERVE_FILE, true));
+        assert!(reason.contains("reserve"), "{reason}");
+        let reason = unsafe_reason(env.open("pool", false));
+        assert!(reason.contains("pool"), "{reason}");
+        let reason = unsafe_reason(env.open_log());
+        assert!(reason.contains(LOG_FILE), "{reason}");
+        assert!(
+            env.exists("pool"),
+            "a planted symlink counts as present, to be refused"
+        );
+        assert_eq!(std::fs::read(&victim)?, b"precious");
+        // A hard link to a file elsewhere is refused as well.
+        std::fs::remove_file(dir.join(LOCK_FILE))?;
+        std::fs::hard_link(&victim, dir.join(LOCK_FILE))?;
+        let reason = unsafe_reason(env.lock());
+        assert!(reason.contains("hard links"), "{reason}");
+        assert_eq!(std::fs::read(&victim)?, b"precious");
+        Ok(())
+    }
+
+    #[test]
+    fn dir_env_modes_and_untrusted_directories() -> Result<()> {
+        // Regression (issue 10, defect 7): the store was world-readable under umask 022; a store
+        // directory others may write is refused, one others may read is tightened.
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("store");
+        std::fs::create_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let env = DirEnv::create(&dir)?;
+        assert_eq!(mode_of(&dir)?, 0o700, "mkfs makes the directory 0700");
+        drop(env.open("pool", true)?);
+        assert_eq!(mode_of(&dir.join("pool"))?, 0o600);
+
+        std::fs::set_permissions(dir.join("pool"), std::fs::Permissions::from_mode(0o644))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let env = DirEnv::open(&dir)?;
+        drop(env.open("pool", false)?);
+        assert_eq!(mode_of(&dir)?, 0o700, "open tightens a readable directory");
+        assert_eq!(
+            mode_of(&dir.join("pool"))?,
+            0o600,
+            "open tightens a readable file"
+        );
+
+        for mode in [0o770, 0o707, 0o777] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))?;
+            let reason = unsafe_reason(DirEnv::open(&dir));
+            assert!(reason.contains("writable"), "{reason}");
+            assert_eq!(mode_of(&dir)?, mode, "a refused directory is left alone");
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link)?;
+        let reason = unsafe_reason(DirEnv::open(&link));
+        assert!(reason.contains("symbolic link"), "{reason}");
+
+        if euid() == 0 {
+            // Owned by another user: refused even for root.
+            rustix::fs::chown(&dir, Some(rustix::fs::Uid::from_raw(65534)), None)
+                .map_err(io::Error::from)?;
+            let reason = unsafe_reason(DirEnv::open(&dir));
+            assert!(reason.contains("owned by uid 65534"), "{reason}");
+            rustix::fs::chown(&dir, Some(rustix::fs::Uid::ROOT), None).map_err(io::Error::from)?;
+            // A file owned by another user, likewise.
+            rustix::fs::chown(
+                dir.join("pool"),
+                Some(rustix::fs::Uid::from_raw(65534)),
+                None,
+            )
+            .map_err(io::Error::from)?;
+            let reason = unsafe_reason(DirEnv::open(&dir)?.open("pool", false));
+            assert!(reason.contains("owned by uid 65534"), "{reason}");
+        }
         Ok(())
     }
 }

@@ -168,10 +168,9 @@ fn read_superblock(env: &dyn Env) -> Result<Superblock> {
 
 impl Store {
     /// Create a new, empty store in directory `dir` (created if missing, must not hold a store).
+    /// The directory is made 0700 and every file 0600 whatever the umask (see [`DirEnv`]).
     pub fn mkfs(dir: impl AsRef<Path>, opts: &MkfsOptions) -> Result<()> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir)?;
-        Store::mkfs_env(Arc::new(DirEnv::new(dir)), opts)
+        Store::mkfs_env(Arc::new(DirEnv::create(dir)?), opts)
     }
 
     pub fn mkfs_env(env: Arc<dyn Env>, opts: &MkfsOptions) -> Result<()> {
@@ -211,16 +210,11 @@ impl Store {
         Ok(())
     }
 
-    /// Open the store in directory `dir`.
+    /// Open the store in directory `dir`. A directory another user owns or may write is refused
+    /// ([`Error::UnsafeStore`]), so is a store file that is a symlink; modes that let others
+    /// read the store are tightened (see [`DirEnv`]).
     pub fn open(dir: impl AsRef<Path>, opts: &OpenOptions) -> Result<Store> {
-        let dir = dir.as_ref();
-        if !dir.is_dir() {
-            return Err(Error::NotAStore {
-                path: dir.to_path_buf(),
-                reason: "no such directory".into(),
-            });
-        }
-        Store::open_env(Arc::new(DirEnv::new(dir)), opts)
+        Store::open_env(Arc::new(DirEnv::open(dir)?), opts)
     }
 
     pub fn open_env(env: Arc<dyn Env>, opts: &OpenOptions) -> Result<Store> {

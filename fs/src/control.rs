@@ -1,18 +1,34 @@
-//! The control channel between a mount's daemon and the `cowfs` command: a Unix socket in the
-//! runtime directory named after the mount's device number (what `stat MOUNTPOINT` shows as
-//! st_dev), answering one JSON line of [`Stats`] (which includes the daemon's pid, so
-//! `cowfs umount` can wait for the daemon to exit).
+//! The control channel between a mount's daemon and the `cowfs` command: a Unix socket in a
+//! private runtime directory (0700, ours), named after the mount's device number (what
+//! `stat MOUNTPOINT` shows as st_dev). A request is one short line: `stats` answers one JSON
+//! line of [`Stats`] (which includes the daemon's pid, so `cowfs umount` can wait for the daemon
+//! to exit); `sync` commits the store and answers `{"ok":true}` or `{"error":"..."}` once the
+//! commit is durable or has failed. Only root and the daemon's own user may ask (SO_PEERCRED);
+//! requests and replies are read with a hard byte bound and a deadline.
 
 use crate::stats::Stats;
 use crate::sys;
 use log::{debug, warn};
-use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::MetadataExt;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Where control sockets live: /run/cowfs for root, else the user's runtime directory.
+/// The longest request line the daemon reads (the requests are a few bytes).
+pub const MAX_REQUEST: usize = 4096;
+/// The longest reply line a client reads.
+pub const MAX_REPLY: usize = 1 << 20;
+/// How long the daemon waits for a request line.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections served at once; more are answered "busy".
+const MAX_CONNECTIONS: usize = 8;
+
+/// Where control sockets live: /run/cowfs for root, else the user's runtime directory
+/// ($XDG_RUNTIME_DIR/cowfs, or /tmp/cowfs-UID without one). The directory must be ours and
+/// private (see [`check_private_dir`]).
 pub fn runtime_dir() -> PathBuf {
     let uid = sys::geteuid();
     if uid == 0 {
@@ -22,6 +38,65 @@ pub fn runtime_dir() -> PathBuf {
         Some(d) => PathBuf::from(d).join("cowfs"),
         None => PathBuf::from(format!("/tmp/cowfs-{uid}")),
     }
+}
+
+/// Check that `dir` is a directory (not a symlink) owned by the effective user that no other
+/// user may write; one that others may only read or search is set to 0700. Anything else is
+/// refused (`PermissionDenied`, naming the directory and what is wrong): in a directory someone
+/// else controls, they could stand in for the daemon's socket.
+pub fn check_private_dir(dir: &Path) -> io::Result<()> {
+    let md = std::fs::symlink_metadata(dir)?;
+    let refuse = |what: String| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("refusing control directory {}: {what}", dir.display()),
+        )
+    };
+    if md.file_type().is_symlink() {
+        return Err(refuse("it is a symbolic link".into()));
+    }
+    if !md.is_dir() {
+        return Err(refuse("not a directory".into()));
+    }
+    let me = sys::geteuid();
+    if md.uid() != me {
+        return Err(refuse(format!(
+            "owned by uid {}, not by uid {me}",
+            md.uid()
+        )));
+    }
+    let mode = md.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(refuse(format!(
+            "writable by others (mode {mode:04o}); remove it or chmod 700 it"
+        )));
+    }
+    if mode != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        warn!("{}: was mode {mode:04o}, now 0700", dir.display());
+    }
+    Ok(())
+}
+
+/// Create the runtime directory 0700 if it is missing (its parent must exist), then check it.
+fn make_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display())))
+        }
+        _ => {}
+    }
+    check_private_dir(dir)
+}
+
+/// Whether a peer of uid `uid` may talk to us (or we to it): root, or our own user.
+fn trusted_uid(uid: u32) -> bool {
+    uid == 0 || uid == sys::geteuid()
+}
+
+fn peer_uid(conn: &UnixStream) -> io::Result<u32> {
+    Ok(rustix::net::sockopt::socket_peercred(conn)?.uid.as_raw())
 }
 
 /// The socket of the mount whose device is `major:minor`.
@@ -59,7 +134,7 @@ pub fn mount_dev(mountpoint: &Path) -> io::Result<(u32, u32)> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -78,7 +153,15 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The daemon's end: answers stats requests until the process exits; the socket file is removed
+/// What the daemon answers with.
+pub struct Handlers {
+    /// The `stats` reply.
+    pub stats: Box<dyn Fn() -> Stats + Send + Sync>,
+    /// `sync`: commit the store now; `Err` carries the error text for the client.
+    pub sync: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+}
+
+/// The daemon's end: answers requests until the process exits; the socket file is removed
 /// when this is dropped.
 #[derive(Debug)]
 pub struct ControlServer {
@@ -86,12 +169,8 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    pub fn start(
-        dev: (u32, u32),
-        stats: impl Fn() -> Stats + Send + 'static,
-    ) -> io::Result<ControlServer> {
-        let dir = runtime_dir();
-        std::fs::create_dir_all(&dir)?;
+    pub fn start(dev: (u32, u32), handlers: Handlers) -> io::Result<ControlServer> {
+        make_private_dir(&runtime_dir())?;
         let path = socket_path(dev.0, dev.1);
         // A socket left by a daemon that was killed: device numbers are reused.
         match std::fs::remove_file(&path) {
@@ -99,16 +178,15 @@ impl ControlServer {
             _ => {}
         }
         let listener = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let handlers = Arc::new(handlers);
+        let active = Arc::new(AtomicUsize::new(0));
         std::thread::Builder::new()
             .name("cowfs-control".into())
             .spawn(move || {
                 for conn in listener.incoming() {
                     match conn {
-                        Ok(c) => {
-                            if let Err(e) = serve_one(c, &stats) {
-                                debug!("control connection: {e}");
-                            }
-                        }
+                        Ok(c) => accept(c, &handlers, &active),
                         Err(e) => warn!("control socket: {e}"),
                     }
                 }
@@ -127,22 +205,114 @@ impl Drop for ControlServer {
     }
 }
 
-fn serve_one(conn: UnixStream, stats: &impl Fn() -> Stats) -> io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new(&conn).read_line(&mut line)?;
-    let mut out = &conn;
-    match line.trim() {
-        "stats" => {
-            let mut s = serde_json::to_string(&stats()).map_err(io::Error::other)?;
-            s.push('\n');
-            out.write_all(s.as_bytes())
+/// Check the peer and serve it on a thread of its own (a `sync` may take a while, and must not
+/// hold up `stats` or `umount`), at most [`MAX_CONNECTIONS`] at once.
+fn accept(conn: UnixStream, handlers: &Arc<Handlers>, active: &Arc<AtomicUsize>) {
+    match peer_uid(&conn) {
+        Ok(uid) if trusted_uid(uid) => {}
+        Ok(uid) => {
+            warn!("control socket: refused a request from uid {uid}");
+            let _ = (&conn).write_all(error_line("permission denied").as_bytes());
+            return;
         }
-        other => out.write_all(format!("{{\"error\":\"unknown request {other:?}\"}}\n").as_bytes()),
+        Err(e) => {
+            warn!("control socket: peer credentials: {e}");
+            return;
+        }
+    }
+    if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+        active.fetch_sub(1, Ordering::SeqCst);
+        let _ = (&conn).write_all(error_line("busy").as_bytes());
+        return;
+    }
+    let (h, a) = (handlers.clone(), active.clone());
+    let spawned = std::thread::Builder::new()
+        .name("cowfs-control-conn".into())
+        .spawn(move || {
+            if let Err(e) = serve_one(&conn, &h) {
+                debug!("control connection: {e}");
+            }
+            a.fetch_sub(1, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        active.fetch_sub(1, Ordering::SeqCst);
+        warn!("control socket: {e}");
     }
 }
 
-/// Why the daemon of a mount could not be asked.
+fn error_line(msg: &str) -> String {
+    let mut s = serde_json::json!({ "error": msg }).to_string();
+    s.push('\n');
+    s
+}
+
+/// Read one line of at most `max` bytes before `deadline`; `None` if it is longer.
+fn read_line_bounded(
+    conn: &UnixStream,
+    max: usize,
+    deadline: Option<Instant>,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no complete line in time",
+                ));
+            }
+            conn.set_read_timeout(Some(left))?;
+        }
+        let want = buf.len().min(max + 1 - line.len());
+        let n = match (&*conn).read(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed mid-line",
+            ));
+        }
+        if let Some(nl) = buf[..n].iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(&buf[..nl]);
+            return Ok((line.len() <= max).then_some(line));
+        }
+        line.extend_from_slice(&buf[..n]);
+        if line.len() > max {
+            return Ok(None);
+        }
+    }
+}
+
+fn serve_one(conn: &UnixStream, h: &Handlers) -> io::Result<()> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let reply = match read_line_bounded(conn, MAX_REQUEST, Some(deadline))? {
+        None => error_line(&format!("request longer than {MAX_REQUEST} bytes")),
+        Some(line) => match String::from_utf8_lossy(&line).trim() {
+            "stats" => {
+                let mut s = serde_json::to_string(&(h.stats)()).map_err(io::Error::other)?;
+                s.push('\n');
+                s
+            }
+            "sync" => match (h.sync)() {
+                Ok(()) => "{\"ok\":true}\n".to_string(),
+                Err(e) => error_line(&e),
+            },
+            other => error_line(&format!("unknown request {other:?}")),
+        },
+    };
+    let mut out = conn;
+    out.write_all(reply.as_bytes())?;
+    // Whatever the peer still sends is not read: closing drops it.
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+    Ok(())
+}
+
+/// Why the daemon of a mount could not be asked, or what it answered.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error("{0}: {1}")]
@@ -153,14 +323,28 @@ pub enum QueryError {
     DaemonGone(PathBuf, PathBuf),
     #[error("talking to the daemon of {0}: {1}")]
     Io(PathBuf, io::Error),
+    #[error("the daemon of {0}: {1}")]
+    Failed(PathBuf, String),
 }
 
-/// Ask the daemon serving `mountpoint` for its stats.
-pub fn query(mountpoint: &Path) -> Result<Stats, QueryError> {
+/// Send `request` to the daemon serving `mountpoint`; its reply line, read with a bound of
+/// [`MAX_REPLY`] bytes and `timeout` (`None`: as long as it takes).
+fn request(
+    mountpoint: &Path,
+    request: &str,
+    timeout: Option<Duration>,
+) -> Result<String, QueryError> {
     let mp = mountpoint.to_path_buf();
     let md = std::fs::metadata(mountpoint).map_err(|e| QueryError::Stat(mp.clone(), e))?;
     let dev = md.dev();
     let path = socket_path(libc::major(dev), libc::minor(dev));
+    let io_err = |e: io::Error| QueryError::Io(mp.clone(), e);
+    match check_private_dir(&runtime_dir()) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(QueryError::NotCowfs(mp, path))
+        }
+        other => other.map_err(io_err)?,
+    }
     let conn = match UnixStream::connect(&path) {
         Ok(c) => c,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -169,16 +353,67 @@ pub fn query(mountpoint: &Path) -> Result<Stats, QueryError> {
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             return Err(QueryError::DaemonGone(mp, path))
         }
-        Err(e) => return Err(QueryError::Io(mp, e)),
+        Err(e) => return Err(io_err(e)),
     };
-    let io_err = |e: io::Error| QueryError::Io(mp.clone(), e);
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
+    let server = peer_uid(&conn).map_err(io_err)?;
+    if !trusted_uid(server) {
+        return Err(io_err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is served by uid {server}, not by root or us",
+                path.display()
+            ),
+        )));
+    }
+    (&conn)
+        .write_all(format!("{request}\n").as_bytes())
         .map_err(io_err)?;
-    (&conn).write_all(b"stats\n").map_err(io_err)?;
-    let mut line = String::new();
-    BufReader::new(&conn).read_line(&mut line).map_err(io_err)?;
-    serde_json::from_str(&line)
-        .map_err(|e| io_err(io::Error::other(format!("bad reply {line:?}: {e}"))))
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let line = read_line_bounded(&conn, MAX_REPLY, deadline)
+        .map_err(io_err)?
+        .ok_or_else(|| {
+            io_err(io::Error::other(format!(
+                "reply longer than {MAX_REPLY} bytes"
+            )))
+        })?;
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// The `error` of a reply, if it is one.
+fn reply_error(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v.get("error")?.as_str().map(str::to_string)
+}
+
+/// Ask the daemon serving `mountpoint` for its stats.
+pub fn query(mountpoint: &Path) -> Result<Stats, QueryError> {
+    let line = request(mountpoint, "stats", Some(Duration::from_secs(10)))?;
+    if let Some(e) = reply_error(&line) {
+        return Err(QueryError::Failed(mountpoint.to_path_buf(), e));
+    }
+    serde_json::from_str(&line).map_err(|e| {
+        QueryError::Io(
+            mountpoint.to_path_buf(),
+            io::Error::other(format!("bad reply {line:?}: {e}")),
+        )
+    })
+}
+
+/// Have the daemon serving `mountpoint` commit now; returns once the commit is durable, or with
+/// the error that made it fail (also an earlier commit's failure that is still latched).
+pub fn sync(mountpoint: &Path) -> Result<(), QueryError> {
+    let line = request(mountpoint, "sync", None)?;
+    if let Some(e) = reply_error(&line) {
+        return Err(QueryError::Failed(mountpoint.to_path_buf(), e));
+    }
+    if line.trim() == "{\"ok\":true}" {
+        Ok(())
+    } else {
+        Err(QueryError::Io(
+            mountpoint.to_path_buf(),
+            io::Error::other(format!("bad reply {line:?}")),
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -191,5 +426,64 @@ mod tests {
         assert_eq!(unescape(r"/mnt/x\134y"), r"/mnt/x\y");
         assert_eq!(unescape("/plain"), "/plain");
         assert_eq!(unescape(r"/end\04"), r"/end\04");
+    }
+
+    #[test]
+    fn request_lines_are_bounded() -> io::Result<()> {
+        // Regression (issue 10, defect 13): request lines were read without a bound.
+        let (a, b) = UnixStream::pair()?;
+        (&a).write_all(&vec![b'x'; MAX_REQUEST + 10])?;
+        let deadline = Some(Instant::now() + Duration::from_secs(5));
+        assert_eq!(read_line_bounded(&b, MAX_REQUEST, deadline)?, None);
+        let (a, b) = UnixStream::pair()?;
+        (&a).write_all(b"stats\nmore")?;
+        assert_eq!(
+            read_line_bounded(&b, MAX_REQUEST, deadline)?,
+            Some(b"stats".to_vec())
+        );
+        // A peer that says nothing runs into the deadline.
+        let (_a, b) = UnixStream::pair()?;
+        let t = Instant::now();
+        let short = Some(Instant::now() + Duration::from_millis(200));
+        assert!(read_line_bounded(&b, MAX_REQUEST, short).is_err());
+        assert!(t.elapsed() < Duration::from_secs(2));
+        Ok(())
+    }
+
+    #[test]
+    fn control_directory_must_be_private_and_ours() -> io::Result<()> {
+        // Regression (issue 10, defect 13): a control directory made by someone else was used.
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("cowfs");
+        make_private_dir(&dir)?;
+        assert_eq!(std::fs::metadata(&dir)?.mode() & 0o7777, 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        check_private_dir(&dir)?;
+        assert_eq!(std::fs::metadata(&dir)?.mode() & 0o7777, 0o700, "tightened");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+        let e = check_private_dir(&dir).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("writable by others")),
+            "{e:?}"
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link)?;
+        let e = check_private_dir(&link).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("symbolic link")),
+            "{e:?}"
+        );
+        if sys::geteuid() == 0 {
+            std::os::unix::fs::lchown(&dir, Some(65534), None)?;
+            let e = make_private_dir(&dir).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains("owned by uid 65534")),
+                "{e:?}"
+            );
+        }
+        Ok(())
     }
 }

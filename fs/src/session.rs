@@ -123,14 +123,17 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
                 .readahead_kb
                 .unwrap_or(DEFAULT_READAHEAD_KB.max(max_read / 1024));
             set_readahead(devno, kb);
-            let source = stats_source(
-                &shared,
-                Arc::downgrade(&store),
-                &store_path,
-                &mountpoint,
-                spec,
-            );
-            match ControlServer::start(devno, source) {
+            let handlers = control::Handlers {
+                stats: Box::new(stats_source(
+                    &shared,
+                    Arc::downgrade(&store),
+                    &store_path,
+                    &mountpoint,
+                    spec,
+                )),
+                sync: Box::new(sync_source(Arc::downgrade(&store))),
+            };
+            match ControlServer::start(devno, handlers) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     log::warn!(
@@ -176,7 +179,7 @@ fn stats_source(
     store_path: &Path,
     mountpoint: &Path,
     spec: &MountSpec,
-) -> impl Fn() -> Stats + Send + 'static {
+) -> impl Fn() -> Stats + Send + Sync + 'static {
     let shared = shared.clone();
     let store_s = store_path.to_string_lossy().into_owned();
     let mp = mountpoint.to_string_lossy().into_owned();
@@ -193,6 +196,16 @@ fn stats_source(
             commits: store.upgrade().map(|s| s.commit_count()).unwrap_or(0),
             counters: shared.snapshot(),
         }
+    }
+}
+
+/// `cowfs sync`: commit now (`sync(1)` and `syncfs(2)` never reach a FUSE daemon). The commit's
+/// own result is the answer, so a failure, or an earlier failed commit still latched, is reported.
+fn sync_source(store: std::sync::Weak<Store>) -> impl Fn() -> Result<(), String> + Send + Sync {
+    move || match store.upgrade() {
+        Some(s) => s.commit().map_err(|e| format!("commit failed: {e}")),
+        // The store was closed by the unmount, which committed it.
+        None => Err("the store is closed (unmounted)".into()),
     }
 }
 
@@ -224,4 +237,43 @@ impl Mounted {
         info!("{} unmounted", mountpoint.display());
         r
     }
+}
+
+/// Whether process `pid`, which holds the lock of the store at `store`, is letting it go: a
+/// cowfs mount daemon (or an exiting process) with no mount of this store left in its mount
+/// namespace. After a plain `umount MOUNTPOINT` the kernel returns before the daemon has
+/// committed and closed the store, so a mount that follows at once finds it still locked; such
+/// a holder is worth waiting for. One that still has the store mounted, or that is another kind
+/// of user (fsck, inspect), is not.
+pub fn holder_is_releasing(pid: u32, store: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        // Gone: its lock is free, or about to be.
+        return true;
+    };
+    // An exiting process has given up its memory (an empty command line) before its files.
+    let mut args = cmdline.split(|&b| b == 0);
+    let is_daemon = args.nth(1).is_some_and(|a| a == b"mount");
+    if !cmdline.is_empty() && !is_daemon {
+        return false;
+    }
+    let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+        return true;
+    };
+    let want = store
+        .canonicalize()
+        .unwrap_or_else(|_| store.to_path_buf())
+        .to_string_lossy()
+        .into_owned();
+    !info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            return false;
+        };
+        match (fields.get(sep + 1), fields.get(sep + 2)) {
+            (Some(fstype), Some(source)) => {
+                fstype.starts_with("fuse") && control::unescape(source) == want
+            }
+            _ => false,
+        }
+    })
 }

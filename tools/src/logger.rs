@@ -2,7 +2,10 @@
 //! stderr (which the background daemon has pointed at its log file).
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
+use rustix::fs::{Mode, OFlags};
+use std::fs::File;
 use std::io::Write;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 struct StderrLog {
@@ -60,6 +63,27 @@ pub fn init(debug: bool) {
     if log::set_logger(Box::leak(Box::new(StderrLog { level }))).is_ok() {
         log::set_max_level(level);
     }
+}
+
+/// Open (create, mode 0600) a log file named with `-o log=FILE` for appending, refusing to
+/// follow a symlink: the daemon often runs as root.
+pub fn open_log_file(path: &Path) -> Result<File, String> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| {
+        if e == rustix::io::Errno::LOOP {
+            format!(
+                "{}: is a symbolic link; refusing to follow it",
+                path.display()
+            )
+        } else {
+            format!("{}: {e}", path.display())
+        }
+    })?;
+    Ok(File::from(fd))
 }
 
 /// UTC time as ISO 8601 with milliseconds (days-to-civil from Howard Hinnant's algorithm).

@@ -13,6 +13,7 @@ mod mkfs;
 mod mount;
 mod options;
 mod stats;
+mod sync;
 mod umount;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,7 @@ enum Command {
     Mount(mount::Args),
     Umount(umount::Args),
     Stats(stats::Args),
+    Sync(sync::Args),
     Capabilities(capabilities::Args),
     /// Check a store's consistency (exit codes as e2fsck: 0 clean, 1 corrected, 4 uncorrected, 8 error).
     Fsck(fsck::FsckArgs),
@@ -56,6 +58,7 @@ impl Command {
             Command::Mount(_) => "mount",
             Command::Umount(_) => "umount",
             Command::Stats(_) => "stats",
+            Command::Sync(_) => "sync",
             Command::Capabilities(_) => "capabilities",
             Command::Fsck(_) => "fsck",
             Command::Inspect(_) => "inspect",
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Mount(a) => mount::run(a),
         Command::Umount(a) => umount::run(a),
         Command::Stats(a) => stats::run(a),
+        Command::Sync(a) => sync::run(a),
         Command::Capabilities(a) => capabilities::run(a),
         Command::Fsck(a) => Ok(exit(fsck::run(&a))),
         Command::Inspect(a) => Ok(exit(inspect::run(&a))),

@@ -5,7 +5,8 @@ use cowstore::{MkfsOptions, Store};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Create an empty cowfs store in directory STORE (created if missing).
+/// Create an empty cowfs store in directory STORE (created if missing). The directory is made
+/// 0700 and its files 0600: the pool holds every file's bytes.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Directory to hold the store (superblock, metadata B-tree, block pool).
@@ -36,9 +37,11 @@ pub fn run(a: Args) -> CmdResult {
             Err(format!("{} already holds a cowfs store", a.store.display()).into())
         }
         // These name the store themselves.
-        Err(e @ (cowstore::Error::InUse { .. } | cowstore::Error::NotAStore { .. })) => {
-            Err(e.into())
-        }
+        Err(
+            e @ (cowstore::Error::InUse { .. }
+            | cowstore::Error::NotAStore { .. }
+            | cowstore::Error::UnsafeStore { .. }),
+        ) => Err(e.into()),
         Err(e) => Err(format!("{}: {e}", a.store.display()).into()),
     }
 }

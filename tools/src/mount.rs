@@ -4,14 +4,15 @@
 
 use crate::options::{self, MountOpts};
 use crate::{logger, CmdResult};
-use cowfs_fs::{MountSpec, Mounted};
+use cowfs_fs::session::holder_is_releasing;
+use cowfs_fs::{MountError, MountSpec, Mounted};
 use log::{error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use std::ffi::OsString;
-use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 /// Mount the store in directory STORE at MOUNTPOINT.
 #[derive(Debug, clap::Args)]
@@ -66,18 +67,51 @@ pub fn run(a: Args) -> CmdResult {
     }
 }
 
+/// Why the daemon's log could not be opened.
+#[derive(Debug)]
+enum LogError {
+    /// Refused: a symlink, or not ours.
+    Unsafe(String),
+    Other(String),
+}
+
+impl std::fmt::Display for LogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogError::Unsafe(m) | LogError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Start `cowfs mount -f` in the background and wait for its first line on the pipe that is its
 /// stdout: "ready", or "error: ...".
 fn start_daemon(a: &Args, opts: &MountOpts) -> CmdResult {
-    let log_path = opts
-        .log
-        .clone()
-        .unwrap_or_else(|| a.store.join("cowfs.log"));
-    let log = OpenOptions::new().create(true).append(true).open(&log_path);
+    // Warnings of opening the log (a store whose modes were tightened) go to the terminal.
+    logger::init(opts.debug);
+    let (log, log_path) = match &opts.log {
+        Some(p) => (
+            logger::open_log_file(p).map_err(LogError::Unsafe),
+            p.clone(),
+        ),
+        None => (
+            cowstore::io::DirEnv::open(&a.store)
+                .and_then(|env| env.open_log())
+                .map_err(|e| match e {
+                    cowstore::Error::UnsafeStore { .. } => LogError::Unsafe(e.to_string()),
+                    e => LogError::Other(e.to_string()),
+                }),
+            a.store.join(cowstore::io::LOG_FILE),
+        ),
+    };
     let (stderr, log_note) = match log {
         Ok(f) => (Stdio::from(f), format!("; see {}", log_path.display())),
+        // A log file that is a symlink or someone else's: refuse the mount.
+        Err(e @ LogError::Unsafe(_)) => return Err(e.to_string().into()),
         // The store may not exist (the daemon will say so) or be read-only: no log then.
-        Err(_) => (Stdio::null(), String::new()),
+        Err(e) => {
+            log::debug!("no log file: {e}");
+            (Stdio::null(), String::new())
+        }
     };
     let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let exe = std::env::current_exe()?;
@@ -99,8 +133,16 @@ fn start_daemon(a: &Args, opts: &MountOpts) -> CmdResult {
     let mut child = cmd.spawn()?;
     // Our copy of the pipe's write end goes with `cmd`, so EOF means the daemon is gone.
     drop(cmd);
+    let mut reader = BufReader::new(std::fs::File::from(reader));
     let mut line = String::new();
-    BufReader::new(std::fs::File::from(reader)).read_line(&mut line)?;
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        match line.trim_end().strip_prefix("waiting: ") {
+            Some(msg) => eprintln!("cowfs mount: {msg}"),
+            None => break,
+        }
+    }
     match line.trim_end() {
         "ready" => Ok(ExitCode::SUCCESS),
         msg if msg.starts_with("error: ") => {
@@ -144,7 +186,7 @@ fn serve(a: &Args, opts: &MountOpts) -> CmdResult {
     };
     // Keep no directory busy: the daemon may outlive the shell it was started from.
     let _ = std::env::set_current_dir("/");
-    let mut mounted = match cowfs_fs::mount(&spec) {
+    let mut mounted = match mount_when_released(&spec, a.notify_stdout) {
         Ok(m) => m,
         Err(e) => {
             error!("{e}");
@@ -177,6 +219,38 @@ fn serve(a: &Args, opts: &MountOpts) -> CmdResult {
         Err(e) => {
             error!("session ended with an error: {e}");
             Err(e.into())
+        }
+    }
+}
+
+/// How long a mount waits for the previous daemon of its store to let go of it.
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// Mount; if the store is locked by a daemon whose mount is gone (it is still committing after
+/// a plain `umount`), wait up to [`RELEASE_WAIT`] for it, saying so once. A holder that still
+/// has the store mounted, or is not a mount daemon, fails at once.
+fn mount_when_released(spec: &MountSpec, notify_stdout: bool) -> Result<Mounted, MountError> {
+    let deadline = Instant::now() + RELEASE_WAIT;
+    let mut announced = false;
+    loop {
+        match cowfs_fs::mount(spec) {
+            Err(MountError::Store(cowstore::Error::InUse { holder, .. }))
+                if Instant::now() < deadline
+                    && holder.is_none_or(|pid| holder_is_releasing(pid, &spec.store)) =>
+            {
+                if !announced {
+                    announced = true;
+                    let who =
+                        holder.map_or_else(|| "its holder".into(), |p| format!("process {p}"));
+                    let msg = format!("waiting for {who} to release {}", spec.store.display());
+                    warn!("{msg}");
+                    if notify_stdout {
+                        notify(&format!("waiting: {msg}"));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
         }
     }
 }

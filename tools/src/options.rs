@@ -16,7 +16,7 @@ pub struct MountOpts {
     pub noatime: bool,
     pub sync: bool,
     pub dirsync: bool,
-    /// Seconds between periodic commits; 0 commits only on fsync and unmount.
+    /// Seconds between periodic commits; 0 commits only on fsync, `cowfs sync` and unmount.
     pub commit_secs: u64,
     pub copy_mode: CopyMode,
     pub threads: usize,
@@ -92,7 +92,7 @@ Mount options (-o OPT[,OPT...]):
   suid, dev              honour setuid bits / device files (off by default: nosuid, nodev)
   noexec, noatime, sync, dirsync    passed to the kernel
   commit=SECONDS         commit every SECONDS when there are changes (default 5; 0: only on
-                         fsync, sync and unmount)
+                         fsync, `cowfs sync` and unmount; sync(1) never reaches the daemon)
   copy_mode=splice|buffered    how read data reaches the kernel (default splice: zero-copy)
   threads=N              request threads (default: 4 per CPU, 4..16)
   ttl=SECONDS            attribute and entry cache time in the kernel (default 10)

@@ -505,6 +505,41 @@ struct MemShared {
     recording: bool,
     locked: bool,
     fail_writes_after: Option<u64>,
+    /// The armed one-shot fault, if any.
+    fault: Option<Fault>,
+    /// Whether the last armed fault has fired.
+    fault_fired: bool,
+    /// Reads, writes, truncates, punches and syncs so far (what a fault counts).
+    io_calls: u64,
+}
+
+/// One injected I/O failure: after `after` more I/O calls (on `file`, or on any file), the next
+/// one fails with `errno`, once. Reads count as well as writes and syncs.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub after: u64,
+    pub errno: i32,
+    pub file: Option<String>,
+    /// Count (and fail) only syncs.
+    pub syncs_only: bool,
+}
+
+impl MemShared {
+    fn tick(&mut self, file: &str, sync: bool) -> io::Result<()> {
+        self.io_calls += 1;
+        if let Some(f) = &mut self.fault {
+            if f.file.as_deref().is_none_or(|n| n == file) && (sync || !f.syncs_only) {
+                if f.after == 0 {
+                    let errno = f.errno;
+                    self.fault = None;
+                    self.fault_fired = true;
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+                f.after -= 1;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A store directory held in memory. Clones share the same files.
@@ -549,6 +584,23 @@ impl MemEnv {
         lock_mem(&self.shared).fail_writes_after = n;
     }
 
+    /// Arm a one-shot fault (replacing any armed one); `None` disarms.
+    pub fn inject_fault(&self, fault: Option<Fault>) {
+        let mut s = lock_mem(&self.shared);
+        s.fault = fault;
+        s.fault_fired = false;
+    }
+
+    /// Whether the fault armed last has fired.
+    pub fn fault_fired(&self) -> bool {
+        lock_mem(&self.shared).fault_fired
+    }
+
+    /// I/O calls made on this environment's files so far.
+    pub fn io_calls(&self) -> u64 {
+        lock_mem(&self.shared).io_calls
+    }
+
     /// Apply one recorded operation to a set of files.
     pub fn apply(files: &mut BTreeMap<String, Vec<u8>>, op: &MemOp) {
         match op {
@@ -584,6 +636,7 @@ struct MemFile {
 impl MemFile {
     fn mutate(&self, op: MemOp) -> io::Result<()> {
         let mut s = lock_mem(&self.shared);
+        s.tick(&self.name, matches!(op, MemOp::Sync { .. }))?;
         if !matches!(op, MemOp::Sync { .. }) {
             if let Some(n) = s.fail_writes_after {
                 if n == 0 {
@@ -616,7 +669,8 @@ impl FileIo for MemFile {
     }
 
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        let s = lock_mem(&self.shared);
+        let mut s = lock_mem(&self.shared);
+        s.tick(&self.name, false)?;
         let data = s
             .files
             .get(&self.name)

@@ -101,6 +101,9 @@ pub(crate) struct TxnState {
     /// The changes of every operation that succeeded since then (the next commit's batch).
     pub delta: Delta,
     pub mem: TxnMem,
+    /// A commit whose batch the engine failed to make durable, but may have written: until we
+    /// know whether it landed, nothing may read or change the tables (see `resolve_doubt`).
+    pub in_doubt: Option<StateRecord>,
 }
 
 impl TxnState {
@@ -258,7 +261,12 @@ impl Store {
             reserve,
             lower,
             pool,
-            state: Mutex::new(TxnState { snap, delta, mem }),
+            state: Mutex::new(TxnState {
+                snap,
+                delta,
+                mem,
+                in_doubt: None,
+            }),
             commit_lock: Mutex::new(()),
             read_only: opts.read_only,
             commits: AtomicU64::new(0),
@@ -825,7 +833,10 @@ impl Inner {
     /// Run a read-only closure against the open transaction (it sees uncommitted changes).
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Ctx<'_>) -> Result<T>) -> Result<T> {
         let mut st = lock(&self.state);
-        let TxnState { snap, delta, mem } = &mut *st;
+        self.resolve_doubt(&mut st)?;
+        let TxnState {
+            snap, delta, mem, ..
+        } = &mut *st;
         let deltas = [&*delta];
         let mut cx = Ctx::open(
             TxnState::layers(snap, &deltas),
@@ -857,7 +868,10 @@ impl Inner {
         f: impl FnOnce(&mut Ctx<'_>) -> Result<T>,
     ) -> Result<T> {
         let mut st = lock(&self.state);
-        let TxnState { snap, delta, mem } = &mut *st;
+        self.resolve_doubt(&mut st)?;
+        let TxnState {
+            snap, delta, mem, ..
+        } = &mut *st;
         let mark = mem.begin_op();
         let (result, changes) = {
             let deltas = [&*delta];
@@ -916,6 +930,38 @@ impl Inner {
         self.engine.database()
     }
 
+    /// After the engine failed a commit, learn whether the batch landed anyway (redb, say,
+    /// failing the sync after writing its commit slot), from a fresh view of the engine:
+    /// - it did not: the next commit sends the same changes again (nothing was lost);
+    /// - it did: that state is the base from now on; its frees are held back from allocation and
+    ///   its fresh blocks are no longer rewritten in place, until a later commit makes it durable
+    ///   for sure (a crash before then may still find the previous commit).
+    ///
+    /// Until this succeeds every operation fails with the engine's error: operations computed
+    /// over the wrong base would not apply cleanly to the right one.
+    fn resolve_doubt(&self, st: &mut TxnState) -> Result<()> {
+        let Some(attempted) = st.in_doubt else {
+            return Ok(());
+        };
+        let fresh = self.engine.snapshot()?;
+        let found = match fresh.get(TableId::State, &key::<IntKey>(STATE_KEY))? {
+            Some(v) => decode::<StateRecord>(&v, &STATE_KEY)?,
+            None => return Err(Error::corrupt("meta.redb: state record missing")),
+        };
+        if found.generation == attempted.generation {
+            log::warn!(
+                "the failed commit of generation {} reached the B-tree; continuing from it",
+                attempted.generation
+            );
+            st.delta = Delta::default();
+            st.mem.state = attempted;
+            st.mem.landed_in_doubt();
+        }
+        st.snap = fresh;
+        st.in_doubt = None;
+        Ok(())
+    }
+
     /// The commit protocol: (1) make pool data durable, (2) commit the metadata batch (for redb,
     /// its commit-slot flip is the atomic point), (3) return the blocks this commit freed to the
     /// allocator.
@@ -933,7 +979,10 @@ impl Inner {
         if !st.mem.dirty && !closing {
             return Ok(());
         }
-        let TxnState { snap, delta, mem } = &mut *st;
+        self.resolve_doubt(&mut st)?;
+        let TxnState {
+            snap, delta, mem, ..
+        } = &mut *st;
         // Freed blocks join the free table with this commit; those an active read is still
         // copying from are held back from allocation until a later commit finds them unread
         // (never waiting for the read under the lock). See `TxnMem::committed`.
@@ -959,9 +1008,11 @@ impl Inner {
             let changes = cx.into_delta();
             r.map(|()| changes)
         };
+        let mut engine_failed = false;
         let done = frees.and_then(|mut frees| {
             frees.absorb(state_delta(&next));
             self.pool.sync().map_err(Error::from_io)?;
+            engine_failed = true;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.engine.commit(&[&*delta, &frees])
             }))
@@ -973,9 +1024,20 @@ impl Inner {
             Err(e) => {
                 self.failed_commits.fetch_add(1, Ordering::SeqCst);
                 log::error!("commit failed; every change stays in memory for the next try: {e}");
+                if engine_failed {
+                    // The batch may have reached the disk before the error: find out before
+                    // anything reads or changes the tables again.
+                    st.in_doubt = Some(next);
+                    if let Err(e2) = self.resolve_doubt(&mut st) {
+                        log::error!("the outcome of the failed commit is not known yet: {e2}");
+                    }
+                }
                 return Err(e);
             }
         };
+        let TxnState {
+            snap, delta, mem, ..
+        } = &mut *st;
         self.commits.fetch_add(1, Ordering::Relaxed);
         mem.state = next;
         match self.engine.snapshot() {

@@ -191,6 +191,16 @@ impl TxnMem {
         done
     }
 
+    /// A commit whose outcome was unknown turned out to have landed, though it may not be
+    /// durable: its blocks are committed now (no more in-place rewrites), and the blocks it freed
+    /// are in its free table but stay unallocatable until a commit succeeds.
+    pub fn landed_in_doubt(&mut self) {
+        self.txn_alloc = RangeSet::new();
+        for (s, l) in std::mem::take(&mut self.pending_free).iter() {
+            self.held.insert(s, l);
+        }
+    }
+
     /// An operation starts.
     pub fn begin_op(&mut self) -> OpMark {
         self.undo.clear();

@@ -3,6 +3,7 @@
 //! to an errno. Filesystem logic lives in cowstore; nothing here decides semantics.
 
 use crate::error::{FsError, ToErrno};
+use crate::handles::Handles;
 use crate::splice::{self, SpliceError};
 use crate::stats::{CounterSnapshot, Counters};
 use crate::sys;
@@ -99,6 +100,7 @@ pub struct CowFs {
     block_size: u64,
     cfg: FsConfig,
     shared: Arc<Shared>,
+    handles: Handles,
 }
 
 impl std::fmt::Debug for CowFs {
@@ -177,6 +179,7 @@ impl CowFs {
             store: Some(store),
             cfg,
             shared,
+            handles: Handles::default(),
         }
     }
 
@@ -192,6 +195,23 @@ impl CowFs {
     ) -> Result<T, Errno> {
         let store = self.store.as_deref().ok_or(FsError::Closed);
         store.and_then(f).map_err(|e| self.fail(op, e))
+    }
+
+    /// fsync: commit, and fail if this commit or any since the handle last reported failed
+    /// (data written through it may be lost; see `handles`).
+    fn sync_handle(&self, s: &Store, fh: FileHandle) -> Result<(), FsError> {
+        let committed = s.commit();
+        if self.handles.take_error(fh.0, s.error_seq()) && committed.is_ok() {
+            return Err(FsError::refused(
+                libc::EIO,
+                "fsync: an earlier commit failed while this file was open; its data may be lost",
+            ));
+        }
+        Ok(committed?)
+    }
+
+    fn store_error_seq(&self) -> u64 {
+        self.store.as_deref().map_or(0, Store::error_seq)
     }
 
     /// The one place errors become errnos: log (loudly for faults), count, map.
@@ -581,11 +601,11 @@ impl Filesystem for CowFs {
     }
 
     fn open(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.run("open", |s| Ok(s.open_inode(ino(i))?)) {
+        match self.run("open", |s| Ok((s.open_inode(ino(i))?, s.error_seq()))) {
             // KEEP_CACHE: nothing changes a file's bytes behind the kernel's back, so the page
             // cache stays valid across opens. NOFLUSH: flush has nothing to do.
-            Ok(_) => reply.opened(
-                FileHandle(0),
+            Ok((_, seq)) => reply.opened(
+                FileHandle(self.handles.open(seq)),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
             ),
             Err(e) => reply.error(e),
@@ -667,12 +687,13 @@ impl Filesystem for CowFs {
         &self,
         _req: &Request,
         i: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.handles.close(fh.0);
         Self::empty(reply, self.run("release", |s| Ok(s.release(ino(i))?)));
     }
 
@@ -680,12 +701,12 @@ impl Filesystem for CowFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         Counters::add(&self.counters().fsyncs, 1);
-        Self::empty(reply, self.run("fsync", |s| Ok(s.commit()?)));
+        Self::empty(reply, self.run("fsync", |s| self.sync_handle(s, fh)));
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -780,12 +801,12 @@ impl Filesystem for CowFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         Counters::add(&self.counters().fsyncs, 1);
-        Self::empty(reply, self.run("fsyncdir", |s| Ok(s.commit()?)));
+        Self::empty(reply, self.run("fsyncdir", |s| self.sync_handle(s, fh)));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -887,7 +908,7 @@ impl Filesystem for CowFs {
                 &self.cfg.ttl,
                 &file_attr(&a),
                 Generation(a.generation),
-                FileHandle(0),
+                FileHandle(self.handles.open(self.store_error_seq())),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
             ),
             Err(e) => reply.error(e),

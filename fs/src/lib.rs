@@ -8,6 +8,7 @@
 pub mod control;
 pub mod error;
 pub mod fuse;
+mod handles;
 pub mod probe;
 pub mod session;
 mod splice;

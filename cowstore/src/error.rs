@@ -27,6 +27,10 @@ pub enum Error {
     Range,
     #[error("operation not permitted")]
     NotPermitted,
+    #[error("permission denied")]
+    Denied,
+    #[error("argument too large")]
+    TooBig,
     #[error("too many links")]
     TooManyLinks,
     #[error("file too large")]
@@ -84,6 +88,8 @@ impl Error {
             Error::NoAttr => libc::ENODATA,
             Error::Range => libc::ERANGE,
             Error::NotPermitted => libc::EPERM,
+            Error::Denied => libc::EACCES,
+            Error::TooBig => libc::E2BIG,
             Error::TooManyLinks => libc::EMLINK,
             Error::FileTooBig => libc::EFBIG,
             Error::NoSpace => libc::ENOSPC,

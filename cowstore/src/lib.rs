@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod acl;
 mod alloc;
 pub mod check;
 mod codec;

@@ -1,6 +1,7 @@
 //! The namespace: inodes, directory entries (keyed by parent and name, with stable readdir
 //! cookies), hard links, rename, xattrs, and the orphan list.
 
+use crate::acl::{self, Acl, Cred, Namespace, ACL_ACCESS, ACL_DEFAULT};
 use crate::codec::{
     decode, encode, DirentRecord, ExtentRecord, InodeRecord, LowerDirRecord, LowerFileRecord,
     XattrRecord,
@@ -12,6 +13,12 @@ use crate::types::{Caller, DirEntry, FileKind, InodeNo, NewInode, RenameFlags, T
 pub const NAME_MAX: usize = 255;
 pub const XATTR_NAME_MAX: usize = 255;
 pub const XATTR_SIZE_MAX: usize = 65536;
+/// Bytes of xattr names and stored values one inode may hold (ENOSPC past it): room for a
+/// few maximal values, and a bound on what one inode costs the metadata tree.
+pub const XATTR_INODE_MAX: usize = 256 * 1024;
+/// Bytes of one inode's listxattr(2) answer (names, each NUL-terminated): the kernel's
+/// XATTR_LIST_MAX, so that every inode's names can be listed (ENOSPC past it).
+pub const XATTR_LIST_MAX: usize = 65536;
 pub const LINK_MAX: u32 = 65000;
 /// Readdir cookies 1 and 2 are "." and ".."; entries start at 3.
 pub const FIRST_COOKIE: u64 = 3;
@@ -137,12 +144,15 @@ impl Ctx<'_> {
     }
 
     /// Create an inode of any kind under `parent`.
+    /// `umask` applies to `new.perm` unless `parent` has a default ACL, which the new inode
+    /// inherits instead (see [`acl::inherit`]); pass 0 for a mode already masked.
     pub fn create(
         &mut self,
         parent: u64,
         name: &[u8],
         new: &NewInode,
         caller: Caller,
+        umask: u16,
     ) -> Result<(u64, InodeRecord)> {
         self.refuse_growth_when_full()?;
         check_name(name)?;
@@ -165,6 +175,12 @@ impl Ctx<'_> {
                 perm |= libc::S_ISGID as u16;
             }
         }
+        let dir_default = match new.kind {
+            FileKind::Symlink => None,
+            _ => self.stored_acl(parent, ACL_DEFAULT)?,
+        };
+        let inherited = acl::inherit(dir_default.as_ref(), new.kind, perm, umask);
+        perm = inherited.perm;
         let ino = self.alloc_ino();
         let mut rec = new_inode_record(new.kind, perm, owner, new.rdev, parent);
         rec.generation = self.mem.state.generation;
@@ -187,6 +203,14 @@ impl Ctx<'_> {
         prec.ctime = rec.ctime;
         self.put_inode(parent, &prec)?;
         self.put_inode(ino, &rec)?;
+        for (xname, inherited_acl) in [
+            (ACL_ACCESS, &inherited.access),
+            (ACL_DEFAULT, &inherited.default),
+        ] {
+            if let Some(a) = inherited_acl {
+                self.put_xattr(ino, xname, &a.to_xattr())?;
+            }
+        }
         self.mem.state.inodes += 1;
         Ok((ino, rec))
     }
@@ -624,7 +648,10 @@ impl Ctx<'_> {
         Ok(out)
     }
 
+    /// The value of `name` (any namespace the store supports; the kernel keeps trusted.* from
+    /// the unprivileged before asking).
     pub fn get_xattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        acl::namespace(name)?;
         self.get_inode(ino)?;
         match self.xattrs.get((ino, name))? {
             Some(v) => Ok(decode::<XattrRecord>(&v, &(ino, String::from_utf8_lossy(name)))?.value),
@@ -632,7 +659,59 @@ impl Ctx<'_> {
         }
     }
 
-    pub fn set_xattr(&mut self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+    /// The ACL stored under `name` (`ACL_ACCESS` or `ACL_DEFAULT`) of `ino`, if any.
+    fn stored_acl(&self, ino: u64, name: &[u8]) -> Result<Option<Acl>> {
+        let key = (ino, String::from_utf8_lossy(name));
+        let value = match self.xattrs.get((ino, name))? {
+            Some(v) => decode::<XattrRecord>(&v, &key)?.value,
+            None => return Ok(None),
+        };
+        Acl::from_xattr(&value)
+            .map_err(|e| Error::corrupt(format!("meta.redb: table xattrs key {key:?}: {e}")))
+    }
+
+    fn put_xattr(&mut self, ino: u64, name: &[u8], value: &[u8]) -> Result<()> {
+        let rec = XattrRecord {
+            value: value.to_vec(),
+        };
+        self.xattrs.insert((ino, name), encode(&rec).as_slice())?;
+        Ok(())
+    }
+
+    /// ENOSPC if `name` with a value of `len` bytes would take `ino` past its xattr bounds.
+    fn check_xattr_room(&self, ino: u64, name: &[u8], len: usize) -> Result<()> {
+        let empty: &[u8] = &[];
+        let mut stored = name.len() + len;
+        let mut listed = name.len() + 1;
+        for item in self.xattrs.range((ino, empty)..)? {
+            let (k, v) = item?;
+            let (i, n) = k;
+            if i != ino {
+                break;
+            }
+            if n != name {
+                stored += n.len() + v.len();
+                listed += n.len() + 1;
+            }
+        }
+        if stored > XATTR_INODE_MAX || listed > XATTR_LIST_MAX {
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// setxattr(2) as ext4 answers it once the kernel has checked the caller (namespace
+    /// privileges, ACL ownership, ACL validity): other `system.*` names are not supported, an
+    /// access ACL sets the mode it implies (and is stored only if it says more; setgid dropped
+    /// for a setter outside the file's group), a default ACL only on directories.
+    pub fn set_xattr(
+        &mut self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+        cred: &dyn Cred,
+    ) -> Result<()> {
         self.refuse_growth_when_full()?;
         if name.is_empty() {
             return Err(Error::Invalid("empty attribute name"));
@@ -641,8 +720,9 @@ impl Ctx<'_> {
             return Err(Error::Range);
         }
         if value.len() > XATTR_SIZE_MAX {
-            return Err(Error::Invalid("attribute value too large"));
+            return Err(Error::TooBig);
         }
+        let ns = acl::namespace(name)?;
         let mut rec = self.get_inode(ino)?;
         let exists = self.xattrs.contains((ino, name))?;
         if flags & libc::XATTR_CREATE != 0 && exists {
@@ -651,23 +731,54 @@ impl Ctx<'_> {
         if flags & libc::XATTR_REPLACE != 0 && !exists {
             return Err(Error::NoAttr);
         }
-        self.xattrs.insert(
-            (ino, name),
-            encode(&XattrRecord {
-                value: value.to_vec(),
-            })
-            .as_slice(),
-        )?;
+        let mut store = Some(value.to_vec());
+        if matches!(ns, Namespace::AclAccess | Namespace::AclDefault) {
+            if rec.kind == FileKind::Symlink {
+                return Err(Error::Unsupported);
+            }
+            if ns == Namespace::AclDefault && rec.kind != FileKind::Directory {
+                return Err(Error::Denied);
+            }
+            store = match Acl::from_xattr(value)? {
+                None => None,
+                Some(a) if ns == Namespace::AclAccess => {
+                    let (perm, keep) = acl::perm_after_set(&a, rec.perm, rec.gid, cred);
+                    rec.perm = perm;
+                    keep.then(|| a.to_xattr())
+                }
+                Some(a) => Some(a.to_xattr()),
+            };
+        }
+        match store {
+            Some(v) => {
+                self.check_xattr_room(ino, name, v.len())?;
+                self.put_xattr(ino, name, &v)?;
+            }
+            None => {
+                self.xattrs.remove((ino, name))?;
+            }
+        }
         rec.ctime = Timespec::now();
         self.put_inode(ino, &rec)
     }
 
     pub fn remove_xattr(&mut self, ino: u64, name: &[u8]) -> Result<()> {
+        acl::namespace(name)?;
         let mut rec = self.get_inode(ino)?;
         if !self.xattrs.remove((ino, name))? {
             return Err(Error::NoAttr);
         }
         rec.ctime = Timespec::now();
         self.put_inode(ino, &rec)
+    }
+
+    /// After a chmod to `perm`, an access ACL carries the new owner, mask (or group) and other
+    /// bits, as ext4's `posix_acl_chmod`.
+    pub fn chmod_acl(&mut self, ino: u64, perm: u16) -> Result<()> {
+        if let Some(mut a) = self.stored_acl(ino, ACL_ACCESS)? {
+            a.chmod(perm);
+            self.put_xattr(ino, ACL_ACCESS, &a.to_xattr())?;
+        }
+        Ok(())
     }
 }

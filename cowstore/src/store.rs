@@ -1,6 +1,7 @@
 //! The store: opening and creating, the transaction every operation runs in, and the commit
 //! protocol (sync the pool, flip the B-tree's commit slot, then release the blocks it freed).
 
+use crate::acl::{self, Cred};
 use crate::codec::{decode, encode, InodeRecord, StateRecord};
 use crate::data::{require_regular, touch_data, Source, MAX_FILE_SIZE};
 use crate::error::{Error, Result};
@@ -376,7 +377,29 @@ impl Store {
         caller: Caller,
     ) -> Result<InodeAttr> {
         self.inner.write(|cx| {
-            let (ino, rec) = cx.create(parent.0, name, new, caller)?;
+            let (ino, rec) = cx.create(parent.0, name, new, caller, 0)?;
+            Ok(self.attr(ino, &rec))
+        })
+    }
+
+    /// Create as FUSE asks (create, mknod, mkdir): `new.perm` is the mode before the caller's
+    /// `umask`, which applies unless `parent` has a default ACL, inherited instead, as on ext4.
+    /// `open`: count the new inode open (FUSE create).
+    pub fn create_unmasked(
+        &self,
+        parent: InodeNo,
+        name: &[u8],
+        new: &NewInode,
+        caller: Caller,
+        umask: u32,
+        open: bool,
+    ) -> Result<InodeAttr> {
+        self.inner.write(|cx| {
+            let umask = (umask & 0o777) as u16;
+            let (ino, rec) = cx.create(parent.0, name, new, caller, umask)?;
+            if open {
+                *cx.mem.open_counts.entry(ino).or_insert(0) += 1;
+            }
             Ok(self.attr(ino, &rec))
         })
     }
@@ -396,7 +419,7 @@ impl Store {
                 rdev: 0,
                 symlink_target: None,
             };
-            let (ino, rec) = cx.create(parent.0, name, &new, caller)?;
+            let (ino, rec) = cx.create(parent.0, name, &new, caller, 0)?;
             *cx.mem.open_counts.entry(ino).or_insert(0) += 1;
             Ok(self.attr(ino, &rec))
         })
@@ -559,6 +582,7 @@ impl Store {
             }
             if let Some(mode) = set.mode {
                 rec.perm = (mode & 0o7777) as u16;
+                cx.chmod_acl(ino.0, rec.perm)?;
             }
             if let Some(uid) = set.uid {
                 rec.uid = uid;
@@ -641,8 +665,22 @@ impl Store {
         Ok(out)
     }
 
-    /// Write `data` at `off`; returns the bytes written.
+    /// Write `data` at `off` as root (tools and tests); returns the bytes written.
     pub fn write(&self, ino: InodeNo, off: u64, data: &[u8]) -> Result<usize> {
+        self.write_as(ino, off, data, &Caller::ROOT).map(|(n, _)| n)
+    }
+
+    /// Write `data` at `off` as `cred`; returns the bytes written, and whether setuid/setgid
+    /// bits were dropped (see [`acl::modified_perm`]; the kernel drops setuid and
+    /// group-executable setgid itself before the write, but not the setgid bit of a file the
+    /// writer's groups do not include).
+    pub fn write_as(
+        &self,
+        ino: InodeNo,
+        off: u64,
+        data: &[u8],
+        cred: &dyn Cred,
+    ) -> Result<(usize, bool)> {
         self.inner.write(|cx| {
             let mut rec = cx.get_inode(ino.0)?;
             require_regular(&rec)?;
@@ -654,12 +692,28 @@ impl Store {
                 &Source::Bytes(data),
             )?;
             touch_data(&mut rec);
+            let dropped = drop_privs(&mut rec, cred);
             cx.put_inode(ino.0, &rec)?;
-            Ok(data.len())
+            Ok((data.len(), dropped))
         })
     }
 
+    /// fallocate(2) by root (tools and tests).
     pub fn fallocate(&self, ino: InodeNo, off: u64, len: u64, mode: FallocMode) -> Result<()> {
+        self.fallocate_as(ino, off, len, mode, &Caller::ROOT)
+            .map(|_| ())
+    }
+
+    /// fallocate(2) by `cred`; like a write, it drops the setuid and setgid bits an
+    /// unprivileged modifier may not keep, and says whether it did.
+    pub fn fallocate_as(
+        &self,
+        ino: InodeNo,
+        off: u64,
+        len: u64,
+        mode: FallocMode,
+        cred: &dyn Cred,
+    ) -> Result<bool> {
         if len == 0 {
             return Err(Error::Invalid("zero length"));
         }
@@ -702,7 +756,9 @@ impl Store {
             } else {
                 rec.ctime = Timespec::now();
             }
-            cx.put_inode(ino.0, &rec)
+            let dropped = drop_privs(&mut rec, cred);
+            cx.put_inode(ino.0, &rec)?;
+            Ok(dropped)
         })
     }
 
@@ -752,16 +808,36 @@ impl Store {
         self.inner.read(|cx| cx.get_xattr(ino.0, name))
     }
 
-    /// `flags`: `XATTR_CREATE` / `XATTR_REPLACE` as in setxattr(2).
+    /// setxattr(2) by root (tools and tests). `flags`: `XATTR_CREATE` / `XATTR_REPLACE`.
     pub fn setxattr(&self, ino: InodeNo, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
-        self.inner
-            .write(|cx| cx.set_xattr(ino.0, name, value, flags))
+        self.setxattr_as(ino, name, value, flags, &Caller::ROOT)
     }
 
+    /// setxattr(2) by `cred`, which matters when it sets an access ACL (see `Ctx::set_xattr`).
+    pub fn setxattr_as(
+        &self,
+        ino: InodeNo,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+        cred: &dyn Cred,
+    ) -> Result<()> {
+        self.inner
+            .write(|cx| cx.set_xattr(ino.0, name, value, flags, cred))
+    }
+
+    /// listxattr(2) by root: every name.
     pub fn listxattr(&self, ino: InodeNo) -> Result<Vec<Vec<u8>>> {
+        self.listxattr_as(ino, &Caller::ROOT)
+    }
+
+    /// listxattr(2) by `cred`: trusted.* names only for CAP_SYS_ADMIN.
+    pub fn listxattr_as(&self, ino: InodeNo, cred: &dyn Cred) -> Result<Vec<Vec<u8>>> {
         self.inner.read(|cx| {
             cx.get_inode(ino.0)?;
-            cx.xattr_names(ino.0)
+            let mut names = cx.xattr_names(ino.0)?;
+            names.retain(|n| acl::listed(n, cred));
+            Ok(names)
         })
     }
 
@@ -1205,6 +1281,15 @@ fn spawn_committer(inner: Weak<Inner>, every: Duration) -> Result<JoinHandle<()>
                 log::error!("periodic commit failed: {e}");
             }
         })?)
+}
+
+/// Drop the setuid/setgid bits `cred` may not keep when it modifies a file's data; true if
+/// any went (the kernel's cached mode is then stale).
+fn drop_privs(rec: &mut InodeRecord, cred: &dyn Cred) -> bool {
+    let perm = acl::modified_perm(rec.perm, rec.gid, cred);
+    let dropped = perm != rec.perm;
+    rec.perm = perm;
+    dropped
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! `Ok` and sends `Err` through [`CowFs::fail`], the one place that logs, counts and maps errors
 //! to an errno. Filesystem logic lives in cowstore; nothing here decides semantics.
 
+use crate::cred::RequestCred;
 use crate::error::{FsError, ToErrno};
 use crate::handles::Handles;
 use crate::splice::{self, SpliceError};
@@ -13,9 +14,9 @@ use cowstore::{
     SeekWhence, Segment, SetAttr, Store, TimeSet, Timespec,
 };
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, error, info, warn};
@@ -85,6 +86,9 @@ pub struct Shared {
     /// session runs; replies must go to the descriptor the request came from (no clone_fd).
     pub dev: OnceLock<OwnedFd>,
     pub kernel: Mutex<KernelInfo>,
+    /// For telling the kernel that attributes it caches changed behind a reply that carries
+    /// none (setuid/setgid dropped by a write or fallocate). Set before the session runs.
+    pub notifier: OnceLock<fuser::Notifier>,
 }
 
 impl Shared {
@@ -121,6 +125,12 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
     }
+}
+
+/// The caller with what the store may ask of it beyond uid and gid (supplementary groups,
+/// capabilities), for the rules the kernel leaves to the filesystem.
+fn cred(req: &Request) -> RequestCred {
+    RequestCred::new(caller(req), req.pid())
 }
 
 fn file_type(k: FileKind) -> FileType {
@@ -224,6 +234,18 @@ impl CowFs {
             debug!("{op}: {e}");
         }
         Errno::from_i32(e.to_errno())
+    }
+
+    /// The store changed the attributes of `i` (its mode) in a request whose reply carries no
+    /// attributes: drop the kernel's cached copy, so that stat and exec see the new mode. Only
+    /// attributes (offset -1): no page-cache locks are taken, so this is safe while the
+    /// request is being served.
+    fn attrs_changed(&self, i: INodeNo) {
+        if let Some(n) = self.shared.notifier.get() {
+            if let Err(e) = n.inval_inode(i, -1, 0) {
+                debug!("invalidating the attributes of inode {}: {e}", i.0);
+            }
+        }
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<InodeAttr, Errno>) {
@@ -330,28 +352,6 @@ impl CowFs {
             }
         }
     }
-
-    /// The access(2) check, for mounts without `default_permissions` (with it, the kernel
-    /// checks and never asks). Only the caller's primary group is known here.
-    fn may_access(a: &InodeAttr, req: &Request, mask: AccessFlags) -> bool {
-        let want = mask.bits() & 0o7;
-        if want == 0 {
-            return true;
-        }
-        let perm = u32::from(a.perm);
-        if req.uid() == 0 {
-            // Root may read and write anything, and execute what anyone may execute.
-            return want & 1 == 0 || perm & 0o111 != 0 || a.kind == FileKind::Directory;
-        }
-        let bits = if req.uid() == a.uid {
-            (perm >> 6) & 7
-        } else if req.gid() == a.gid {
-            (perm >> 3) & 7
-        } else {
-            perm & 7
-        } as i32;
-        bits & want == want
-    }
 }
 
 impl Filesystem for CowFs {
@@ -375,10 +375,16 @@ impl Filesystem for CowFs {
         };
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        // POSIX_ACL: the kernel enforces ACLs (and turns default_permissions on); the store
+        // keeps modes and ACLs in step and inherits default ACLs. DONT_MASK: create, mknod and
+        // mkdir carry the mode before the umask, which the store applies only where no default
+        // ACL is inherited, as ext4 does.
         let mut want = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK;
         if self.cfg.writeback_cache {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
@@ -389,11 +395,13 @@ impl Filesystem for CowFs {
         }
         let caps = config.capabilities();
         info!(
-            "FUSE protocol {}.{}, max_write {max_write}, copy_mode {}, writeback_cache {}",
+            "FUSE protocol {}.{}, max_write {max_write}, copy_mode {}, writeback_cache {}, \
+             posix_acl {}",
             abi.0,
             abi.1,
             self.cfg.copy_mode.name(),
             self.cfg.writeback_cache && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE),
+            caps.contains(InitFlags::FUSE_POSIX_ACL),
         );
         if let Ok(mut k) = self.shared.kernel.lock() {
             *k = KernelInfo {
@@ -494,11 +502,18 @@ impl Filesystem for CowFs {
                 .ok_or(FsError::refused(libc::EINVAL, "mknod: bad file type"))?;
             let new = NewInode {
                 kind,
-                perm: mode & 0o7777 & !umask,
+                perm: mode & 0o7777,
                 rdev,
                 symlink_target: None,
             };
-            Ok(s.create(ino(parent), name.as_bytes(), &new, caller(req))?)
+            Ok(s.create_unmasked(
+                ino(parent),
+                name.as_bytes(),
+                &new,
+                caller(req),
+                umask,
+                false,
+            )?)
         });
         self.entry(reply, r);
     }
@@ -513,11 +528,19 @@ impl Filesystem for CowFs {
         reply: ReplyEntry,
     ) {
         let r = self.run("mkdir", |s| {
-            Ok(s.mkdir(
+            let new = NewInode {
+                kind: FileKind::Directory,
+                perm: mode & 0o7777,
+                rdev: 0,
+                symlink_target: None,
+            };
+            Ok(s.create_unmasked(
                 ino(parent),
                 name.as_bytes(),
-                mode & 0o7777 & !umask,
+                &new,
                 caller(req),
+                umask,
+                false,
             )?)
         });
         self.entry(reply, r);
@@ -647,7 +670,7 @@ impl Filesystem for CowFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -659,11 +682,16 @@ impl Filesystem for CowFs {
     ) {
         Counters::add(&self.counters().writes, 1);
         let r = self.run("write", |s| {
-            let n = s.write(ino(i), offset, data)?;
-            u32::try_from(n).map_err(|_| FsError::refused(libc::EINVAL, "write: too large"))
+            let (n, dropped) = s.write_as(ino(i), offset, data, &cred(req))?;
+            let n =
+                u32::try_from(n).map_err(|_| FsError::refused(libc::EINVAL, "write: too large"))?;
+            Ok((n, dropped))
         });
         match r {
-            Ok(n) => {
+            Ok((n, dropped)) => {
+                if dropped {
+                    self.attrs_changed(i);
+                }
                 Counters::add(&self.counters().write_bytes, u64::from(n));
                 reply.written(n);
             }
@@ -827,7 +855,7 @@ impl Filesystem for CowFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -842,7 +870,7 @@ impl Filesystem for CowFs {
                     "setxattr: position is macOS-only",
                 ));
             }
-            Ok(s.setxattr(ino(i), name.as_bytes(), value, flags)?)
+            Ok(s.setxattr_as(ino(i), name.as_bytes(), value, flags, &cred(req))?)
         });
         Self::empty(reply, r);
     }
@@ -852,10 +880,10 @@ impl Filesystem for CowFs {
         Self::xattr_reply(reply, size, v);
     }
 
-    fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
         let v = self.run("listxattr", |s| {
             let mut out = Vec::new();
-            for n in s.listxattr(ino(i))? {
+            for n in s.listxattr_as(ino(i), &cred(req))? {
                 out.extend_from_slice(&n);
                 out.push(0);
             }
@@ -873,18 +901,6 @@ impl Filesystem for CowFs {
         );
     }
 
-    fn access(&self, req: &Request, i: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let r = self.run("access", |s| {
-            let a = s.getattr(ino(i))?;
-            if Self::may_access(&a, req, mask) {
-                Ok(())
-            } else {
-                Err(FsError::refused(libc::EACCES, "access denied"))
-            }
-        });
-        Self::empty(reply, r);
-    }
-
     fn create(
         &self,
         req: &Request,
@@ -896,12 +912,13 @@ impl Filesystem for CowFs {
         reply: ReplyCreate,
     ) {
         let r = self.run("create", |s| {
-            Ok(s.create_open(
-                ino(parent),
-                name.as_bytes(),
-                mode & 0o7777 & !umask,
-                caller(req),
-            )?)
+            let new = NewInode {
+                kind: FileKind::Regular,
+                perm: mode & 0o7777,
+                rdev: 0,
+                symlink_target: None,
+            };
+            Ok(s.create_unmasked(ino(parent), name.as_bytes(), &new, caller(req), umask, true)?)
         });
         match r {
             Ok(a) => reply.created(
@@ -917,7 +934,7 @@ impl Filesystem for CowFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -942,9 +959,12 @@ impl Filesystem for CowFs {
                     ))
                 }
             };
-            Ok(s.fallocate(ino(i), offset, length, m)?)
+            Ok(s.fallocate_as(ino(i), offset, length, m, &cred(req))?)
         });
-        Self::empty(reply, r);
+        if r == Ok(true) {
+            self.attrs_changed(i);
+        }
+        Self::empty(reply, r.map(|_| ()));
     }
 
     fn lseek(
@@ -1018,5 +1038,23 @@ impl Filesystem for CowFs {
             }
             Err(e) => reply.error(e),
         }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No ioctl is implemented yet (FS_IOC_GETFLAGS/SETFLAGS need inode flags the format
+        // does not have). ENOTTY is the answer of a filesystem that does not know the command;
+        // programs probe with ioctls all the time (lsattr, cp), so this is not worth a log line.
+        debug!("ioctl {cmd:#x} on inode {}: ENOTTY", i.0);
+        reply.error(Errno::from_i32(libc::ENOTTY));
     }
 }

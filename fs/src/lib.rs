@@ -6,6 +6,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod control;
+pub mod cred;
 pub mod error;
 pub mod fuse;
 mod handles;

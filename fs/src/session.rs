@@ -115,6 +115,7 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
         .try_clone_to_owned()
         .map_err(|e| MountError::Mount(mountpoint.clone(), e))?;
     let _ = shared.dev.set(dev);
+    let _ = shared.notifier.set(session.notifier());
 
     let control = match control::mount_dev(&mountpoint) {
         Ok(devno) => {

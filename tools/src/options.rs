@@ -9,7 +9,6 @@ use std::time::Duration;
 pub struct MountOpts {
     pub read_only: bool,
     pub acl: SessionACL,
-    pub default_permissions: bool,
     pub suid: bool,
     pub dev: bool,
     pub noexec: bool,
@@ -32,7 +31,6 @@ impl Default for MountOpts {
         MountOpts {
             read_only: false,
             acl: SessionACL::Owner,
-            default_permissions: true,
             suid: false,
             dev: false,
             noexec: false,
@@ -87,8 +85,8 @@ pub const HELP: &str = "\
 Mount options (-o OPT[,OPT...]):
   ro                     read-only: the store is opened read-only
   allow_other            let other users use the mount (allow_root: only root besides the owner)
-  default_permissions    the kernel checks permissions (on by default; no_default_permissions
-                         makes cowfs answer access(2) itself)
+  default_permissions    the kernel checks permissions, POSIX ACLs included (always on;
+                         no_default_permissions is refused: cowfs does not check them itself)
   suid, dev              honour setuid bits / device files (off by default: nosuid, nodev)
   noexec, noatime, sync, dirsync    passed to the kernel
   commit=SECONDS         commit every SECONDS when there are changes (default 5; 0: only on
@@ -126,8 +124,15 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
             ("ro", None) => o.read_only = true,
             ("allow_other", None) => o.acl = SessionACL::All,
             ("allow_root", None) => o.acl = SessionACL::RootAndOwner,
-            ("default_permissions", None) => o.default_permissions = true,
-            ("no_default_permissions", None) => o.default_permissions = false,
+            ("default_permissions", None) => {}
+            ("no_default_permissions", None) => {
+                return Err(
+                    "mount option no_default_permissions is not supported: the kernel \
+                     checks every permission (mode bits, POSIX ACLs, supplementary groups) with \
+                     default_permissions, and cowfs does not check permissions itself"
+                        .into(),
+                )
+            }
             ("suid", None) => o.suid = true,
             ("dev", None) => o.dev = true,
             ("noexec", None) => o.noexec = true,
@@ -174,9 +179,8 @@ impl MountOpts {
         if self.read_only {
             v.push(MountOption::RO);
         }
-        if self.default_permissions {
-            v.push(MountOption::DefaultPermissions);
-        }
+        // Always: the kernel makes every permission check (FUSE_POSIX_ACL implies it too).
+        v.push(MountOption::DefaultPermissions);
         if self.suid {
             v.push(MountOption::Suid);
         }
@@ -234,10 +238,12 @@ mod tests {
         assert_eq!(o.acl, SessionACL::All);
         assert_eq!(o.commit_secs, 0);
         assert_eq!(o.copy_mode, CopyMode::Buffered);
-        assert!(o.default_permissions);
+        assert!(o
+            .kernel_options()
+            .contains(&MountOption::DefaultPermissions));
         assert_eq!(o.open_options().commit_interval, None);
-        let o = p("suid,dev,no_default_permissions,threads=3,ttl=0")?;
-        assert!(o.suid && o.dev && !o.default_permissions);
+        let o = p("suid,dev,default_permissions,threads=3,ttl=0")?;
+        assert!(o.suid && o.dev);
         assert_eq!((o.threads, o.ttl_secs), (3, 0));
         assert!(o.kernel_options().contains(&MountOption::Suid));
         Ok(())
@@ -249,5 +255,14 @@ mod tests {
         assert!(p("commit=soon").is_err());
         assert!(p("copy_mode=mmap").is_err());
         assert!(p("suid,nosuid").is_err());
+    }
+
+    #[test]
+    fn refuses_no_default_permissions() {
+        // Regression (issue 10, defect 10): no_default_permissions turned every permission
+        // check off while --help said cowfs would check instead.
+        let e = p("no_default_permissions").err().unwrap_or_default();
+        assert!(e.contains("no_default_permissions is not supported"), "{e}");
+        assert!(HELP.contains("no_default_permissions is refused"));
     }
 }

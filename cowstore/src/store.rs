@@ -1001,6 +1001,29 @@ impl Inner {
         lock(&self.state).mem.punching.clone()
     }
 
+    /// Run a read-only closure against the last committed state alone (no uncommitted change is
+    /// visible), through the same typed tables as every operation: what fsck and live tools
+    /// read. Takes no store lock beyond getting the snapshot.
+    #[allow(dead_code)]
+    pub(crate) fn read_committed<T>(&self, f: impl FnOnce(&Ctx<'_>) -> Result<T>) -> Result<T> {
+        let snap = self.engine.snapshot()?;
+        let state = match snap.get(TableId::State, &key::<IntKey>(STATE_KEY))? {
+            Some(v) => decode::<StateRecord>(&v, &STATE_KEY)?,
+            None => return Err(Error::corrupt("meta.redb: state record missing")),
+        };
+        let mut mem = TxnMem::new(state);
+        let mut cx = Ctx::open(
+            TxnState::layers(&snap, &[]),
+            &mut mem,
+            self.pool.as_ref(),
+            self.bs,
+        );
+        cx.lower = self.lower.as_deref();
+        let cx = cx;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&cx)))
+            .unwrap_or_else(|p| Err(panic_error(p)))
+    }
+
     /// The B-tree database, for readers of the committed state (check, usage).
     pub(crate) fn db(&self) -> Result<Arc<redb::Database>> {
         self.engine.database()

@@ -567,6 +567,11 @@ impl MemEnv {
         lock_mem(&self.shared).log.clone()
     }
 
+    /// How many operations have been recorded (without copying the log).
+    pub fn log_len(&self) -> usize {
+        lock_mem(&self.shared).log.len()
+    }
+
     /// A copy of every file as it is now.
     pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
         lock_mem(&self.shared).files.clone()
@@ -624,6 +629,150 @@ impl MemEnv {
             }
             MemOp::Sync { .. } => {}
         }
+    }
+
+    /// Apply what a power cut kept of one operation: nothing, all of it, (a torn write) only the
+    /// chosen sectors, or only the size a write gave its file. A torn write changes exactly the
+    /// bytes of its chosen sectors and grows the file only as far as they reach; the rest of the
+    /// file keeps its old bytes. Truncates and punches are atomic: `Persist::Sectors` and
+    /// `Persist::SizeOnly` apply them whole unless `Sectors` chooses nothing.
+    pub fn apply_persist(files: &mut BTreeMap<String, Vec<u8>>, op: &MemOp, keep: &Persist) {
+        match (keep, op) {
+            (Persist::Lost, _) => {}
+            (Persist::Whole, _) => MemEnv::apply(files, op),
+            (Persist::SizeOnly, MemOp::Write { file, off, data }) => {
+                let f = files.entry(file.clone()).or_default();
+                let end = *off as usize + data.len();
+                if f.len() < end {
+                    f.resize(end, 0);
+                }
+            }
+            (Persist::SizeOnly, _) => MemEnv::apply(files, op),
+            (Persist::Sectors(chosen), MemOp::Write { file, off, data }) => {
+                let pieces = op.sectors();
+                for &i in chosen {
+                    let Some(&(start, end)) = pieces.get(i) else {
+                        continue;
+                    };
+                    let from = (start - off) as usize;
+                    let to = (end - off) as usize;
+                    let f = files.entry(file.clone()).or_default();
+                    if f.len() < end as usize {
+                        f.resize(end as usize, 0);
+                    }
+                    f[start as usize..end as usize].copy_from_slice(&data[from..to]);
+                }
+            }
+            (Persist::Sectors(chosen), _) => {
+                if !chosen.is_empty() {
+                    MemEnv::apply(files, op);
+                }
+            }
+        }
+    }
+}
+
+/// The unit a device writes atomically. A power cut may tear a write at these boundaries (of the
+/// file's offsets): some of its sectors land, others keep their old bytes.
+pub const SECTOR: u64 = 512;
+
+impl MemOp {
+    /// The byte ranges `[start, end)` of the sectors a write touches, in order (the first and
+    /// last may be partial when the write is unaligned). Other operations have none.
+    pub fn sectors(&self) -> Vec<(u64, u64)> {
+        let MemOp::Write { off, data, .. } = self else {
+            return Vec::new();
+        };
+        let end = off + data.len() as u64;
+        let mut out = Vec::new();
+        let mut pos = *off;
+        while pos < end {
+            let next = ((pos / SECTOR) + 1) * SECTOR;
+            out.push((pos, next.min(end)));
+            pos = next;
+        }
+        out
+    }
+}
+
+/// What a power cut keeps of one volatile operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Persist {
+    Lost,
+    Whole,
+    /// Only these sectors of a write (indices into [`MemOp::sectors`]).
+    Sectors(Vec<usize>),
+    /// A write's new file size but none of its bytes (the size update reached the disk before
+    /// the data: the new part of the file reads as zeros).
+    SizeOnly,
+}
+
+/// The device a crash test assumes, replayed over a recorded log: each file's operations up to
+/// its own last sync are durable; those after it are volatile, and a power cut may keep any
+/// subset of them, each whole or torn at [`SECTOR`] boundaries. A sync of one file makes nothing
+/// of another file durable.
+#[derive(Clone, Debug)]
+pub struct DeviceModel {
+    durable: BTreeMap<String, Vec<u8>>,
+    /// Operations not yet made durable by a sync of their file, with their index in the log.
+    volatile: Vec<(usize, MemOp)>,
+    cut: usize,
+}
+
+impl DeviceModel {
+    /// Start from files that are all durable (e.g. as mkfs left them, before recording began).
+    pub fn new(base: BTreeMap<String, Vec<u8>>) -> DeviceModel {
+        DeviceModel {
+            durable: base,
+            volatile: Vec::new(),
+            cut: 0,
+        }
+    }
+
+    /// Take the next operation of the log.
+    pub fn step(&mut self, op: &MemOp) {
+        if let MemOp::Sync { file } = op {
+            let (synced, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.volatile)
+                .into_iter()
+                .partition(|(_, o)| o.file() == file);
+            for (_, o) in &synced {
+                MemEnv::apply(&mut self.durable, o);
+            }
+            self.volatile = rest;
+        } else {
+            self.volatile.push((self.cut, op.clone()));
+        }
+        self.cut += 1;
+    }
+
+    /// How many operations of the log have been taken: the power cut falls after them.
+    pub fn cut(&self) -> usize {
+        self.cut
+    }
+
+    /// The files as the syncs so far made them durable.
+    pub fn durable(&self) -> &BTreeMap<String, Vec<u8>> {
+        &self.durable
+    }
+
+    /// The volatile operations, in log order, each with its index in the log.
+    pub fn volatile(&self) -> &[(usize, MemOp)] {
+        &self.volatile
+    }
+
+    /// The image a power cut leaves when it keeps `keep(i, op)` of the `i`-th volatile
+    /// operation. What is kept is applied in log order, so of two overlapping writes kept, the
+    /// later one's bytes win where both landed.
+    pub fn image(
+        &self,
+        mut keep: impl FnMut(usize, &MemOp) -> Persist,
+    ) -> BTreeMap<String, Vec<u8>> {
+        let mut files = self.durable.clone();
+        for (i, (_, op)) in self.volatile.iter().enumerate() {
+            let k = keep(i, op);
+            MemEnv::apply_persist(&mut files, op, &k);
+        }
+        files
     }
 }
 
@@ -1061,6 +1210,125 @@ mod tests {
         }
         assert_eq!(files, env.files());
         Ok(())
+    }
+
+    #[test]
+    fn torn_write_applies_exactly_the_chosen_sectors() {
+        let data: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8 + 1).collect();
+        let op = MemOp::Write {
+            file: "f".into(),
+            off: 700,
+            data: data.clone(),
+        };
+        assert_eq!(
+            op.sectors(),
+            vec![
+                (700, 1024),
+                (1024, 1536),
+                (1536, 2048),
+                (2048, 2560),
+                (2560, 3072),
+                (3072, 3200)
+            ]
+        );
+        let old = vec![0xAAu8; 4000];
+        let mut files = BTreeMap::from([("f".to_string(), old.clone())]);
+        MemEnv::apply_persist(&mut files, &op, &Persist::Sectors(vec![5, 0, 2]));
+        let f = &files["f"];
+        assert_eq!(f.len(), 4000);
+        for (i, &b) in f.iter().enumerate() {
+            let chosen =
+                (700..1024).contains(&i) || (1536..2048).contains(&i) || (3072..3200).contains(&i);
+            let want = if chosen { data[i - 700] } else { 0xAA };
+            assert_eq!(b, want, "byte {i}");
+        }
+        // Whole and lost are the two ends.
+        let mut whole = BTreeMap::from([("f".to_string(), old.clone())]);
+        MemEnv::apply_persist(&mut whole, &op, &Persist::Whole);
+        let mut all = BTreeMap::from([("f".to_string(), old.clone())]);
+        MemEnv::apply_persist(&mut all, &op, &Persist::Sectors((0..6).collect()));
+        assert_eq!(whole, all);
+        let mut lost = BTreeMap::from([("f".to_string(), old.clone())]);
+        MemEnv::apply_persist(&mut lost, &op, &Persist::Lost);
+        MemEnv::apply_persist(&mut lost, &op, &Persist::Sectors(Vec::new()));
+        assert_eq!(lost["f"], old);
+    }
+
+    #[test]
+    fn torn_write_past_the_end_grows_the_file_only_as_far_as_its_chosen_sectors() {
+        let op = MemOp::Write {
+            file: "f".into(),
+            off: 3900,
+            data: vec![7u8; 1000],
+        };
+        assert_eq!(op.sectors(), vec![(3900, 4096), (4096, 4608), (4608, 4900)]);
+        let mut files = BTreeMap::from([("f".to_string(), vec![0xAAu8; 4000])]);
+        MemEnv::apply_persist(&mut files, &op, &Persist::Sectors(vec![1]));
+        let f = &files["f"];
+        assert_eq!(f.len(), 4608);
+        assert!(f[..4000].iter().all(|&b| b == 0xAA));
+        assert!(f[4000..4096].iter().all(|&b| b == 0));
+        assert!(f[4096..].iter().all(|&b| b == 7));
+        // Only the size: the file grows, no byte of the write lands.
+        let mut sized = BTreeMap::from([("f".to_string(), vec![0xAAu8; 4000])]);
+        MemEnv::apply_persist(&mut sized, &op, &Persist::SizeOnly);
+        assert_eq!(sized["f"].len(), 4900);
+        assert!(sized["f"][..4000].iter().all(|&b| b == 0xAA));
+        assert!(sized["f"][4000..].iter().all(|&b| b == 0));
+        // A punch is atomic: any non-empty choice applies it whole.
+        let punch = MemOp::Punch {
+            file: "f".into(),
+            off: 0,
+            len: 100,
+        };
+        assert!(punch.sectors().is_empty());
+        MemEnv::apply_persist(&mut files, &punch, &Persist::Sectors(vec![0]));
+        assert!(files["f"][..100].iter().all(|&b| b == 0));
+        assert_eq!(files["f"][100], 0xAA);
+    }
+
+    #[test]
+    fn device_model_a_sync_makes_only_its_own_file_durable() {
+        let w = |file: &str, off: u64, b: u8| MemOp::Write {
+            file: file.into(),
+            off,
+            data: vec![b; 4],
+        };
+        let sync = |file: &str| MemOp::Sync { file: file.into() };
+        let mut dev = DeviceModel::new(BTreeMap::new());
+        for op in [
+            w("a", 0, 1),
+            w("b", 0, 2),
+            sync("a"),
+            w("a", 2, 3),
+            w("a", 0, 4),
+        ] {
+            dev.step(&op);
+        }
+        assert_eq!(dev.cut(), 5);
+        assert_eq!(dev.durable().get("a"), Some(&vec![1u8; 4]));
+        assert_eq!(dev.durable().get("b"), None, "b was never synced");
+        let at: Vec<usize> = dev.volatile().iter().map(|(i, _)| *i).collect();
+        assert_eq!(at, vec![1, 3, 4]);
+        // Nothing volatile kept: the durable files.
+        assert_eq!(&dev.image(|_, _| Persist::Lost), dev.durable());
+        // Everything kept: what was issued, the later overlapping write winning.
+        let all = dev.image(|_, _| Persist::Whole);
+        assert_eq!(all["a"], vec![4, 4, 4, 4, 3, 3]);
+        assert_eq!(all["b"], vec![2; 4]);
+        // Only the earlier of the two overlapping writes.
+        let some = dev.image(|i, _| {
+            if i == 1 {
+                Persist::Whole
+            } else {
+                Persist::Lost
+            }
+        });
+        assert_eq!(some["a"], vec![1, 1, 3, 3, 3, 3]);
+        assert!(!some.contains_key("b"));
+        dev.step(&sync("b"));
+        assert_eq!(dev.durable().get("b"), Some(&vec![2u8; 4]));
+        assert_eq!(dev.volatile().len(), 2);
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Model {
     pub nodes: BTreeMap<u64, MNode>,
     /// Open handles per inode.
     pub open: BTreeMap<u64, u32>,
+    /// Extended attributes per inode (absent: none).
+    pub xattrs: BTreeMap<u64, BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
 pub fn parent_of(path: &str) -> &str {
@@ -82,6 +84,9 @@ pub enum Act {
     ZeroRange(Target, u64, u64, bool),
     Allocate(Target, u64, u64, bool),
     Clone(Target, u64, Target, u64, u64),
+    /// setxattr(path, name, value) with no flags (create or replace).
+    SetXattr(String, Vec<u8>, Vec<u8>),
+    RemoveXattr(String, Vec<u8>),
     Commit,
     Reopen,
 }
@@ -171,6 +176,7 @@ impl Model {
     fn maybe_drop(&mut self, ino: u64) {
         if !self.paths.values().any(|&i| i == ino) && !self.open.contains_key(&ino) {
             self.nodes.remove(&ino);
+            self.xattrs.remove(&ino);
         }
     }
 
@@ -355,7 +361,7 @@ impl Harness {
     }
 
     fn log_len(&self) -> usize {
-        self.env.log().len()
+        self.env.log_len()
     }
 
     /// Compare the store's outcome with the model's; true when the model should be updated.
@@ -591,6 +597,36 @@ impl Harness {
                 }
                 got.map(|_| ())
             }
+            Act::SetXattr(p, name, value) => {
+                let ino = self.ino_of(p)?;
+                let got = s.setxattr(ino, name, value, 0);
+                if self.agree(act, &got, Ok(()))? {
+                    self.model
+                        .xattrs
+                        .entry(ino.0)
+                        .or_default()
+                        .insert(name.clone(), value.clone());
+                }
+                got
+            }
+            Act::RemoveXattr(p, name) => {
+                let ino = self.ino_of(p)?;
+                let got = s.removexattr(ino, name);
+                let has = self
+                    .model
+                    .xattrs
+                    .get(&ino.0)
+                    .is_some_and(|x| x.contains_key(name));
+                let want = if has { Ok(()) } else { Err(libc::ENODATA) };
+                if self.agree(act, &got, want)? {
+                    let x = self.model.xattrs.entry(ino.0).or_default();
+                    x.remove(name);
+                    if x.is_empty() {
+                        self.model.xattrs.remove(&ino.0);
+                    }
+                }
+                got
+            }
             Act::Commit => {
                 let before = self.log_len();
                 let got = s.commit();
@@ -722,6 +758,11 @@ impl Harness {
         let s = self.store();
         let attr = s.getattr(InodeNo(ino)).expect("getattr");
         assert_eq!(attr.nlink, self.model.nlink(ino), "link count of /{path}");
+        assert_eq!(
+            inode_xattrs(s, InodeNo(ino)).expect("xattrs"),
+            self.model.xattrs.get(&ino).cloned().unwrap_or_default(),
+            "xattrs of /{path}"
+        );
         match &self.model.nodes[&ino] {
             MNode::Dir => assert_eq!(attr.kind, FileKind::Directory, "/{path}"),
             MNode::Symlink(t) => {
@@ -863,6 +904,41 @@ impl Model {
     }
 }
 
+/// Every path's extended attributes (paths without any are left out).
+pub type XattrSnapshot = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+impl Model {
+    pub fn xattr_snapshot(&self) -> XattrSnapshot {
+        self.paths
+            .iter()
+            .filter_map(|(p, ino)| self.xattrs.get(ino).map(|x| (p.clone(), x.clone())))
+            .filter(|(_, x)| !x.is_empty())
+            .collect()
+    }
+}
+
+/// One inode's extended attributes, names with values.
+pub fn inode_xattrs(s: &Store, ino: InodeNo) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for name in s.listxattr(ino)? {
+        let value = s.getxattr(ino, &name)?;
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+/// The extended attributes of every path of a snapshot taken of this store.
+pub fn snapshot_xattrs(s: &Store, snap: &Snapshot) -> Result<XattrSnapshot> {
+    let mut out = XattrSnapshot::new();
+    for (path, e) in snap {
+        let x = inode_xattrs(s, InodeNo(e.ino))?;
+        if !x.is_empty() {
+            out.insert(path.clone(), x);
+        }
+    }
+    Ok(out)
+}
+
 /// Walk a store from the root.
 pub fn snapshot_store(s: &Store) -> Result<Snapshot> {
     let mut out = Snapshot::new();
@@ -899,17 +975,25 @@ pub fn snapshot_diff(got: &Snapshot, want: &Snapshot) -> String {
     for (p, g) in got {
         match want.get(p) {
             None => out.push(format!("extra /{p}")),
-            Some(w) if w != g => out.push(format!(
-                "/{p}: got ino {} {:?} nlink {} {} bytes, want ino {} {:?} nlink {} {} bytes",
-                g.ino,
-                g.kind,
-                g.nlink,
-                g.bytes.len(),
-                w.ino,
-                w.kind,
-                w.nlink,
-                w.bytes.len()
-            )),
+            Some(w) if w != g => {
+                let at = g
+                    .bytes
+                    .iter()
+                    .zip(&w.bytes)
+                    .position(|(a, b)| a != b)
+                    .map_or(String::new(), |i| format!(", first differing byte {i}"));
+                out.push(format!(
+                    "/{p}: got ino {} {:?} nlink {} {} bytes, want ino {} {:?} nlink {} {} bytes{at}",
+                    g.ino,
+                    g.kind,
+                    g.nlink,
+                    g.bytes.len(),
+                    w.ino,
+                    w.kind,
+                    w.nlink,
+                    w.bytes.len()
+                ))
+            }
             _ => {}
         }
     }

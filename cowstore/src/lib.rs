@@ -31,6 +31,6 @@ pub use data::MAX_FILE_SIZE;
 pub use error::{Error, Result};
 pub use ns::{LINK_MAX, NAME_MAX};
 pub use repair::RepairSummary;
-pub use store::{MkfsOptions, OpenOptions, PinnedRead, Store, META_FILE, POOL_FILE};
+pub use store::{EngineKind, MkfsOptions, OpenOptions, PinnedRead, Store, META_FILE, POOL_FILE};
 pub use types::*;
 pub use usage::{ExtentInfo, Summary, Usage};

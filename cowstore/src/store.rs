@@ -7,7 +7,9 @@ use crate::data::{require_regular, touch_data, Source, MAX_FILE_SIZE};
 use crate::error::{Error, Result};
 use crate::io::{DirEnv, Env, FileIo, ScratchFile, SpaceReserve, RESERVE_FILE};
 use crate::lower::{LowerFile, LowerTree};
-use crate::meta::{key, Delta, Engine, IntKey, Layers, RedbEngine, Snapshot, TableId};
+use crate::meta::{
+    key, Delta, Engine, IntKey, Layers, MemEngine, RedbEngine, Snapshot, TableId, MEM_META_FILE,
+};
 use crate::ns::{new_inode_record, NAME_MAX};
 use crate::superblock::{Superblock, SUPERBLOCK_FILE, SUPERBLOCK_LEN};
 use crate::tables::{state_delta, Ctx, TxnMem, STATE_KEY};
@@ -54,12 +56,75 @@ impl std::ops::Deref for PinnedRead {
 #[derive(Clone, Debug)]
 pub struct MkfsOptions {
     pub block_size: u32,
+    /// Which metadata engine keeps the store's tables.
+    pub engine: EngineKind,
 }
 
 impl Default for MkfsOptions {
     fn default() -> Self {
-        MkfsOptions { block_size: 4096 }
+        MkfsOptions {
+            block_size: 4096,
+            engine: EngineKind::Redb,
+        }
     }
+}
+
+/// The metadata engines behind the seam (`meta`). A store's engine is the one whose file it has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// redb in `meta.redb`: the embedded default.
+    #[default]
+    Redb,
+    /// Ordered maps in memory over an append-only log, `meta.log`: the second implementation
+    /// of the seam, which the test suite runs the store on as well.
+    Mem,
+}
+
+/// An opened engine, and the same one as redb when it is (for the readers still on redb).
+type OpenedEngine = (Arc<dyn Engine>, Option<Arc<RedbEngine>>);
+
+/// Open the engine of the store in `env` (a new, empty one of kind `kind` when given).
+fn open_engine(
+    env: &dyn Env,
+    kind: Option<EngineKind>,
+    opts: &OpenOptions,
+    reserve: Option<Arc<SpaceReserve>>,
+) -> Result<OpenedEngine> {
+    let create = kind.is_some();
+    let kind = match kind {
+        Some(k) => k,
+        None if env.exists(META_FILE) => EngineKind::Redb,
+        None if env.exists(MEM_META_FILE) => EngineKind::Mem,
+        None => {
+            return Err(Error::NotAStore {
+                path: env.path(),
+                reason: format!("{META_FILE} is missing"),
+            })
+        }
+    };
+    let file = |name: &str| -> Result<Arc<dyn FileIo>> {
+        let f = env.open(name, create)?;
+        if create {
+            f.set_len(0)?;
+        }
+        Ok(if opts.read_only {
+            Arc::new(ScratchFile::new(f)?)
+        } else {
+            f
+        })
+    };
+    Ok(match kind {
+        EngineKind::Redb => {
+            let redb = Arc::new(RedbEngine::open(
+                file(META_FILE)?,
+                reserve,
+                opts.cache_bytes,
+                opts.verify && !create,
+            )?);
+            (redb.clone(), Some(redb))
+        }
+        EngineKind::Mem => (Arc::new(MemEngine::open(file(MEM_META_FILE)?)?), None),
+    })
 }
 
 /// Options for [`Store::open`].
@@ -121,7 +186,9 @@ pub(crate) struct Inner {
     pub env: Arc<dyn Env>,
     pub sb: Superblock,
     pub bs: u64,
-    pub(crate) engine: RedbEngine,
+    pub(crate) engine: Arc<dyn Engine>,
+    /// The same engine when it is redb, for the readers that still read redb directly.
+    redb: Option<Arc<RedbEngine>>,
     pub reserve: Option<Arc<SpaceReserve>>,
     pub(crate) lower: Option<Arc<LowerTree>>,
     pub pool: Arc<dyn FileIo>,
@@ -183,11 +250,13 @@ impl Store {
         if env.exists(SUPERBLOCK_FILE) {
             return Err(Error::Exists);
         }
-        let meta = env.open(META_FILE, true)?;
-        meta.set_len(0)?;
         let pool = env.open(POOL_FILE, true)?;
         pool.set_len(0)?;
-        let engine = RedbEngine::open(meta, None, 1 << 20, false)?;
+        let mkfs_opts = OpenOptions {
+            cache_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let (engine, _) = open_engine(env.as_ref(), Some(opts.engine), &mkfs_opts, None)?;
         let state = StateRecord {
             generation: 1,
             next_ino: 2,
@@ -225,13 +294,7 @@ impl Store {
         let sb = read_superblock(env.as_ref())?;
         let guard = env.lock()?;
         let bs = u64::from(sb.block_size);
-        let meta = env.open(META_FILE, false)?;
         let pool = env.open(POOL_FILE, false)?;
-        let backend: Arc<dyn FileIo> = if opts.read_only {
-            Arc::new(ScratchFile::new(meta)?)
-        } else {
-            meta
-        };
         // Only a store on a real host filesystem can run out of host space.
         let reserve = match pool.host_space() {
             Ok(Some((total, _))) if !opts.read_only => {
@@ -244,7 +307,7 @@ impl Store {
             }
             _ => None,
         };
-        let engine = RedbEngine::open(backend, reserve.clone(), opts.cache_bytes, opts.verify)?;
+        let (engine, redb) = open_engine(env.as_ref(), None, opts, reserve.clone())?;
         let snap = engine.snapshot()?;
         let state = match snap.get(TableId::State, &key::<IntKey>(STATE_KEY))? {
             Some(v) => decode::<StateRecord>(&v, &STATE_KEY)?,
@@ -259,6 +322,7 @@ impl Store {
             sb,
             bs,
             engine,
+            redb,
             reserve,
             lower,
             pool,
@@ -1026,7 +1090,10 @@ impl Inner {
 
     /// The B-tree database, for readers of the committed state (check, usage).
     pub(crate) fn db(&self) -> Result<Arc<redb::Database>> {
-        self.engine.database()
+        match &self.redb {
+            Some(r) => r.database(),
+            None => Err(Error::Unsupported),
+        }
     }
 
     /// After the engine failed a commit, learn whether the batch landed anyway (redb, say,

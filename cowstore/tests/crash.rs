@@ -104,7 +104,14 @@ fn workload() -> Vec<Act> {
 /// commit points (the first is mkfs itself).
 fn record(bs: u32) -> (Files, Vec<MemOp>, Vec<CommitPoint>) {
     let env = MemEnv::new();
-    Store::mkfs_env(Arc::new(env.clone()), &MkfsOptions { block_size: bs }).expect("mkfs");
+    Store::mkfs_env(
+        Arc::new(env.clone()),
+        &MkfsOptions {
+            block_size: bs,
+            ..Default::default()
+        },
+    )
+    .expect("mkfs");
     let base = env.files();
     env.set_recording(true);
     let mkfs_state = Model::new().snapshot();

@@ -157,7 +157,14 @@ fn growth_workload(bs: u64) -> Vec<Act> {
 /// commit points (the first is mkfs itself).
 fn record(bs: u32, workload: fn(u64) -> Vec<Act>) -> (Files, Vec<MemOp>, Vec<CommitPoint>) {
     let env = MemEnv::new();
-    Store::mkfs_env(Arc::new(env.clone()), &MkfsOptions { block_size: bs }).expect("mkfs");
+    Store::mkfs_env(
+        Arc::new(env.clone()),
+        &MkfsOptions {
+            block_size: bs,
+            ..Default::default()
+        },
+    )
+    .expect("mkfs");
     let base = env.files();
     env.set_recording(true);
     let empty = Model::new();

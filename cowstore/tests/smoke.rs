@@ -4,7 +4,14 @@ use cowstore::*;
 
 fn fresh(bs: u32) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    Store::mkfs(dir.path(), &MkfsOptions { block_size: bs }).expect("mkfs");
+    Store::mkfs(
+        dir.path(),
+        &MkfsOptions {
+            block_size: bs,
+            ..Default::default()
+        },
+    )
+    .expect("mkfs");
     let store = Store::open(
         dir.path(),
         &OpenOptions {

@@ -23,6 +23,7 @@ pub fn run(a: Args) -> CmdResult {
         &a.store,
         &MkfsOptions {
             block_size: a.block_size,
+            ..Default::default()
         },
     ) {
         Ok(()) => {

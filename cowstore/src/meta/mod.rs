@@ -8,11 +8,13 @@
 //! ```
 
 mod engine;
+mod mem;
 mod redb;
 mod schema;
 mod table;
 
 pub(crate) use self::redb::RedbEngine;
 pub(crate) use engine::{Delta, Engine, Layers, Snapshot};
+pub(crate) use mem::{MemEngine, MEM_META_FILE};
 pub(crate) use schema::{key, BytesValue, IntKey, IntValue, NamedKey, PairKey, TableId, UnitValue};
 pub(crate) use table::Table;

@@ -346,8 +346,13 @@ impl Store {
     // ------------------------------------------------------------------ namespace
 
     pub fn getattr(&self, ino: InodeNo) -> Result<InodeAttr> {
-        // A directory's link count is only right once its lower entries are in.
-        self.import(ino)?;
+        // A directory's link count is only right once its lower entries are in. A directory
+        // that cannot be imported (unreadable below) is still shown, with the link count it has
+        // so far: listing its parent stats it, and one unreadable entry must not make the
+        // parent unlistable. Looking into it gets the error.
+        if let Err(e) = self.import(ino) {
+            log::debug!("getattr of {}: lower entries not imported: {e}", ino.0);
+        }
         self.inner
             .read(|cx| Ok(self.attr(ino.0, &cx.get_inode(ino.0)?)))
     }

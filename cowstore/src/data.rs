@@ -264,22 +264,41 @@ impl Ctx<'_> {
         }
     }
 
-    /// The open, verified lower file behind lower id `id`.
+    /// The open, verified lower file behind lower id `id`, for an operation under the store
+    /// lock: normally one its `Store` method opened and verified before taking the lock
+    /// (`LowerTree::hold`, with the ids from `lower_files_in`).
     pub(crate) fn lower_file(&self, id: u64) -> Result<std::sync::Arc<crate::lower::LowerFile>> {
         let tree = self.lower.ok_or_else(|| {
             Error::corrupt(format!(
                 "extent names lower file {id}, but the store has no lower directory"
             ))
         })?;
-        let rec = match self.lower_files.get(id)? {
-            Some(v) => decode::<crate::codec::LowerFileRecord>(&v, &id)?,
-            None => {
-                return Err(Error::corrupt(format!(
-                    "extent names unknown lower file {id}"
-                )))
+        tree.file_in_op(id, &self.lower_file_record(id)?)
+    }
+
+    pub(crate) fn lower_file_record(&self, id: u64) -> Result<crate::codec::LowerFileRecord> {
+        match self.lower_files.get(id)? {
+            Some(v) => decode::<crate::codec::LowerFileRecord>(&v, &id),
+            None => Err(Error::corrupt(format!(
+                "extent names unknown lower file {id}"
+            ))),
+        }
+    }
+
+    /// The lower files (id, record) that blocks `[fb, fb+n)` of `ino` map.
+    pub(crate) fn lower_files_in(
+        &self,
+        ino: u64,
+        fb: u64,
+        n: u64,
+    ) -> Result<Vec<(u64, crate::codec::LowerFileRecord)>> {
+        let mut out: Vec<(u64, crate::codec::LowerFileRecord)> = Vec::new();
+        for m in self.mappings(ino, fb, n)? {
+            if m.lower != 0 && !out.iter().any(|(id, _)| *id == m.lower) {
+                out.push((m.lower, self.lower_file_record(m.lower)?));
             }
-        };
-        tree.file(id, &rec)
+        }
+        Ok(out)
     }
 
     /// Write `len` bytes from `src` at byte `off` of the file. Blocks allocated in the open

@@ -102,7 +102,7 @@ impl Error {
             | Error::UnsafeStore { .. }
             | Error::UnsupportedFormat { .. }
             | Error::Corrupted(_) => libc::EIO,
-            Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            Error::Io(e) => os_errno(e).unwrap_or(libc::EIO),
         }
     }
 
@@ -113,6 +113,24 @@ impl Error {
             _ => Error::Io(e),
         }
     }
+}
+
+/// The errno of an I/O error, also when it wraps one with a message (a path) around it.
+fn os_errno(e: &io::Error) -> Option<i32> {
+    if let Some(n) = e.raw_os_error() {
+        return Some(n);
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|i| i as _);
+    while let Some(c) = cur {
+        if let Some(n) = c
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
+            return Some(n);
+        }
+        cur = c.source();
+    }
+    None
 }
 
 macro_rules! from_redb {

@@ -7,6 +7,7 @@ use crate::codec::{
     XattrRecord,
 };
 use crate::error::{Error, Result};
+use crate::lower::{join, LowerEntry};
 use crate::tables::Ctx;
 use crate::types::{Caller, DirEntry, FileKind, InodeNo, NewInode, RenameFlags, Timespec};
 
@@ -523,39 +524,77 @@ impl Ctx<'_> {
 
     // ------------------------------------------------------------------ overlay import
 
-    /// Whether directory `dir` still has lower entries to import.
-    pub fn import_pending(&self, dir: u64) -> Result<bool> {
-        Ok(self.lower.is_some() && self.lower_pending.contains(dir)?)
+    /// The lower path of directory `dir` if it still has lower entries to import.
+    pub fn import_pending(&self, dir: u64) -> Result<Option<Vec<u8>>> {
+        if self.lower.is_none() {
+            return Ok(None);
+        }
+        match self.lower_pending.get(dir)? {
+            Some(v) => Ok(Some(decode::<LowerDirRecord>(&v, &dir)?.path)),
+            None => Ok(None),
+        }
     }
 
-    /// Import the lower entries of directory `dir` (once): each becomes an inode of the store with
-    /// the lower entry's attributes, xattrs and symlink target; regular files get one extent that
-    /// points into the lower file, subdirectories are themselves marked pending. Entries the store
-    /// already has under the same name win. Hard links (same lower inode) share one store inode.
+    /// Which of the lower `names` directory `dir` has no entry for yet: the ones an import
+    /// still has to bring in (see `import_entries`).
+    pub fn not_imported(&self, dir: u64, names: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for n in names {
+            if n.len() <= NAME_MAX && self.get_dirent(dir, n)?.is_none() {
+                out.push(n.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Import the lower directory of `dir` under the store lock, all at once. Only for a
+    /// mutation that reaches a directory its `Store` method did not import first (the store
+    /// imports outside the lock, in batches: `Store::import`).
     pub fn ensure_imported(&mut self, dir: u64) -> Result<()> {
         let Some(lower) = self.lower else {
             return Ok(());
         };
-        let pending = match self.lower_pending.get(dir)? {
-            Some(v) => decode::<LowerDirRecord>(&v, &dir)?,
-            None => return Ok(()),
+        let Some(rel) = self.import_pending(dir)? else {
+            return Ok(());
         };
-        let entries = lower.list(&pending.path)?;
+        log::debug!("importing lower directory {dir} under the store lock");
+        let ldir = lower.dir(&rel)?;
+        let names = self.not_imported(dir, &ldir.names()?)?;
+        let entries = ldir.entries(0, &names)?;
+        self.import_entries(dir, &entries, true)
+    }
+
+    /// Import lower `entries` of directory `dir` (one batch): each becomes an inode of the store
+    /// with the lower entry's attributes, xattrs and symlink target; regular files get one
+    /// extent that points into the lower file, subdirectories are themselves marked pending.
+    /// Names the directory already has are left alone: the store's own names win over lower
+    /// ones, and a name an earlier batch imported is not imported twice. `last`: the directory
+    /// is complete after this batch (no longer pending).
+    ///
+    /// Hard links (same lower inode) share one store inode, whose link count is the number of
+    /// its names imported so far (so `check()` holds at every commit). A name met after every
+    /// imported name of its inode was removed and the inode freed is imported as a new inode
+    /// with the lower file's bytes; one met while the inode is unlinked but still open revives
+    /// it (off the orphan list, or the next open of the store would free it).
+    pub fn import_entries(&mut self, dir: u64, entries: &[LowerEntry], last: bool) -> Result<()> {
+        let Some(rel) = self.import_pending(dir)? else {
+            // Imported meanwhile (another thread got there first).
+            return Ok(());
+        };
         let mut drec = self.get_dir(dir)?;
         let bs = self.bs;
         for e in entries {
             if e.name.len() > NAME_MAX || self.get_dirent(dir, &e.name)?.is_some() {
                 continue;
             }
-            let mut rel = pending.path.clone();
-            if !rel.is_empty() {
-                rel.push(b'/');
-            }
-            rel.extend_from_slice(&e.name);
+            let rel = join(&rel, &e.name);
             if e.kind != FileKind::Directory {
                 let linked = self.lower_inodes.get((e.dev, e.ino))?;
                 if let Some(existing) = linked {
                     if let Some(mut r) = self.try_inode(existing)? {
+                        if r.nlink == 0 {
+                            self.orphans.remove(existing)?;
+                        }
                         r.nlink += 1;
                         self.put_inode(existing, &r)?;
                         self.add_dirent(dir, &mut drec, &e.name, existing, r.kind)?;
@@ -626,7 +665,9 @@ impl Ctx<'_> {
             self.put_inode(ino, &rec)?;
             self.mem.state.inodes += 1;
         }
-        self.lower_pending.remove(dir)?;
+        if last {
+            self.lower_pending.remove(dir)?;
+        }
         self.put_inode(dir, &drec)?;
         self.mem.dirty = true;
         Ok(())

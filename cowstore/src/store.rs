@@ -6,7 +6,7 @@ use crate::codec::{decode, encode, InodeRecord, StateRecord};
 use crate::data::{require_regular, touch_data, Source, MAX_FILE_SIZE};
 use crate::error::{Error, Result};
 use crate::io::{DirEnv, Env, FileIo, ScratchFile, SpaceReserve, RESERVE_FILE};
-use crate::lower::{LowerFile, LowerTree};
+use crate::lower::{LowerFile, LowerHold, LowerTree, IMPORT_BATCH};
 use crate::meta::{
     key, Delta, Engine, IntKey, Layers, MemEngine, RedbEngine, Snapshot, TableId, MEM_META_FILE,
 };
@@ -419,8 +419,13 @@ impl Store {
     // ------------------------------------------------------------------ namespace
 
     pub fn getattr(&self, ino: InodeNo) -> Result<InodeAttr> {
-        // A directory's link count is only right once its lower entries are in.
-        self.import(ino)?;
+        // A directory's link count is only right once its lower entries are in. A directory
+        // that cannot be imported (unreadable below) is still shown, with the link count it has
+        // so far: listing its parent stats it, and one unreadable entry must not make the
+        // parent unlistable. Looking into it gets the error.
+        if let Err(e) = self.import(ino) {
+            log::debug!("getattr of {}: lower entries not imported: {e}", ino.0);
+        }
         self.inner
             .read(|cx| Ok(self.attr(ino.0, &cx.get_inode(ino.0)?)))
     }
@@ -440,6 +445,7 @@ impl Store {
         new: &NewInode,
         caller: Caller,
     ) -> Result<InodeAttr> {
+        self.import(parent)?;
         self.inner.write(|cx| {
             let (ino, rec) = cx.create(parent.0, name, new, caller, 0)?;
             Ok(self.attr(ino, &rec))
@@ -476,6 +482,7 @@ impl Store {
         perm: u32,
         caller: Caller,
     ) -> Result<InodeAttr> {
+        self.import(parent)?;
         self.inner.write(|cx| {
             let new = NewInode {
                 kind: FileKind::Regular,
@@ -536,6 +543,7 @@ impl Store {
     }
 
     pub fn link(&self, ino: InodeNo, newparent: InodeNo, newname: &[u8]) -> Result<InodeAttr> {
+        self.import(newparent)?;
         self.inner.write(|cx| {
             let rec = cx.link(ino.0, newparent.0, newname)?;
             Ok(self.attr(ino.0, &rec))
@@ -543,10 +551,13 @@ impl Store {
     }
 
     pub fn unlink(&self, parent: InodeNo, name: &[u8]) -> Result<()> {
+        self.import(parent)?;
         self.inner.write(|cx| cx.unlink(parent.0, name))
     }
 
     pub fn rmdir(&self, parent: InodeNo, name: &[u8]) -> Result<()> {
+        self.import(parent)?;
+        self.import_child(parent, name)?;
         self.inner.write(|cx| cx.rmdir(parent.0, name))
     }
 
@@ -558,6 +569,9 @@ impl Store {
         newname: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
+        self.import(parent)?;
+        self.import(newparent)?;
+        self.import_child(newparent, newname)?;
         self.inner
             .write(|cx| cx.rename(parent.0, name, newparent.0, newname, flags))
     }
@@ -569,15 +583,101 @@ impl Store {
     }
 
     /// Overlay: import a directory's lower entries before it is first looked into.
+    ///
+    /// The lower directory is listed and its entries examined with no store lock held (a lower
+    /// filesystem may be slow, or hung); the entries are imported in batches of
+    /// [`IMPORT_BATCH`], each its own store operation, so memory and the open transaction stay
+    /// bounded and other operations run between batches. A batch imports only names the
+    /// directory does not have yet: nothing but an import changes a directory that is still
+    /// pending (every other operation imports it first), so those are exactly the names earlier
+    /// batches (or an earlier, failed or interrupted import) brought in, and an import that
+    /// stopped halfway — an error, a crash — resumes where it stopped. The last batch marks the
+    /// directory imported.
     fn import(&self, dir: InodeNo) -> Result<()> {
-        if self.inner.lower.is_none() || !self.inner.read(|cx| cx.import_pending(dir.0))? {
+        let Some(tree) = self.inner.lower.as_deref() else {
+            return Ok(());
+        };
+        let Some(rel) = self.inner.read(|cx| cx.import_pending(dir.0))? else {
+            return Ok(());
+        };
+        let ldir = tree.dir(&rel)?;
+        let names = ldir.names()?;
+        let batches = names.len().div_ceil(IMPORT_BATCH).max(1);
+        for (i, chunk) in (0..batches).map(|i| {
+            let end = names.len().min((i + 1) * IMPORT_BATCH);
+            (i, &names[(i * IMPORT_BATCH).min(end)..end])
+        }) {
+            let todo = self.inner.read(|cx| match cx.import_pending(dir.0)? {
+                Some(_) => cx.not_imported(dir.0, chunk).map(Some),
+                None => Ok(None),
+            })?;
+            // None: another thread finished the import meanwhile.
+            let Some(todo) = todo else { return Ok(()) };
+            let last = i + 1 == batches;
+            if todo.is_empty() && !last {
+                continue;
+            }
+            let entries = ldir.entries(i, &todo)?;
+            let apply = |cx: &mut Ctx<'_>| cx.import_entries(dir.0, &entries, last);
+            if self.inner.read_only {
+                // A read-only open imports into its scratch transaction, never into the store.
+                self.inner.write_unchecked(apply)?;
+            } else {
+                self.inner.write(apply)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Overlay: import entry `name` of `parent` if it is a directory still pending (before an
+    /// operation that needs to know whether it is empty).
+    fn import_child(&self, parent: InodeNo, name: &[u8]) -> Result<()> {
+        if self.inner.lower.is_none() {
             return Ok(());
         }
-        if self.inner.read_only {
-            // A read-only open imports into its scratch transaction, never into the store.
-            return self.inner.write_unchecked(|cx| cx.ensure_imported(dir.0));
+        let child = self.inner.read(|cx| {
+            Ok(cx
+                .get_dirent(parent.0, name)?
+                .filter(|d| d.kind == FileKind::Directory)
+                .map(|d| d.ino))
+        })?;
+        match child {
+            Some(c) => self.import(InodeNo(c)),
+            None => Ok(()),
         }
-        self.inner.write(|cx| cx.ensure_imported(dir.0))
+    }
+
+    /// Overlay: open and verify, before the operation takes the store lock, the lower files
+    /// that blocks `ranges` (first block, count) of `ino` map, and hold them for it: a write's
+    /// copy-up then finds them open (see docs/design.md §4.1 for the lower I/O that remains
+    /// under the lock).
+    fn hold_lower(&self, ino: InodeNo, ranges: &[(u64, u64)]) -> Result<Option<LowerHold>> {
+        let Some(tree) = self.inner.lower.as_ref() else {
+            return Ok(None);
+        };
+        let files = self.inner.read(|cx| {
+            let mut v: Vec<(u64, crate::codec::LowerFileRecord)> = Vec::new();
+            for &(fb, n) in ranges {
+                for f in cx.lower_files_in(ino.0, fb, n)? {
+                    if !v.iter().any(|(id, _)| *id == f.0) {
+                        v.push(f);
+                    }
+                }
+            }
+            Ok(v)
+        })?;
+        if files.is_empty() {
+            return Ok(None);
+        }
+        tree.hold(&files).map(Some)
+    }
+
+    /// The first and the last block of bytes `[off, off+len)`: where a write carries old bytes
+    /// over into a new block.
+    fn edge_blocks(&self, off: u64, len: u64) -> [(u64, u64); 2] {
+        let bs = self.inner.bs;
+        let last = off.saturating_add(len.max(1) - 1) / bs;
+        [(off / bs, 1), (last, 1)]
     }
 
     /// The overlay's lower directory, if the store has one.
@@ -585,22 +685,38 @@ impl Store {
         self.inner.lower.as_ref().map(|l| l.path.clone())
     }
 
-    /// Overlay: lower files that changed since they were imported (path, what changed).
+    /// Overlay: lower files that changed since they were imported (path, what changed). The
+    /// records are read a batch at a time and the lower files examined with no lock held.
     pub fn lower_changes(&self) -> Result<Vec<(String, String)>> {
         let Some(tree) = self.inner.lower.clone() else {
             return Ok(Vec::new());
         };
-        self.inner.read(|cx| {
-            let mut out = Vec::new();
-            for item in cx.lower_files.iter()? {
-                let (k, v) = item?;
-                let rec = decode::<crate::codec::LowerFileRecord>(&v, &k)?;
-                if let Some(what) = tree.changed(&rec) {
+        let mut out = Vec::new();
+        let mut from = 0u64;
+        loop {
+            let batch = self.inner.read(|cx| {
+                let mut v = Vec::new();
+                for item in cx.lower_files.range(from..)? {
+                    let (k, val) = item?;
+                    v.push((k, decode::<crate::codec::LowerFileRecord>(&val, &k)?));
+                    if v.len() >= IMPORT_BATCH {
+                        break;
+                    }
+                }
+                Ok(v)
+            })?;
+            for (_, rec) in &batch {
+                if let Some(what) = tree.changed(rec) {
                     out.push((String::from_utf8_lossy(&rec.path).into_owned(), what));
                 }
             }
-            Ok(out)
-        })
+            match batch.last() {
+                Some(&(last, _)) if batch.len() >= IMPORT_BATCH && last < u64::MAX => {
+                    from = last + 1
+                }
+                _ => return Ok(out),
+            }
+        }
     }
 
     /// Count an open handle: an inode unlinked while open lives until its last `release`.
@@ -634,6 +750,10 @@ impl Store {
     }
 
     pub fn setattr(&self, ino: InodeNo, set: &SetAttr) -> Result<InodeAttr> {
+        let _lower = match set.size {
+            Some(size) => self.hold_lower(ino, &self.edge_blocks(size, 1))?,
+            None => None,
+        };
         self.inner.write(|cx| {
             let mut rec = cx.get_inode(ino.0)?;
             let now = Timespec::now();
@@ -674,16 +794,20 @@ impl Store {
 
     /// Where the bytes `[off, off+len)` of a file are (clipped at its end).
     /// The result pins the pool blocks: keep it until the bytes have been copied out.
+    ///
+    /// The segments are resolved under the store lock; lower files they name are opened and
+    /// verified after it is released (a lower filesystem may be slow or hung; the pin keeps the
+    /// pool blocks meanwhile).
     pub fn read(&self, ino: InodeNo, off: u64, len: u64) -> Result<PinnedRead> {
-        self.inner.read(|cx| {
+        let (segments, files, pin) = self.inner.read(|cx| {
             let rec = cx.get_inode(ino.0)?;
             require_regular(&rec)?;
             let segments = cx.read_segments(ino.0, &rec, off, len)?;
-            let mut lower = Vec::new();
+            let mut files: Vec<(u64, crate::codec::LowerFileRecord)> = Vec::new();
             for s in &segments {
                 if let Segment::Lower { file, .. } = *s {
-                    if !lower.iter().any(|(id, _)| *id == file) {
-                        lower.push((file, cx.lower_file(file)?));
+                    if !files.iter().any(|(id, _)| *id == file) {
+                        files.push((file, cx.lower_file_record(file)?));
                     }
                 }
             }
@@ -697,11 +821,21 @@ impl Store {
                     _ => None,
                 })
                 .collect();
-            Ok(PinnedRead {
-                segments,
-                lower,
-                _pin: cx.mem.pins.pin(runs),
-            })
+            Ok((segments, files, cx.mem.pins.pin(runs)))
+        })?;
+        let mut lower = Vec::with_capacity(files.len());
+        if !files.is_empty() {
+            let tree = self.inner.lower.as_ref().ok_or_else(|| {
+                Error::corrupt("a file maps lower data, but the store has no lower directory")
+            })?;
+            for (id, rec) in files {
+                lower.push((id, tree.file(id, &rec)?));
+            }
+        }
+        Ok(PinnedRead {
+            segments,
+            lower,
+            _pin: pin,
         })
     }
 
@@ -745,6 +879,7 @@ impl Store {
         data: &[u8],
         cred: &dyn Cred,
     ) -> Result<(usize, bool)> {
+        let _lower = self.hold_lower(ino, &self.edge_blocks(off, data.len() as u64))?;
         self.inner.write(|cx| {
             let mut rec = cx.get_inode(ino.0)?;
             require_regular(&rec)?;
@@ -785,6 +920,7 @@ impl Store {
             .checked_add(len)
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(Error::FileTooBig)?;
+        let _lower = self.hold_lower(ino, &self.edge_blocks(off, len))?;
         self.inner.write(|cx| {
             let mut rec = cx.get_inode(ino.0)?;
             require_regular(&rec)?;
@@ -844,6 +980,11 @@ impl Store {
         dst_off: u64,
         len: u64,
     ) -> Result<u64> {
+        // Where source and destination blocks do not line up the whole range is copied.
+        let bs = self.inner.bs;
+        let src_blocks = (src_off / bs, len.div_ceil(bs).saturating_add(1));
+        let _src_lower = self.hold_lower(src, &[src_blocks])?;
+        let _dst_lower = self.hold_lower(dst, &self.edge_blocks(dst_off, len))?;
         self.inner.write(|cx| {
             let src_rec = cx.get_inode(src.0)?;
             require_regular(&src_rec)?;

@@ -445,3 +445,160 @@ fn a_lower_file_rewritten_while_open_is_refused() -> Result<()> {
     assert_eq!(s.read_to_vec(deep.ino, 0, 100)?, b"deep file");
     Ok(())
 }
+
+/// A lower tree with one file under two names: `a` and `d/b`.
+fn hard_linked_lower() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let t = tempfile::tempdir().expect("tmp");
+    let lower = t.path().join("lower");
+    let store = t.path().join("store");
+    std::fs::create_dir_all(lower.join("d")).expect("mkdir");
+    std::fs::write(lower.join("a"), b"linked lower file").expect("a");
+    std::fs::hard_link(lower.join("a"), lower.join("d/b")).expect("link");
+    Store::mkfs(&store, &MkfsOptions::default()).expect("mkfs");
+    (t, lower, store)
+}
+
+#[test]
+fn an_open_unlinked_lower_hard_link_survives_importing_its_other_name() -> Result<()> {
+    // Regression (issue 10, defect 4): a hard-linked lower file, open and unlinked under one
+    // name, was deleted at the next mount: importing its second name raised nlink but left the
+    // inode on the orphan list, which the next open reclaims.
+    let (_t, lower, store) = hard_linked_lower();
+    let s = Store::open(&store, &opts(Some(&lower)))?;
+    let a = s.lookup(InodeNo::ROOT, b"a")?;
+    // The link count counts the names imported so far: d is not imported yet.
+    assert_eq!(a.nlink, 1);
+    s.open_inode(a.ino)?;
+    s.unlink(InodeNo::ROOT, b"a")?;
+    assert_eq!(s.getattr(a.ino)?.nlink, 0);
+    let d = s.lookup(InodeNo::ROOT, b"d")?.ino;
+    let b = s.lookup(d, b"b")?;
+    assert_eq!(b.ino, a.ino, "the second name is the same inode");
+    assert_eq!(b.nlink, 1);
+    s.commit()?;
+    assert!(s.check()?.is_clean(), "{:#?}", s.check()?.problems);
+    // The process stops with the file still open: the next open reclaims what is orphaned.
+    s.close()?;
+    let s = Store::open(&store, &opts(None))?;
+    let b = s.lookup(s.lookup(InodeNo::ROOT, b"d")?.ino, b"b")?;
+    assert_eq!(b.nlink, 1);
+    assert_eq!(s.read_to_vec(b.ino, 0, 100)?, b"linked lower file");
+    assert!(s.check()?.is_clean(), "{:#?}", s.check()?.problems);
+    // And closing the last handle of a revived inode does not free it either.
+    let s2 = s;
+    s2.open_inode(b.ino)?;
+    s2.release(b.ino)?;
+    assert_eq!(s2.getattr(b.ino)?.nlink, 1);
+    Ok(())
+}
+
+#[test]
+fn a_lower_hard_link_whose_inode_was_freed_imports_as_a_new_inode() -> Result<()> {
+    // Regression (issue 10, defect 4): the second name of a lower hard link, imported after
+    // the inode of the first was unlinked, closed and freed, must not resurrect a freed inode
+    // number: it is imported afresh, with the lower file's bytes.
+    let (_t, lower, store) = hard_linked_lower();
+    let s = Store::open(&store, &opts(Some(&lower)))?;
+    let a = s.lookup(InodeNo::ROOT, b"a")?.ino;
+    s.open_inode(a)?;
+    s.write(a, 0, b"LINKED")?;
+    s.unlink(InodeNo::ROOT, b"a")?;
+    s.release(a)?;
+    assert!(matches!(s.getattr(a), Err(Error::NotFound)), "a is freed");
+    let d = s.lookup(InodeNo::ROOT, b"d")?.ino;
+    let b = s.lookup(d, b"b")?;
+    assert_ne!(b.ino, a, "a freed inode number is not reused");
+    assert_eq!(b.nlink, 1);
+    assert_eq!(s.read_to_vec(b.ino, 0, 100)?, b"linked lower file");
+    s.commit()?;
+    assert!(s.check()?.is_clean(), "{:#?}", s.check()?.problems);
+    Ok(())
+}
+
+#[test]
+fn lower_errors_keep_their_errno() -> Result<()> {
+    // Regression (issue 10, defect 15): errors of the lower tree lost their errno (ENOENT,
+    // ENOTDIR, EACCES all became EIO); and a failed import or read must leave everything else
+    // as it was.
+    let (_t, lower, store) = setup();
+    std::fs::create_dir(lower.join("gone-dir"))?;
+    std::fs::create_dir(lower.join("file-dir"))?;
+    let s = Store::open(&store, &opts(Some(&lower)))?;
+    let made = s
+        .create(
+            InodeNo::ROOT,
+            b"made",
+            &NewInode {
+                kind: FileKind::Regular,
+                perm: 0o644,
+                rdev: 0,
+                symlink_target: None,
+            },
+            ME,
+        )?
+        .ino;
+    s.write(made, 0, b"mine")?;
+    // Both still to be imported when they change below.
+    let gone = s.lookup(InodeNo::ROOT, b"gone-dir")?.ino;
+    let filed = s.lookup(InodeNo::ROOT, b"file-dir")?.ino;
+    let small = s.lookup(InodeNo::ROOT, b"small")?.ino;
+    std::fs::remove_dir(lower.join("gone-dir"))?;
+    std::fs::remove_dir(lower.join("file-dir"))?;
+    std::fs::write(lower.join("file-dir"), b"now a file")?;
+    std::fs::remove_file(lower.join("small"))?;
+    let errno = |r: Result<Vec<DirEntry>>| r.err().map(|e| e.errno());
+    assert_eq!(errno(s.readdir(gone, 0, 10)), Some(libc::ENOENT));
+    assert_eq!(errno(s.readdir(filed, 0, 10)), Some(libc::ENOTDIR));
+    assert_eq!(
+        s.read_to_vec(small, 0, 100).err().map(|e| e.errno()),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(s.read_to_vec(made, 0, 10)?, b"mine");
+    s.commit()?;
+    s.close()?;
+    let s = Store::open(&store, &opts(None))?;
+    let made = s.lookup(InodeNo::ROOT, b"made")?.ino;
+    assert_eq!(s.read_to_vec(made, 0, 10)?, b"mine");
+    Ok(())
+}
+
+#[test]
+fn a_lower_file_replaced_by_a_fifo_is_refused_without_blocking() -> Result<()> {
+    // Regression (issue 10, defect 14): a regular lower file replaced by a FIFO was opened
+    // (blocking until a writer came, with the store lock held); it must be refused with EIO
+    // at once, like any lower file that changed.
+    let (_t, lower, store) = setup();
+    let s = Store::open(&store, &opts(Some(&lower)))?;
+    let small = s.lookup(InodeNo::ROOT, b"small")?.ino;
+    assert_eq!(s.read_to_vec(small, 0, 100)?, b"hello lower");
+    s.close()?;
+    std::fs::remove_file(lower.join("small"))?;
+    let fifo = std::ffi::CString::new(lower.join("small").to_str().expect("utf8")).expect("cstr");
+    // SAFETY: `fifo` is a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let s = std::sync::Arc::new(Store::open(&store, &opts(None))?);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = s.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(reader.read_to_vec(small, 0, 100));
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(Err(e)) => assert_eq!(e.errno(), libc::EIO, "{e}"),
+        Ok(Ok(v)) => panic!("read a FIFO as the lower file: {v:?}"),
+        Err(_) => {
+            // Unblock the reader before failing, so the test process can exit.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .open(lower.join("small"));
+            panic!("reading a lower file replaced by a FIFO blocked");
+        }
+    }
+    let changes = s.lower_changes()?;
+    assert!(
+        changes
+            .iter()
+            .any(|(p, what)| p == "small" && what.contains("no longer a regular file")),
+        "{changes:?}"
+    );
+    Ok(())
+}

@@ -556,3 +556,161 @@ fn a_lower_file_changed_under_the_store_is_eio_and_fsck_lists_it() -> TestResult
     assert!(!report.contains("big"), "{report}");
     Ok(())
 }
+
+/// Run `cmd` with a time limit (SIGKILL after `secs`): a test that would hang fails instead.
+/// Returns the output and how long it took.
+fn bounded(cmd: &mut Command, secs: u32) -> std::io::Result<(std::process::Output, Duration)> {
+    let t = Instant::now();
+    let mut full = Command::new("timeout");
+    full.args(["-s", "KILL", &secs.to_string()])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    let out = full.output()?;
+    Ok((out, t.elapsed()))
+}
+
+#[test]
+fn a_lower_file_replaced_by_a_fifo_fails_at_once_and_alone() -> TestResult {
+    // Regression (issue 10, defect 14): one FIFO in the lower tree hung the whole mount.
+    // Reproduced: overlay mount, read d/f, unmount; replace the lower d/f with a FIFO; mount
+    // again; `cat d/f` blocked, and so did every other access, until the daemon was killed
+    // (the lower file was opened, blocking, with the store lock held).
+    let (mut m, lower, _view) = setup(MIB)?;
+    let lower_arg = ["--lower", s(&lower)];
+    m.mount_with(&lower_arg, &[])?;
+    assert_eq!(fs::read(m.path("dir/sub/deep"))?, b"deep file");
+    m.umount()?;
+    fs::remove_file(lower.join("dir/sub/deep"))?;
+    mknod(&lower.join("dir/sub/deep"), libc::S_IFIFO | 0o644, 0)?;
+    m.mount_with(&lower_arg, &[])?;
+
+    let fifo = m.path("dir/sub/deep");
+    let mut cat_fifo = Command::new("cat");
+    cat_fifo.arg(&fifo);
+    let blocked = std::thread::spawn(move || bounded(&mut cat_fifo, 20));
+    // Meanwhile an unrelated file, and the directory, stay readable.
+    let (out, took) = bounded(Command::new("cat").arg(m.path("small")), 10)?;
+    assert!(out.status.success(), "cat small: {out:?} after {took:?}");
+    assert_eq!(out.stdout, b"hello lower");
+    let (out, _) = bounded(Command::new("ls").arg(m.path("dir/sub")), 10)?;
+    assert!(out.status.success(), "ls: {out:?}");
+    let (out, took) = blocked.join().map_err(|_| "cat thread panicked")??;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        took < Duration::from_secs(10) && out.status.code() == Some(1),
+        "cat of the FIFO: {:?} after {took:?}: {err}",
+        out.status
+    );
+    assert!(err.contains("Input/output error"), "{err}");
+    m.umount()?;
+    Ok(())
+}
+
+/// The names in directory `p` (opendir and every readdir: an error may come at either).
+fn list(p: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+    fs::read_dir(p)?.map(|e| e.map(|e| e.file_name())).collect()
+}
+
+/// Mount `m` over `lower` with a daemon that is root without CAP_DAC_OVERRIDE and
+/// CAP_DAC_READ_SEARCH, so that a lower directory of mode 0 is unreadable to it (EACCES).
+fn mount_without_dac(m: &mut Mount, lower: &Path) -> TestResult {
+    const CAPS: &str = "-dac_override,-dac_read_search";
+    let out = Command::new("setpriv")
+        .arg(format!("--bounding-set={CAPS}"))
+        .arg(format!("--inh-caps={CAPS}"))
+        .args([COWFS, "mount", "--lower", s(lower), s(&m.store), s(&m.mnt)])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "setpriv cowfs mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    m.pid = m.stats()?["pid"].as_u64().map(|p| p as u32);
+    Ok(())
+}
+
+#[test]
+fn lower_errors_reach_their_caller_with_their_errno_and_lose_nothing_else() -> TestResult {
+    // Regression (issue 10, defects 15 and 1): lower errors lost their errno (ENOENT and
+    // EACCES became EIO). And defect 1, reproduced: overlay mount; `echo x > newfile; mkdir
+    // newdir` (both acknowledged); append to a lower file from outside; a 1-byte dd
+    // conv=notrunc into that file through the mount gets EIO — and newfile and newdir were
+    // gone at once and after remount.
+    let (mut m, lower, _view) = setup(MIB)?;
+    fs::create_dir(lower.join("locked"))?;
+    fs::write(lower.join("locked/inside"), b"behind a locked door")?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(lower.join("locked"), fs::Permissions::from_mode(0o000))?;
+    }
+    mount_without_dac(&mut m, &lower)?;
+    fs::write(m.path("newfile"), b"x\n")?;
+    fs::create_dir(m.path("newdir"))?;
+
+    // An unreadable lower directory: EACCES to the caller that reaches it.
+    let (out, _) = bounded(Command::new("ls").arg("-l").arg(m.path("locked")), 10)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Permission denied"),
+        "ls -l locked: {:?}: {err}",
+        out.status
+    );
+    assert_eq!(
+        errno(list(&m.path("locked"))),
+        Some(libc::EACCES),
+        "readdir of the unreadable lower directory"
+    );
+    // A lower directory replaced by a file before it was imported: ENOTDIR. (A removed one
+    // gives ENOENT, which readdir(3) takes for the end of a directory deleted meanwhile.)
+    fs::remove_dir(lower.join("empty-dir"))?;
+    fs::write(lower.join("empty-dir"), b"a file now")?;
+    assert_eq!(errno(list(&m.path("empty-dir"))), Some(libc::ENOTDIR));
+    // And only to it: its parent still lists (readdirplus stats every entry), with both in.
+    let names = list(&m.mnt)?;
+    for n in ["locked", "empty-dir"] {
+        assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
+    }
+    assert_eq!(fs::metadata(m.path("locked"))?.mode() & 0o7777, 0);
+    // A lower file appended to from outside: a write that must copy part of it up is EIO.
+    {
+        let mut f = OpenOptions::new().append(true).open(lower.join("small"))?;
+        std::io::Write::write_all(&mut f, b" and more")?;
+    }
+    let (out, _) = bounded(
+        Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", s(&m.path("small"))))
+            .args(["bs=1", "count=1", "conv=notrunc"]),
+        10,
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Input/output error"),
+        "dd into the changed lower file: {:?}: {err}",
+        out.status
+    );
+
+    // Nothing else was lost: not at once, not after cowfs sync, not after a remount.
+    let check = |m: &Mount| -> TestResult {
+        assert_eq!(fs::read(m.path("newfile"))?, b"x\n");
+        assert!(fs::metadata(m.path("newdir"))?.is_dir());
+        check_pattern(&m.path("big"), 7, MIB, &[])?;
+        Ok(())
+    };
+    check(&m)?;
+    run_ok(&["sync", s(&m.mnt)])?;
+    check(&m)?;
+    m.umount()?;
+    mount_without_dac(&mut m, &lower)?;
+    check(&m)?;
+    assert_eq!(errno(list(&m.path("locked"))), Some(libc::EACCES));
+    m.umount()?;
+    // A daemon that may read the directory imports it now: the failed tries left nothing.
+    m.mount(&[])?;
+    check(&m)?;
+    assert_eq!(fs::read(m.path("locked/inside"))?, b"behind a locked door");
+    m.umount()?;
+    Ok(())
+}

@@ -334,6 +334,7 @@ fn chattr_flags_are_enforced_by_the_store() -> Result<()> {
 
     // Immutable.
     let imm = InodeFlags(InodeFlags::IMMUTABLE.0 | InodeFlags::NODUMP.0);
+    s.link(f, d, b"f-link")?;
     s.set_flags(f, imm, Caller::ROOT)?;
     let eperm = |r: Result<()>, what: &str| {
         assert!(
@@ -378,6 +379,8 @@ fn chattr_flags_are_enforced_by_the_store() -> Result<()> {
             .map(drop),
         "other flags while immutable",
     );
+    // A rename between two names of the inode moves nothing (POSIX), so it is allowed.
+    s.rename(d, b"f", d, b"f-link", RenameFlags::default())?;
     // Reading, opening for reading and cloning from it are fine.
     assert_eq!(s.read_to_vec(f, 0, 10)?, b"0123456789");
     s.open_file(f, false, false)?;

@@ -102,11 +102,60 @@ pub(crate) struct InodeRecord {
     pub target: Vec<u8>,
     /// Regular files: blocks mapped by the extent map, pool and lower (shared ones in full).
     pub blocks: u64,
+    /// The `chattr` flags (`FS_*_FL` bits of [`InodeFlags`](crate::InodeFlags)); version 2.
+    pub flags: u32,
+}
+
+/// Version 1 of [`InodeRecord`]: no inode flags.
+#[derive(Deserialize)]
+struct InodeRecordV1 {
+    kind: FileKind,
+    perm: u16,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    size: u64,
+    atime: Timespec,
+    mtime: Timespec,
+    ctime: Timespec,
+    crtime: Timespec,
+    rdev: u32,
+    generation: u64,
+    next_cookie: u64,
+    parent: u64,
+    target: Vec<u8>,
+    blocks: u64,
 }
 
 impl Record for InodeRecord {
     const TABLE: &'static str = "inodes";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
+    fn decode_older(
+        version: u8,
+        payload: &[u8],
+    ) -> Option<std::result::Result<Self, postcard::Error>> {
+        (version == 1).then(|| {
+            postcard::from_bytes::<InodeRecordV1>(payload).map(|v| InodeRecord {
+                kind: v.kind,
+                perm: v.perm,
+                uid: v.uid,
+                gid: v.gid,
+                nlink: v.nlink,
+                size: v.size,
+                atime: v.atime,
+                mtime: v.mtime,
+                ctime: v.ctime,
+                crtime: v.crtime,
+                rdev: v.rdev,
+                generation: v.generation,
+                next_cookie: v.next_cookie,
+                parent: v.parent,
+                target: v.target,
+                blocks: v.blocks,
+                flags: 0,
+            })
+        })
+    }
 }
 
 /// A directory entry, keyed by (parent, name).
@@ -288,6 +337,60 @@ mod tests {
                 lower: 0
             })
         );
+    }
+
+    /// Version 1 inode records exactly as format version 1 builds wrote them (frozen bytes: a
+    /// regular file and a symlink).
+    const INODE_V1_REGULAR: [u8; 43] = [
+        1, 0, 164, 3, 232, 7, 100, 1, 5, 130, 196, 159, 213, 12, 2, 134, 196, 159, 213, 12, 4, 138,
+        196, 159, 213, 12, 6, 142, 196, 159, 213, 12, 8, 0, 9, 3, 1, 0, 1, 79, 195, 116, 244,
+    ];
+    const INODE_V1_SYMLINK: [u8; 47] = [
+        1, 2, 255, 3, 232, 7, 100, 1, 4, 130, 196, 159, 213, 12, 2, 134, 196, 159, 213, 12, 4, 138,
+        196, 159, 213, 12, 6, 142, 196, 159, 213, 12, 8, 0, 9, 3, 1, 4, 46, 46, 47, 116, 0, 110,
+        36, 229, 136,
+    ];
+
+    #[test]
+    fn version_1_inodes_still_decode() -> Result<()> {
+        // Regression (issue 10, defect 23): InodeRecord v2 adds the chattr flags; stores written
+        // before it hold v1 records, which must read as inodes without flags.
+        let t = |sec: i64, nsec: u32| Timespec { sec, nsec };
+        let reg = decode::<InodeRecord>(&INODE_V1_REGULAR, &2u64)?;
+        let want = InodeRecord {
+            kind: FileKind::Regular,
+            perm: 0o644,
+            uid: 1000,
+            gid: 100,
+            nlink: 1,
+            size: 5,
+            atime: t(1_700_000_001, 2),
+            mtime: t(1_700_000_003, 4),
+            ctime: t(1_700_000_005, 6),
+            crtime: t(1_700_000_007, 8),
+            rdev: 0,
+            generation: 9,
+            next_cookie: 3,
+            parent: 1,
+            target: Vec::new(),
+            blocks: 1,
+            flags: 0,
+        };
+        assert_eq!(reg, want);
+        let sym = decode::<InodeRecord>(&INODE_V1_SYMLINK, &3u64)?;
+        assert_eq!(sym.kind, FileKind::Symlink);
+        assert_eq!(
+            (sym.target.as_slice(), sym.size, sym.flags),
+            (&b"../t"[..], 4, 0)
+        );
+        // What this build writes is version 2 and keeps the flags.
+        let v2 = encode(&InodeRecord {
+            flags: 0x30,
+            ..want
+        });
+        assert_eq!(v2[0], 2);
+        assert_eq!(decode::<InodeRecord>(&v2, &2u64)?.flags, 0x30);
+        Ok(())
     }
 
     #[test]

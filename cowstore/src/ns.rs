@@ -1,5 +1,6 @@
 //! The namespace: inodes, directory entries (keyed by parent and name, with stable readdir
-//! cookies), hard links, rename, xattrs, and the orphan list.
+//! cookies), hard links, rename (with whiteouts), xattrs, the orphan list, and what the
+//! `chattr` flags (immutable, append-only) forbid.
 
 use crate::acl::{self, Acl, Cred, Namespace, ACL_ACCESS, ACL_DEFAULT};
 use crate::codec::{
@@ -9,7 +10,9 @@ use crate::codec::{
 use crate::error::{Error, Result};
 use crate::lower::{join, LowerEntry};
 use crate::tables::Ctx;
-use crate::types::{Caller, DirEntry, FileKind, InodeNo, NewInode, RenameFlags, Timespec};
+use crate::types::{
+    Caller, DirEntry, FileKind, InodeFlags, InodeNo, NewInode, RenameFlags, Timespec,
+};
 
 pub const NAME_MAX: usize = 255;
 pub const XATTR_NAME_MAX: usize = 255;
@@ -30,6 +33,43 @@ pub(crate) fn check_name(name: &[u8]) -> Result<()> {
     }
     if name.len() > NAME_MAX {
         return Err(Error::NameTooLong);
+    }
+    Ok(())
+}
+
+/// What an operation is about to do to an inode, for the checks its `chattr` flags impose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Write data (or allocate space); `at_eof`: only adding at the end.
+    Write { at_eof: bool },
+    /// Truncate, punch a hole, zero a range: existing data goes.
+    Resize,
+    /// chmod, chown, explicit times, extended attributes.
+    Attrs,
+    /// Set the times to now (`touch` without a time).
+    TouchTimes,
+    /// Give the inode another name (link) or take one away (unlink, rename, rename over it).
+    Relink,
+    /// Add an entry to this directory.
+    AddEntry,
+    /// Remove an entry from this directory (unlink, rmdir, rename out of it, rename over one).
+    RemoveEntry,
+}
+
+/// Refuse a change the inode's flags forbid, with EPERM whoever asks (ext4's rules): an
+/// immutable inode allows nothing; an append-only one allows adding data at the end, touching
+/// its times and adding entries (a directory), nothing else. Only the flags themselves may still
+/// be changed ([`Ctx::set_flags`]).
+pub(crate) fn check_flags(rec: &InodeRecord, change: Change) -> Result<()> {
+    let flags = InodeFlags(rec.flags);
+    if flags.contains(InodeFlags::IMMUTABLE) {
+        return Err(Error::NotPermitted);
+    }
+    if flags.contains(InodeFlags::APPEND) {
+        match change {
+            Change::Write { at_eof: true } | Change::TouchTimes | Change::AddEntry => {}
+            _ => return Err(Error::NotPermitted),
+        }
     }
     Ok(())
 }
@@ -59,6 +99,7 @@ pub(crate) fn new_inode_record(
         parent,
         target: Vec::new(),
         blocks: 0,
+        flags: 0,
     }
 }
 
@@ -88,10 +129,13 @@ impl Ctx<'_> {
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<u64> {
-        self.get_dir(parent)?;
         if name == b"." {
+            // Of any kind: the kernel looks up "." of a bare node id to open a file handle
+            // (FUSE export support, open_by_handle_at), and ENOENT makes that handle stale.
+            self.get_inode(parent)?;
             return Ok(parent);
         }
+        self.get_dir(parent)?;
         if name == b".." {
             return Ok(self.get_inode(parent)?.parent);
         }
@@ -162,6 +206,7 @@ impl Ctx<'_> {
         if prec.nlink == 0 {
             return Err(Error::NotFound);
         }
+        check_flags(&prec, Change::AddEntry)?;
         if name == b"." || name == b".." || self.get_dirent(parent, name)?.is_some() {
             return Err(Error::Exists);
         }
@@ -185,6 +230,9 @@ impl Ctx<'_> {
         let ino = self.alloc_ino();
         let mut rec = new_inode_record(new.kind, perm, owner, new.rdev, parent);
         rec.generation = self.mem.state.generation;
+        if matches!(new.kind, FileKind::Regular | FileKind::Directory) {
+            rec.flags = prec.flags & InodeFlags::INHERITED.0;
+        }
         if new.kind == FileKind::Symlink {
             let target = new.symlink_target.clone().unwrap_or_default();
             if target.is_empty() {
@@ -224,6 +272,7 @@ impl Ctx<'_> {
         if rec.kind == FileKind::Directory {
             return Err(Error::NotPermitted);
         }
+        check_flags(&rec, Change::Relink)?;
         if rec.nlink >= LINK_MAX {
             return Err(Error::TooManyLinks);
         }
@@ -231,6 +280,7 @@ impl Ctx<'_> {
         if prec.nlink == 0 {
             return Err(Error::NotFound);
         }
+        check_flags(&prec, Change::AddEntry)?;
         if newname == b"." || newname == b".." || self.get_dirent(newparent, newname)?.is_some() {
             return Err(Error::Exists);
         }
@@ -296,6 +346,8 @@ impl Ctx<'_> {
         if rec.kind == FileKind::Directory {
             return Err(Error::IsDir);
         }
+        check_flags(&prec, Change::RemoveEntry)?;
+        check_flags(&rec, Change::Relink)?;
         self.remove_dirent(parent, name)?;
         let now = Timespec::now();
         prec.mtime = now;
@@ -318,6 +370,8 @@ impl Ctx<'_> {
         if rec.kind != FileKind::Directory {
             return Err(Error::NotDir);
         }
+        check_flags(&prec, Change::RemoveEntry)?;
+        check_flags(&rec, Change::Relink)?;
         if !self.dir_is_empty(d.ino)? {
             return Err(Error::NotEmpty);
         }
@@ -347,6 +401,8 @@ impl Ctx<'_> {
         )))
     }
 
+    /// rename(2)/renameat2(2). With `whiteout` (`RENAME_WHITEOUT`) the source name is left
+    /// holding a whiteout owned by that caller, in the same operation.
     pub fn rename(
         &mut self,
         parent: u64,
@@ -354,23 +410,37 @@ impl Ctx<'_> {
         newparent: u64,
         newname: &[u8],
         flags: RenameFlags,
+        whiteout: Option<Caller>,
     ) -> Result<()> {
         check_name(newname)?;
         if flags.exchange && flags.noreplace {
             return Err(Error::Invalid("RENAME_EXCHANGE with RENAME_NOREPLACE"));
+        }
+        if flags.exchange && whiteout.is_some() {
+            return Err(Error::Invalid("RENAME_EXCHANGE with RENAME_WHITEOUT"));
         }
         for n in [name, newname] {
             if n == b"." || n == b".." {
                 return Err(Error::Invalid("rename of . or .."));
             }
         }
-        self.get_dir(parent)?;
-        self.get_dir(newparent)?;
+        let prec = self.get_dir(parent)?;
+        let nprec = self.get_dir(newparent)?;
         self.ensure_imported(parent)?;
         self.ensure_imported(newparent)?;
         let src = self.get_dirent(parent, name)?.ok_or(Error::NotFound)?;
         let dst = self.get_dirent(newparent, newname)?;
         let now = Timespec::now();
+        // Two names of one inode: nothing moves (POSIX), so the flags forbid nothing.
+        if dst.is_none_or(|d| d.ino != src.ino) {
+            check_flags(&prec, Change::RemoveEntry)?;
+            check_flags(&nprec, Change::AddEntry)?;
+            check_flags(&self.get_inode(src.ino)?, Change::Relink)?;
+            if let Some(d) = dst {
+                check_flags(&nprec, Change::RemoveEntry)?;
+                check_flags(&self.get_inode(d.ino)?, Change::Relink)?;
+            }
+        }
 
         if flags.exchange {
             let dst = dst.ok_or(Error::NotFound)?;
@@ -467,7 +537,68 @@ impl Ctx<'_> {
         } else {
             self.adjust_dir(parent, 0, now)?;
         }
+        if let Some(owner) = whiteout {
+            self.add_whiteout(parent, name, owner, now)?;
+        }
         Ok(())
+    }
+
+    /// A whiteout under `parent/name`: a character device 0:0 with mode 0, which overlayfs
+    /// reads as "deleted in this layer" (ext4, XFS and tmpfs make the same for RENAME_WHITEOUT).
+    fn add_whiteout(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        owner: Caller,
+        now: Timespec,
+    ) -> Result<()> {
+        self.refuse_growth_when_full()?;
+        let mut prec = self.get_dir(parent)?;
+        let ino = self.alloc_ino();
+        let mut rec = new_inode_record(FileKind::CharDevice, 0, owner, 0, parent);
+        rec.generation = self.mem.state.generation;
+        (rec.atime, rec.mtime, rec.ctime, rec.crtime) = (now, now, now, now);
+        self.add_dirent(parent, &mut prec, name, ino, FileKind::CharDevice)?;
+        self.put_inode(parent, &prec)?;
+        self.put_inode(ino, &rec)?;
+        self.mem.state.inodes += 1;
+        Ok(())
+    }
+
+    /// FS_IOC_SETFLAGS: the owner (or root) sets the inode's `chattr` flags; immutable and
+    /// append-only may be set or cleared only by root (`CAP_LINUX_IMMUTABLE`), and while an
+    /// inode stays immutable nothing else about its flags may change (ext4's rules).
+    pub fn set_flags(
+        &mut self,
+        ino: u64,
+        flags: InodeFlags,
+        caller: Caller,
+    ) -> Result<InodeRecord> {
+        let mut rec = self.get_inode(ino)?;
+        if !matches!(rec.kind, FileKind::Regular | FileKind::Directory) {
+            return Err(Error::Unsupported);
+        }
+        if flags.0 & !InodeFlags::SUPPORTED.0 != 0 {
+            return Err(Error::Unsupported);
+        }
+        if caller.uid != 0 && caller.uid != rec.uid {
+            return Err(Error::NotPermitted);
+        }
+        let old = InodeFlags(rec.flags);
+        let changed = InodeFlags(old.0 ^ flags.0);
+        if changed.intersects(InodeFlags::PRIVILEGED) && caller.uid != 0 {
+            return Err(Error::NotPermitted);
+        }
+        if old.contains(InodeFlags::IMMUTABLE)
+            && flags.contains(InodeFlags::IMMUTABLE)
+            && changed != InodeFlags::NONE
+        {
+            return Err(Error::NotPermitted);
+        }
+        rec.flags = flags.0;
+        rec.ctime = Timespec::now();
+        self.put_inode(ino, &rec)?;
+        Ok(rec)
     }
 
     /// Change a directory's link count by `delta` and stamp its mtime/ctime.
@@ -479,8 +610,11 @@ impl Ctx<'_> {
         self.put_inode(dir, &r)
     }
 
-    /// Entries of a directory after `offset` (0 starts at the beginning, with "." and "..").
-    pub fn readdir(&self, ino: u64, offset: u64, limit: usize) -> Result<Vec<DirEntry>> {
+    /// Entries of a directory after cookie `offset` (0 starts at the beginning, with "." and
+    /// "..") and before cookie `end`. Every entry created in or renamed into a directory gets a
+    /// new cookie from its `next_cookie`, so a stream that stops at the `next_cookie` it saw when
+    /// it was opened or rewound never meets an entry a second time (and always ends).
+    pub fn readdir(&self, ino: u64, offset: u64, end: u64, limit: usize) -> Result<Vec<DirEntry>> {
         let rec = self.get_dir(ino)?;
         let mut out = Vec::new();
         if offset < 1 {
@@ -500,7 +634,10 @@ impl Ctx<'_> {
             });
         }
         let from = offset.max(2) + 1;
-        for item in self.cookies.range((ino, from)..=(ino, u64::MAX))? {
+        if from >= end {
+            return Ok(out);
+        }
+        for item in self.cookies.range((ino, from)..(ino, end))? {
             if out.len() >= limit {
                 break;
             }
@@ -765,6 +902,7 @@ impl Ctx<'_> {
         }
         let ns = acl::namespace(name)?;
         let mut rec = self.get_inode(ino)?;
+        check_flags(&rec, Change::Attrs)?;
         let exists = self.xattrs.contains((ino, name))?;
         if flags & libc::XATTR_CREATE != 0 && exists {
             return Err(Error::Exists);
@@ -806,6 +944,7 @@ impl Ctx<'_> {
     pub fn remove_xattr(&mut self, ino: u64, name: &[u8]) -> Result<()> {
         acl::namespace(name)?;
         let mut rec = self.get_inode(ino)?;
+        check_flags(&rec, Change::Attrs)?;
         if !self.xattrs.remove((ino, name))? {
             return Err(Error::NoAttr);
         }

@@ -10,7 +10,7 @@ use crate::lower::{LowerFile, LowerHold, LowerTree, IMPORT_BATCH};
 use crate::meta::{
     key, Delta, Engine, IntKey, Layers, MemEngine, RedbEngine, Snapshot, TableId, MEM_META_FILE,
 };
-use crate::ns::{new_inode_record, NAME_MAX};
+use crate::ns::{check_flags, new_inode_record, Change, NAME_MAX};
 use crate::superblock::{Superblock, SUPERBLOCK_FILE, SUPERBLOCK_LEN};
 use crate::tables::{state_delta, Ctx, TxnMem, STATE_KEY};
 use crate::types::*;
@@ -573,13 +573,107 @@ impl Store {
         self.import(newparent)?;
         self.import_child(newparent, newname)?;
         self.inner
-            .write(|cx| cx.rename(parent.0, name, newparent.0, newname, flags))
+            .write(|cx| cx.rename(parent.0, name, newparent.0, newname, flags, None))
     }
 
-    /// Up to `limit` entries after cookie `offset` (0 = from the start, with "." and "..").
+    /// `renameat2(RENAME_WHITEOUT)`: rename, and leave a whiteout (a character device 0:0,
+    /// mode 0, owned by `owner`) under the source name, in one atomic operation.
+    pub fn rename_whiteout(
+        &self,
+        parent: InodeNo,
+        name: &[u8],
+        newparent: InodeNo,
+        newname: &[u8],
+        flags: RenameFlags,
+        owner: Caller,
+    ) -> Result<()> {
+        self.inner
+            .write(|cx| cx.rename(parent.0, name, newparent.0, newname, flags, Some(owner)))
+    }
+
+    /// Up to `limit` entries after cookie `offset` (0 = from the start, with "." and ".."),
+    /// whenever they were added.
     pub fn readdir(&self, dir: InodeNo, offset: u64, limit: usize) -> Result<Vec<DirEntry>> {
+        self.readdir_until(dir, offset, u64::MAX, limit)
+    }
+
+    /// Up to `limit` entries after cookie `offset` and before cookie `end`: the listing of a
+    /// directory stream that began (opendir or rewind) when [`Store::dir_end`] said `end`.
+    /// Entries created or renamed into the directory since then have cookies at or past `end`,
+    /// so the stream never returns an entry twice, however the directory changes under it.
+    pub fn readdir_until(
+        &self,
+        dir: InodeNo,
+        offset: u64,
+        end: u64,
+        limit: usize,
+    ) -> Result<Vec<DirEntry>> {
         self.import(dir)?;
-        self.inner.read(|cx| cx.readdir(dir.0, offset, limit))
+        self.inner.read(|cx| cx.readdir(dir.0, offset, end, limit))
+    }
+
+    /// Where a directory stream that begins now ends: the cookie the directory's next entry
+    /// will get.
+    pub fn dir_end(&self, dir: InodeNo) -> Result<u64> {
+        self.import(dir)?;
+        self.inner.read(|cx| Ok(cx.get_dir(dir.0)?.next_cookie))
+    }
+
+    /// Open a directory stream: the directory is counted open like a file (removed while open,
+    /// it stays an orphan answering getattr until [`Store::releasedir`]); returns where the
+    /// stream ends (see [`Store::readdir_until`]) and the directory's attributes.
+    pub fn opendir(&self, dir: InodeNo) -> Result<(u64, InodeAttr)> {
+        self.import(dir)?;
+        self.inner.write_unchecked(|cx| {
+            let rec = cx.get_dir(dir.0)?;
+            *cx.mem.open_counts.entry(dir.0).or_insert(0) += 1;
+            Ok((rec.next_cookie, self.attr(dir.0, &rec)))
+        })
+    }
+
+    /// Close a directory stream; the last close of a removed directory frees it.
+    pub fn releasedir(&self, dir: InodeNo) -> Result<()> {
+        self.release(dir)
+    }
+
+    /// Record an access (a read, a listing) under `policy`: the access time becomes now when
+    /// the policy and the inode's `noatime` flag say so. The change rides the next commit;
+    /// nothing is committed here, and a read-only store records nothing.
+    pub fn touch_atime(&self, ino: InodeNo, policy: AtimePolicy) -> Result<()> {
+        if self.inner.read_only || policy.mode == AtimeMode::Never {
+            return Ok(());
+        }
+        let now = Timespec::now();
+        let due = |rec: &InodeRecord| {
+            policy.due_for(
+                rec.kind,
+                InodeFlags(rec.flags),
+                rec.atime,
+                rec.mtime,
+                rec.ctime,
+                now,
+            )
+        };
+        // Most accesses change nothing (relatime): find out under the shared path first.
+        if !self.inner.read(|cx| Ok(due(&cx.get_inode(ino.0)?)))? {
+            return Ok(());
+        }
+        self.inner.write(|cx| {
+            let mut rec = cx.get_inode(ino.0)?;
+            if due(&rec) {
+                rec.atime = now;
+                cx.put_inode(ino.0, &rec)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// FS_IOC_SETFLAGS by `caller` (see [`InodeFlags`] for what each flag forbids).
+    pub fn set_flags(&self, ino: InodeNo, flags: InodeFlags, caller: Caller) -> Result<InodeAttr> {
+        self.inner.write(|cx| {
+            let rec = cx.set_flags(ino.0, flags, caller)?;
+            Ok(self.attr(ino.0, &rec))
+        })
     }
 
     /// Overlay: import a directory's lower entries before it is first looked into.
@@ -719,6 +813,17 @@ impl Store {
         }
     }
 
+    /// Count an open handle of a file opened for writing (`write`) and with `O_APPEND`
+    /// (`append`): refused with EPERM for writing to an immutable file, or to an append-only
+    /// one without `O_APPEND`.
+    pub fn open_file(&self, ino: InodeNo, write: bool, append: bool) -> Result<InodeAttr> {
+        if write {
+            self.inner
+                .read(|cx| check_flags(&cx.get_inode(ino.0)?, Change::Write { at_eof: append }))?;
+        }
+        self.open_inode(ino)
+    }
+
     /// Count an open handle: an inode unlinked while open lives until its last `release`.
     pub fn open_inode(&self, ino: InodeNo) -> Result<InodeAttr> {
         self.inner.write_unchecked(|cx| {
@@ -756,6 +861,7 @@ impl Store {
         };
         self.inner.write(|cx| {
             let mut rec = cx.get_inode(ino.0)?;
+            check_flags(&rec, setattr_change(set))?;
             let now = Timespec::now();
             if let Some(size) = set.size {
                 require_regular(&rec)?;
@@ -883,6 +989,12 @@ impl Store {
         self.inner.write(|cx| {
             let mut rec = cx.get_inode(ino.0)?;
             require_regular(&rec)?;
+            check_flags(
+                &rec,
+                Change::Write {
+                    at_eof: off == rec.size,
+                },
+            )?;
             cx.write_data(
                 ino.0,
                 &mut rec,
@@ -924,6 +1036,12 @@ impl Store {
         self.inner.write(|cx| {
             let mut rec = cx.get_inode(ino.0)?;
             require_regular(&rec)?;
+            let change = match mode {
+                // Allocating changes no data, and an append-only file may grow (vfs_fallocate).
+                FallocMode::Allocate { .. } => Change::Write { at_eof: true },
+                FallocMode::PunchHole | FallocMode::ZeroRange { .. } => Change::Resize,
+            };
+            check_flags(&rec, change)?;
             let keep = match mode {
                 FallocMode::Allocate { keep_size } => {
                     // Extents never reach past the block holding EOF (check() holds us to it), so
@@ -994,6 +1112,12 @@ impl Store {
                 cx.get_inode(dst.0)?
             };
             require_regular(&dst_rec)?;
+            check_flags(
+                &dst_rec,
+                Change::Write {
+                    at_eof: dst_off == dst_rec.size,
+                },
+            )?;
             let n = cx.clone_range(
                 (src.0, &src_rec, src_off),
                 (dst.0, &mut dst_rec, dst_off),
@@ -1096,9 +1220,34 @@ impl Store {
             ctime: rec.ctime,
             crtime: rec.crtime,
             rdev: rec.rdev,
-            generation: rec.generation,
+            // The root is never deleted, so its handles never go stale: generation 0, what the
+            // kernel (FUSE, NFS export) expects of a root.
+            generation: if ino == InodeNo::ROOT.0 {
+                0
+            } else {
+                rec.generation
+            },
             block_size: self.inner.sb.block_size,
+            flags: InodeFlags(rec.flags),
         }
+    }
+}
+
+/// What a setattr does, for the `chattr` flags: a size change drops data; mode, owner and
+/// explicit times are attributes; times set to now only touch (allowed on append-only files).
+fn setattr_change(set: &SetAttr) -> Change {
+    let explicit = |t: Option<TimeSet>| matches!(t, Some(TimeSet::At(_)));
+    if set.size.is_some() {
+        Change::Resize
+    } else if set.mode.is_some()
+        || set.uid.is_some()
+        || set.gid.is_some()
+        || explicit(set.atime)
+        || explicit(set.mtime)
+    {
+        Change::Attrs
+    } else {
+        Change::TouchTimes
     }
 }
 

@@ -133,12 +133,102 @@ pub struct InodeAttr {
     pub rdev: u32,
     pub generation: u64,
     pub block_size: u32,
+    /// The `chattr` flags.
+    pub flags: InodeFlags,
 }
 
 impl InodeAttr {
     /// `st_mode`: kind bits and permission bits.
     pub fn mode(&self) -> u32 {
         self.kind.mode_bits() | u32::from(self.perm)
+    }
+}
+
+/// The `chattr`/`lsattr` flags of an inode: the `FS_*_FL` bits of `FS_IOC_GETFLAGS` and
+/// `FS_IOC_SETFLAGS` (their values are the kernel's ABI). The store enforces immutable and
+/// append-only itself: FUSE does not tell the kernel about them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeFlags(pub u32);
+
+impl InodeFlags {
+    /// `FS_IMMUTABLE_FL`: no change at all (data, attributes, links, name), not even by root;
+    /// only root may clear it.
+    pub const IMMUTABLE: InodeFlags = InodeFlags(0x10);
+    /// `FS_APPEND_FL`: data may only be added at the end; no truncate, unlink, rename or link.
+    pub const APPEND: InodeFlags = InodeFlags(0x20);
+    /// `FS_NODUMP_FL`: skipped by dump(8); recorded only.
+    pub const NODUMP: InodeFlags = InodeFlags(0x40);
+    /// `FS_NOATIME_FL`: reads do not update the access time.
+    pub const NOATIME: InodeFlags = InodeFlags(0x80);
+    pub const NONE: InodeFlags = InodeFlags(0);
+    /// Every flag the store keeps; `set_flags` refuses others.
+    pub const SUPPORTED: InodeFlags = InodeFlags(0x10 | 0x20 | 0x40 | 0x80);
+    /// Flags a new inode takes from its directory (ext4 inherits these too).
+    pub const INHERITED: InodeFlags = InodeFlags(0x40 | 0x80);
+    /// The flags only root (`CAP_LINUX_IMMUTABLE`) may set or clear.
+    pub const PRIVILEGED: InodeFlags = InodeFlags(0x10 | 0x20);
+
+    pub fn contains(self, other: InodeFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn intersects(self, other: InodeFlags) -> bool {
+        self.0 & other.0 != 0
+    }
+}
+
+/// When reads and directory listings update the access time (the mount's `relatime` (default),
+/// `strictatime`, `noatime` and `nodiratime`). FUSE leaves atime to the daemon: the kernel
+/// marks every FUSE inode `S_NOATIME`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AtimePolicy {
+    pub mode: AtimeMode,
+    /// Never for directories.
+    pub nodiratime: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AtimeMode {
+    /// Only when the access time is not after the last change (mtime or ctime), or is a day old.
+    #[default]
+    Relatime,
+    /// On every access.
+    Strict,
+    /// Never.
+    Never,
+}
+
+impl AtimePolicy {
+    /// relatime's "a day old": an access time older than this is refreshed by the next access.
+    pub const RELATIME_MAX_AGE_SECS: i64 = 24 * 60 * 60;
+
+    /// Whether an access at `now` updates the access time of `a` (the kernel's
+    /// `relatime_need_update` and `touch_atime` rules, plus the inode's `noatime` flag).
+    pub fn due(&self, a: &InodeAttr, now: Timespec) -> bool {
+        self.due_for(a.kind, a.flags, a.atime, a.mtime, a.ctime, now)
+    }
+
+    pub(crate) fn due_for(
+        &self,
+        kind: FileKind,
+        flags: InodeFlags,
+        atime: Timespec,
+        mtime: Timespec,
+        ctime: Timespec,
+        now: Timespec,
+    ) -> bool {
+        if flags.contains(InodeFlags::NOATIME) || (self.nodiratime && kind == FileKind::Directory) {
+            return false;
+        }
+        match self.mode {
+            AtimeMode::Never => false,
+            AtimeMode::Strict => atime != now,
+            AtimeMode::Relatime => {
+                mtime >= atime
+                    || ctime >= atime
+                    || now.sec.saturating_sub(atime.sec) >= Self::RELATIME_MAX_AGE_SECS
+            }
+        }
     }
 }
 

@@ -166,6 +166,10 @@ pub struct Handlers {
 #[derive(Debug)]
 pub struct ControlServer {
     path: PathBuf,
+    /// (dev, ino) of the socket file this daemon bound: the kernel reuses a mount's device
+    /// number as soon as it is unmounted, so by the time this daemon has closed its store the
+    /// path may be the socket of a newer mount, which must not be removed.
+    bound: Option<(u64, u64)>,
 }
 
 impl ControlServer {
@@ -179,6 +183,7 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let bound = socket_id(&path);
         let handlers = Arc::new(handlers);
         let active = Arc::new(AtomicUsize::new(0));
         std::thread::Builder::new()
@@ -191,7 +196,7 @@ impl ControlServer {
                     }
                 }
             })?;
-        Ok(ControlServer { path })
+        Ok(ControlServer { path, bound })
     }
 
     pub fn path(&self) -> &Path {
@@ -199,9 +204,18 @@ impl ControlServer {
     }
 }
 
+fn socket_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
 impl Drop for ControlServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.bound.is_some() && socket_id(&self.path) == self.bound {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

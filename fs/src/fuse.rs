@@ -10,22 +10,40 @@ use crate::stats::{CounterSnapshot, Counters};
 use crate::sys;
 use cowstore::io::FileIo;
 use cowstore::{
-    Caller, FallocMode, FileKind, InodeAttr, InodeNo, NewInode, RenameFlags as StoreRenameFlags,
-    SeekWhence, Segment, SetAttr, Store, TimeSet, Timespec,
+    AtimePolicy, Caller, DirEntry, FallocMode, FileKind, InodeAttr, InodeFlags, InodeNo, NewInode,
+    RenameFlags as StoreRenameFlags, SeekWhence, Segment, SetAttr, Store, TimeSet, Timespec,
 };
 use fuser::{
     CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, error, info, warn};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
+
+/// `FS_IOC_GETFLAGS`/`FS_IOC_SETFLAGS` (`lsattr`/`chattr`): the kernel sends them (as
+/// FUSE_IOCTL, with a 4-byte argument) for its `fileattr_get`/`fileattr_set`.
+const FS_IOC_GETFLAGS: u32 = libc::FS_IOC_GETFLAGS as u32;
+const FS_IOC_SETFLAGS: u32 = libc::FS_IOC_SETFLAGS as u32;
+/// `FS_IOC_FSGETXATTR` (`_IOR('X', 31, struct fsxattr)`, 28 bytes): the kernel asks it for the
+/// current flags before every FS_IOC_SETFLAGS.
+const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+const FSXATTR_LEN: usize = 28;
+/// `FS_XFLAG_*` bits of `struct fsxattr` and the `FS_*_FL` flags they stand for.
+const XFLAGS: [(u32, InodeFlags); 4] = [
+    (0x08, InodeFlags::IMMUTABLE),
+    (0x10, InodeFlags::APPEND),
+    (0x40, InodeFlags::NOATIME),
+    (0x80, InodeFlags::NODUMP),
+];
 
 /// How read replies carry file bytes to the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +74,9 @@ pub struct FsConfig {
     pub writeback_cache: bool,
     /// Largest write request to ask the kernel for.
     pub max_write: u32,
+    /// When reads and listings update access times (`relatime`, `strictatime`, `noatime`,
+    /// `nodiratime`).
+    pub atime: AtimePolicy,
 }
 
 impl Default for FsConfig {
@@ -65,6 +86,7 @@ impl Default for FsConfig {
             ttl: Duration::from_secs(10),
             writeback_cache: false,
             max_write: 1 << 20,
+            atime: AtimePolicy::default(),
         }
     }
 }
@@ -97,6 +119,41 @@ impl Shared {
     }
 }
 
+/// The open directory streams, by file handle: the cookie each one ends at (see
+/// `Store::readdir_until`), taken at opendir and again at every rewind (offset 0).
+#[derive(Debug, Default)]
+struct DirStreams {
+    next: AtomicU64,
+    ends: Mutex<HashMap<u64, u64>>,
+}
+
+impl DirStreams {
+    fn ends(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+        self.ends.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open(&self, end: u64) -> FileHandle {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.ends().insert(fh, end);
+        FileHandle(fh)
+    }
+
+    /// Where the stream `fh` ends; unknown handles list everything.
+    fn end(&self, fh: FileHandle) -> u64 {
+        self.ends().get(&fh.0).copied().unwrap_or(u64::MAX)
+    }
+
+    fn rewound(&self, fh: FileHandle, end: u64) {
+        if let Some(e) = self.ends().get_mut(&fh.0) {
+            *e = end;
+        }
+    }
+
+    fn close(&self, fh: FileHandle) {
+        self.ends().remove(&fh.0);
+    }
+}
+
 /// The filesystem fuser serves: a [`Store`] plus the adapter's settings and counters.
 pub struct CowFs {
     store: Option<Arc<Store>>,
@@ -105,6 +162,7 @@ pub struct CowFs {
     cfg: FsConfig,
     shared: Arc<Shared>,
     handles: Handles,
+    dirs: DirStreams,
 }
 
 impl std::fmt::Debug for CowFs {
@@ -190,11 +248,83 @@ impl CowFs {
             cfg,
             shared,
             handles: Handles::default(),
+            dirs: DirStreams::default(),
         }
     }
 
     fn counters(&self) -> &Counters {
         &self.shared.counters
+    }
+
+    /// A read or listing of `i` happened: update its access time as the mount's policy says.
+    /// A failure fails nothing (the access itself succeeded); it is logged.
+    fn accessed(&self, s: &Store, i: INodeNo) {
+        if let Err(e) = s.touch_atime(ino(i), self.cfg.atime) {
+            if e.is_fault() {
+                warn!("atime of inode {}: {e}", i.0);
+            } else {
+                debug!("atime of inode {}: {e}", i.0);
+            }
+        }
+    }
+
+    /// The entries of directory stream `fh` after `offset` (0: a rewind, which moves where
+    /// the stream ends to the directory's current end).
+    fn listing(
+        &self,
+        s: &Store,
+        i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<DirEntry>, FsError> {
+        let end = if offset == 0 {
+            let end = s.dir_end(ino(i))?;
+            self.dirs.rewound(fh, end);
+            end
+        } else {
+            self.dirs.end(fh)
+        };
+        let entries = s.readdir_until(ino(i), offset, end, limit)?;
+        self.accessed(s, i);
+        Ok(entries)
+    }
+
+    /// The reply to FS_IOC_GETFLAGS, SETFLAGS and FSGETXATTR; `None`: not one of ours.
+    fn flags_ioctl(
+        s: &Store,
+        req: &Request,
+        i: INodeNo,
+        cmd: u32,
+        in_data: &[u8],
+    ) -> Option<Result<Vec<u8>, FsError>> {
+        let r = match cmd {
+            FS_IOC_GETFLAGS => s
+                .getattr(ino(i))
+                .map(|a| a.flags.0.to_ne_bytes().to_vec())
+                .map_err(FsError::from),
+            FS_IOC_SETFLAGS => match in_data.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+                Some(b) => s
+                    .set_flags(ino(i), InodeFlags(u32::from_ne_bytes(b)), caller(req))
+                    .map(|a| a.flags.0.to_ne_bytes().to_vec())
+                    .map_err(FsError::from),
+                None => Err(FsError::refused(
+                    libc::EINVAL,
+                    "FS_IOC_SETFLAGS: no argument",
+                )),
+            },
+            FS_IOC_FSGETXATTR => s.getattr(ino(i)).map_err(FsError::from).map(|a| {
+                let xflags = XFLAGS
+                    .iter()
+                    .filter(|(_, f)| a.flags.contains(*f))
+                    .fold(0u32, |x, (bit, _)| x | bit);
+                let mut out = vec![0u8; FSXATTR_LEN];
+                out[..4].copy_from_slice(&xflags.to_ne_bytes());
+                out
+            }),
+            _ => return None,
+        };
+        Some(r)
     }
 
     /// Run one request against the store; failures go through [`CowFs::fail`].
@@ -379,12 +509,17 @@ impl Filesystem for CowFs {
         // keeps modes and ACLs in step and inherits default ACLs. DONT_MASK: create, mknod and
         // mkdir carry the mode before the umask, which the store applies only where no default
         // ACL is inherited, as ext4 does.
+        // EXPORT_SUPPORT: file handles (name_to_handle_at/open_by_handle_at, NFS export) are
+        // (node id, generation); the kernel resolves one it no longer caches by looking up "."
+        // (and ".." for a parent) of the bare node id. Inode numbers are never reused and the
+        // generation is the commit generation at creation, so a stale handle gets ESTALE.
         let mut want = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_POSIX_ACL
-            | InitFlags::FUSE_DONT_MASK;
+            | InitFlags::FUSE_DONT_MASK
+            | InitFlags::FUSE_EXPORT_SUPPORT;
         if self.cfg.writeback_cache {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
@@ -581,7 +716,7 @@ impl Filesystem for CowFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -590,21 +725,30 @@ impl Filesystem for CowFs {
         reply: ReplyEmpty,
     ) {
         let r = self.run("rename", |s| {
-            let known = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
-            if !known.contains(flags) || flags == known {
+            let known = RenameFlags::RENAME_NOREPLACE
+                | RenameFlags::RENAME_EXCHANGE
+                | RenameFlags::RENAME_WHITEOUT;
+            let exchange = RenameFlags::RENAME_EXCHANGE;
+            if !known.contains(flags) || (flags.contains(exchange) && flags != exchange) {
                 return Err(FsError::refused(libc::EINVAL, "rename: unsupported flags"));
             }
             let f = StoreRenameFlags {
                 noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
-                exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+                exchange: flags.contains(exchange),
             };
-            Ok(s.rename(
-                ino(parent),
-                name.as_bytes(),
-                ino(newparent),
-                newname.as_bytes(),
-                f,
-            )?)
+            let (from, to) = (name.as_bytes(), newname.as_bytes());
+            if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+                // The kernel has checked CAP_MKNOD; the whiteout belongs to the caller.
+                return Ok(s.rename_whiteout(
+                    ino(parent),
+                    from,
+                    ino(newparent),
+                    to,
+                    f,
+                    caller(req),
+                )?);
+            }
+            Ok(s.rename(ino(parent), from, ino(newparent), to, f)?)
         });
         Self::empty(reply, r);
     }
@@ -623,14 +767,25 @@ impl Filesystem for CowFs {
         self.entry(reply, r);
     }
 
-    fn open(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.run("open", |s| Ok((s.open_inode(ino(i))?, s.error_seq()))) {
-            // KEEP_CACHE: nothing changes a file's bytes behind the kernel's back, so the page
-            // cache stays valid across opens. NOFLUSH: flush has nothing to do.
-            Ok((_, seq)) => reply.opened(
-                FileHandle(self.handles.open(seq)),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-            ),
+    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let access = flags.0 & libc::O_ACCMODE;
+        let write = access != libc::O_RDONLY;
+        let append = flags.0 & libc::O_APPEND != 0;
+        match self.run("open", |s| {
+            Ok((s.open_file(ino(i), write, append)?, s.error_seq()))
+        }) {
+            Ok((a, seq)) => {
+                // KEEP_CACHE: nothing changes a file's bytes behind the kernel's back, so the
+                // page cache stays valid across opens. Except when the next read must update
+                // the access time (relatime: the first read since the file changed): reads
+                // from the page cache never reach us, so this open drops it.
+                // NOFLUSH: flush has nothing to do.
+                let mut f = FopenFlags::FOPEN_NOFLUSH;
+                if access == libc::O_WRONLY || !self.cfg.atime.due(&a, Timespec::now()) {
+                    f |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(self.handles.open(seq)), f)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -647,7 +802,12 @@ impl Filesystem for CowFs {
         reply: ReplyData,
     ) {
         Counters::add(&self.counters().reads, 1);
-        let segs = match self.run("read", |s| Ok(s.read(ino(i), offset, u64::from(size))?)) {
+        let segs = match self.run("read", |s| {
+            let segs = s.read(ino(i), offset, u64::from(size))?;
+            // Before the reply: a stat that follows the read must see the new atime.
+            self.accessed(s, i);
+            Ok(segs)
+        }) {
             Ok(segs) => segs,
             Err(e) => return reply.error(e),
         };
@@ -737,24 +897,35 @@ impl Filesystem for CowFs {
         Self::empty(reply, self.run("fsync", |s| self.sync_handle(s, fh)));
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // CACHE_DIR: the kernel keeps listings in its page cache and drops them itself when an
-        // operation through this mount changes the directory.
-        reply.opened(
-            FileHandle(0),
-            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-        );
+    fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Counted open like a file: removed while open, the directory keeps answering getattr
+        // (nlink 0) until releasedir.
+        match self.run("opendir", |s| Ok(s.opendir(ino(i))?)) {
+            Ok((end, a)) => {
+                // CACHE_DIR: the kernel keeps listings in its page cache and drops them itself
+                // when an operation through this mount changes the directory; but a listing
+                // served from that cache never reaches us, so not when it should update the
+                // access time.
+                let flags = if self.cfg.atime.due(&a, Timespec::now()) {
+                    FopenFlags::empty()
+                } else {
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+                };
+                reply.opened(self.dirs.open(end), flags);
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
     fn readdir(
         &self,
         _req: &Request,
         i: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.run("readdir", |s| Ok(s.readdir(ino(i), offset, 256)?)) {
+        match self.run("readdir", |s| self.listing(s, i, fh, offset, 256)) {
             Ok(entries) => {
                 for e in entries {
                     if reply.add(
@@ -776,12 +947,12 @@ impl Filesystem for CowFs {
         &self,
         _req: &Request,
         i: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let r = self.run("readdirplus", |s| {
-            let entries = s.readdir(ino(i), offset, 128)?;
+            let entries = self.listing(s, i, fh, offset, 128)?;
             let mut out = Vec::with_capacity(entries.len());
             for e in entries {
                 match s.getattr(e.ino) {
@@ -817,12 +988,13 @@ impl Filesystem for CowFs {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        i: INodeNo,
+        fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        self.dirs.close(fh);
+        Self::empty(reply, self.run("releasedir", |s| Ok(s.releasedir(ino(i))?)));
     }
 
     fn fsyncdir(
@@ -1000,6 +1172,31 @@ impl Filesystem for CowFs {
         }
     }
 
+    fn ioctl(
+        &self,
+        req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let r = self.run("ioctl", |s| {
+            Self::flags_ioctl(s, req, i, cmd, in_data)
+                .unwrap_or(Err(FsError::refused(libc::ENOTTY, "ioctl: not supported")))
+        });
+        match r {
+            // The kernel expects exactly out_size bytes back.
+            Ok(mut out) => {
+                out.resize(out_size as usize, 0);
+                reply.ioctl(0, &out);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn copy_file_range(
         &self,
         _req: &Request,
@@ -1038,23 +1235,5 @@ impl Filesystem for CowFs {
             }
             Err(e) => reply.error(e),
         }
-    }
-
-    fn ioctl(
-        &self,
-        _req: &Request,
-        i: INodeNo,
-        _fh: FileHandle,
-        _flags: fuser::IoctlFlags,
-        cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
-        reply: ReplyIoctl,
-    ) {
-        // No ioctl is implemented yet (FS_IOC_GETFLAGS/SETFLAGS need inode flags the format
-        // does not have). ENOTTY is the answer of a filesystem that does not know the command;
-        // programs probe with ioctls all the time (lsattr, cp), so this is not worth a log line.
-        debug!("ioctl {cmd:#x} on inode {}: ENOTTY", i.0);
-        reply.error(Errno::from_i32(libc::ENOTTY));
     }
 }

@@ -1,6 +1,7 @@
 //! `-o` mount options: what cowfs understands, and the standard ones it accepts and ignores.
 
 use cowfs_fs::{CopyMode, FsConfig, MountOption, SessionACL};
+use cowstore::{AtimeMode, AtimePolicy};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ pub struct MountOpts {
     pub suid: bool,
     pub dev: bool,
     pub noexec: bool,
-    pub noatime: bool,
+    /// relatime (default), strictatime, noatime, nodiratime: applied by the daemon (the kernel
+    /// leaves FUSE atimes alone); noatime is also passed to the kernel.
+    pub atime: AtimePolicy,
     pub sync: bool,
     pub dirsync: bool,
     /// Seconds between periodic commits; 0 commits only on fsync, `cowfs sync` and unmount.
@@ -34,7 +37,7 @@ impl Default for MountOpts {
             suid: false,
             dev: false,
             noexec: false,
-            noatime: false,
+            atime: AtimePolicy::default(),
             sync: false,
             dirsync: false,
             commit_secs: 5,
@@ -65,17 +68,12 @@ const IGNORED: &[&str] = &[
     "owner",
     "_netdev",
     "nofail",
-    "relatime",
-    "strictatime",
     "lazytime",
     "nolazytime",
-    "diratime",
-    "nodiratime",
     "async",
     "nosuid",
     "nodev",
     "exec",
-    "atime",
     "nodirsync",
     "auto_unmount",
     "big_writes",
@@ -88,7 +86,10 @@ Mount options (-o OPT[,OPT...]):
   default_permissions    the kernel checks permissions, POSIX ACLs included (always on;
                          no_default_permissions is refused: cowfs does not check them itself)
   suid, dev              honour setuid bits / device files (off by default: nosuid, nodev)
-  noexec, noatime, sync, dirsync    passed to the kernel
+  noexec, sync, dirsync  passed to the kernel
+  relatime, strictatime, noatime, nodiratime    when reads and listings update access times
+                         (default relatime: the first access after a change, or a day later;
+                         atime, diratime undo noatime, nodiratime)
   commit=SECONDS         commit every SECONDS when there are changes (default 5; 0: only on
                          fsync, `cowfs sync` and unmount; sync(1) never reaches the daemon)
   copy_mode=splice|buffered    how read data reaches the kernel (default splice: zero-copy)
@@ -99,8 +100,8 @@ Mount options (-o OPT[,OPT...]):
   writeback_cache        let the kernel batch writes in its page cache
   log=FILE               daemon log file (default STORE/cowfs.log; -f logs to stderr)
   debug                  log every request (very verbose)
-Accepted and ignored: rw, defaults, auto, noauto, user, nouser, _netdev, nofail, relatime, exec,
-  nosuid, nodev, atime, async, x-*, and other fstab-only options.";
+Accepted and ignored: rw, defaults, auto, noauto, user, nouser, _netdev, nofail, lazytime, exec,
+  nosuid, nodev, async, x-*, and other fstab-only options.";
 
 fn num(key: &str, v: &str) -> Result<u64, String> {
     v.parse()
@@ -136,7 +137,11 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
             ("suid", None) => o.suid = true,
             ("dev", None) => o.dev = true,
             ("noexec", None) => o.noexec = true,
-            ("noatime", None) => o.noatime = true,
+            ("noatime", None) => o.atime.mode = AtimeMode::Never,
+            ("relatime" | "atime", None) => o.atime.mode = AtimeMode::Relatime,
+            ("strictatime", None) => o.atime.mode = AtimeMode::Strict,
+            ("nodiratime", None) => o.atime.nodiratime = true,
+            ("diratime", None) => o.atime.nodiratime = false,
             ("sync", None) => o.sync = true,
             ("dirsync", None) => o.dirsync = true,
             ("commit", Some(v)) => o.commit_secs = num(key, v)?,
@@ -190,7 +195,7 @@ impl MountOpts {
         if self.noexec {
             v.push(MountOption::NoExec);
         }
-        if self.noatime {
+        if self.atime.mode == AtimeMode::Never {
             v.push(MountOption::NoAtime);
         }
         if self.sync {
@@ -207,6 +212,7 @@ impl MountOpts {
             copy_mode: self.copy_mode,
             ttl: Duration::from_secs(self.ttl_secs),
             writeback_cache: self.writeback_cache,
+            atime: self.atime,
             ..FsConfig::default()
         }
     }
@@ -246,6 +252,28 @@ mod tests {
         assert!(o.suid && o.dev);
         assert_eq!((o.threads, o.ttl_secs), (3, 0));
         assert!(o.kernel_options().contains(&MountOption::Suid));
+        Ok(())
+    }
+
+    #[test]
+    fn atime_options_reach_the_daemon() -> Result<(), String> {
+        // Regression (issue 10, defect 18): relatime, strictatime, noatime and nodiratime were
+        // ignored (and FUSE leaves atime to the daemon), so atime never changed.
+        let policy = |s: &str| p(s).map(|o| o.fs_config().atime);
+        assert_eq!(policy("rw")?, AtimePolicy::default());
+        assert_eq!(policy("rw")?.mode, AtimeMode::Relatime);
+        assert_eq!(policy("strictatime")?.mode, AtimeMode::Strict);
+        assert_eq!(policy("noatime")?.mode, AtimeMode::Never);
+        assert_eq!(policy("noatime,relatime")?.mode, AtimeMode::Relatime);
+        let d = policy("strictatime,nodiratime")?;
+        assert!(d.nodiratime && d.mode == AtimeMode::Strict);
+        assert!(!policy("nodiratime,diratime")?.nodiratime);
+        assert!(p("noatime")?
+            .kernel_options()
+            .contains(&MountOption::NoAtime));
+        assert!(!p("relatime")?
+            .kernel_options()
+            .contains(&MountOption::NoAtime));
         Ok(())
     }
 

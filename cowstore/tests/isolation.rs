@@ -204,3 +204,34 @@ fn a_block_under_a_pinned_read_is_never_rewritten_in_place() -> Result<()> {
     assert!(s.check()?.is_clean());
     Ok(())
 }
+
+#[test]
+fn uncommitted_metadata_stays_bounded_without_periodic_commits() -> Result<()> {
+    // Regression (issue 10, defect 16): with commit=0 the open transaction grew without bound.
+    // Past max_dirty_bytes of uncommitted metadata, the operation that crossed it commits.
+    let env = MemEnv::new();
+    Store::mkfs_env(Arc::new(env.clone()), &MkfsOptions::default())?;
+    let s = Store::open_env(
+        Arc::new(env.clone()),
+        &OpenOptions {
+            max_dirty_bytes: 1 << 20,
+            ..opts()
+        },
+    )?;
+    let before = s.commit_count();
+    let value = vec![b'v'; 4000];
+    for i in 0..1000u32 {
+        let f = s.create_open(InodeNo::ROOT, format!("f{i}").as_bytes(), 0o644, ME)?;
+        s.setxattr(f.ino, b"user.big", &value, 0)?;
+    }
+    let commits = s.commit_count() - before;
+    // About 4 MB of records: a few commits, not one per operation.
+    assert!(
+        (2..=20).contains(&commits),
+        "{commits} commits for 4 MB of uncommitted metadata"
+    );
+    drop(s);
+    let s = Store::open_env(Arc::new(env), &opts())?;
+    assert_eq!(s.readdir(InodeNo::ROOT, 0, usize::MAX)?.len(), 1002);
+    Ok(())
+}

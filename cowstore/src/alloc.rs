@@ -8,8 +8,9 @@ use crate::codec::{decode, encode, FreeRecord, RefcountRecord};
 use crate::error::{Error, Result};
 use crate::rangeset::RangeSet;
 use crate::tables::Ctx;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// How many free-table records the next-fit search looks at before growing the pool instead.
 const FREE_PROBES: usize = 64;
@@ -37,7 +38,7 @@ impl PunchRegistry {
     pub fn start(self: &Arc<Self>, runs: &RangeSet) -> Punching {
         let list: Vec<(u64, u64)> = runs.iter().collect();
         if !list.is_empty() {
-            let mut set = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+            let mut set = self.runs.lock();
             for &(s, l) in &list {
                 set.insert(s, l);
             }
@@ -54,10 +55,7 @@ impl PunchRegistry {
         if !self.busy.load(Ordering::SeqCst) {
             return Vec::new();
         }
-        self.runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .intersect(start, len)
+        self.runs.lock().intersect(start, len)
     }
 }
 
@@ -78,7 +76,7 @@ impl Drop for Punching {
         if self.runs.is_empty() {
             return;
         }
-        let mut set = self.registry.runs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut set = self.registry.runs.lock();
         for &(s, l) in &self.runs {
             set.remove(s, l);
         }

@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::sys;
+use parking_lot::{Mutex, MutexGuard};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -12,7 +13,7 @@ use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 /// Random-access I/O on one file of the store. (`len` is a file length, not a collection size.)
 #[allow(clippy::len_without_is_empty)]
@@ -549,7 +550,7 @@ pub struct MemEnv {
 }
 
 fn lock_mem(m: &Mutex<MemShared>) -> MutexGuard<'_, MemShared> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock()
 }
 
 impl MemEnv {
@@ -948,7 +949,7 @@ impl ScratchFile {
     }
 
     fn lock(&self) -> MutexGuard<'_, ScratchState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     fn read_page(&self, st: &ScratchState, page: u64, out: &mut [u8]) -> io::Result<()> {

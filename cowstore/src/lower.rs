@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::sys;
 use crate::types::{FileKind, Timespec};
 use lru::LruCache;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
@@ -22,7 +23,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 /// Lower files kept open at once (least recently used ones are closed first).
 const OPEN_FILES: NonZeroUsize = match NonZeroUsize::new(256) {
@@ -109,7 +110,7 @@ pub(crate) struct LowerHold {
 
 impl Drop for LowerHold {
     fn drop(&mut self) {
-        let mut held = lock(&self.tree.held);
+        let mut held = self.tree.held.lock();
         for id in &self.ids {
             if let Some(e) = held.get_mut(id) {
                 e.1 -= 1;
@@ -126,10 +127,6 @@ pub(crate) struct LowerDir<'a> {
     tree: &'a LowerTree,
     rel: Vec<u8>,
     file: File,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn cstr(b: &[u8]) -> Result<CString> {
@@ -195,7 +192,7 @@ impl LowerTree {
     #[inline]
     fn io(&self, what: LowerIo<'_>) -> Result<()> {
         #[cfg(test)]
-        if let Some(h) = lock(&self.hook.0).clone() {
+        if let Some(h) = self.hook.0.lock().clone() {
             return h(what);
         }
         let _ = what;
@@ -227,7 +224,7 @@ impl LowerTree {
         for (id, rec) in files {
             opened.push((*id, self.file(*id, rec)?));
         }
-        let mut held = lock(&self.held);
+        let mut held = self.held.lock();
         for (id, f) in opened {
             held.entry(id).or_insert((f, 0)).1 += 1;
         }
@@ -241,7 +238,7 @@ impl LowerTree {
     /// (opened and verified just before), else — when the operation reaches a lower file its
     /// caller did not foresee — opened and verified here.
     pub fn file_in_op(&self, id: u64, rec: &LowerFileRecord) -> Result<Arc<LowerFile>> {
-        if let Some((f, _)) = lock(&self.held).get(&id) {
+        if let Some((f, _)) = self.held.lock().get(&id) {
             return Ok(f.clone());
         }
         log::debug!(
@@ -254,7 +251,7 @@ impl LowerTree {
     /// The lower file behind extents of lower id `id`, opened (or taken from the cache) and
     /// verified against its record. Call with no store lock held.
     pub fn file(&self, id: u64, rec: &LowerFileRecord) -> Result<Arc<LowerFile>> {
-        let cached = lock(&self.open).get(&id).cloned();
+        let cached = self.open.lock().get(&id).cloned();
         if let Some(f) = cached {
             // Verified again on every use (one fstat): a lower file rewritten while it is open
             // must not have its new bytes served as the old file's.
@@ -263,7 +260,7 @@ impl LowerTree {
                 .metadata()
                 .map_err(|e| lower_io(&self.path, &rec.path, e))?;
             if let Err(e) = self.verify(rec, &md) {
-                lock(&self.open).pop(&id);
+                self.open.lock().pop(&id);
                 return Err(e);
             }
             return Ok(f);
@@ -272,7 +269,7 @@ impl LowerTree {
         let f = Arc::new(LowerFile {
             file: self.open_regular(rec)?,
         });
-        lock(&self.open).put(id, f.clone());
+        self.open.lock().put(id, f.clone());
         Ok(f)
     }
 
@@ -543,7 +540,7 @@ mod tests {
     }
 
     fn set_hook(s: &Store, hook: Option<LowerHook>) -> Result<()> {
-        *lock(&tree(s)?.hook.0) = hook;
+        *tree(s)?.hook.0.lock() = hook;
         Ok(())
     }
 
@@ -564,7 +561,7 @@ mod tests {
             s,
             Some(Arc::new(move |io| {
                 if at(io) {
-                    if let Some((reached, go)) = lock(&stall).take() {
+                    if let Some((reached, go)) = stall.lock().take() {
                         let _ = reached.send(());
                         let _ = go.recv_timeout(Duration::from_secs(20));
                     }
@@ -713,7 +710,7 @@ mod tests {
             let batches = batches.clone();
             Arc::new(move |io| {
                 if let LowerIo::Entries(i) = io {
-                    lock(&batches).push(i);
+                    batches.lock().push(i);
                     if Some(i) == fail_at {
                         return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EIO)));
                     }
@@ -729,7 +726,7 @@ mod tests {
                 Err(e) => assert_eq!(e.errno(), libc::EIO, "{e}"),
                 Ok(v) => panic!("the import did not fail: {} entries", v.len()),
             }
-            assert_eq!(*lock(&batches), [0, 1, 2], "batches tried");
+            assert_eq!(*batches.lock(), [0, 1, 2], "batches tried");
             assert_eq!(
                 entries_now(&s, big.0)?,
                 2 * IMPORT_BATCH,
@@ -743,13 +740,13 @@ mod tests {
         };
         let s = Store::open(&store, &opts(None))?;
         assert_eq!(entries_now(&s, big.0)?, 2 * IMPORT_BATCH, "after reopening");
-        lock(&batches).clear();
+        batches.lock().clear();
         set_hook(&s, Some(record(None)))?;
         let names = all_names(&s, big)?;
         let want: Vec<Vec<u8>> = (0..N).map(|i| format!("f{i:05}").into_bytes()).collect();
         assert_eq!(names, want, "every lower entry, once, in order");
         assert_eq!(
-            *lock(&batches),
+            *batches.lock(),
             [2, 3, 4],
             "the import resumed at the failed batch, without redoing the others"
         );
@@ -790,9 +787,9 @@ mod tests {
                 "file 0 reopened after {i} others"
             );
         }
-        assert_eq!(lock(&tree.open).len(), OPEN_FILES.get(), "bounded");
+        assert_eq!(tree.open.lock().len(), OPEN_FILES.get(), "bounded");
         assert!(
-            !lock(&tree.open).contains(&1),
+            !tree.open.lock().contains(&1),
             "the least recently used file is the one closed"
         );
         Ok(())

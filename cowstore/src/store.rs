@@ -14,9 +14,10 @@ use crate::ns::{check_flags, new_inode_record, Change, NAME_MAX};
 use crate::superblock::{Superblock, SUPERBLOCK_FILE, SUPERBLOCK_LEN};
 use crate::tables::{state_delta, Ctx, TxnMem, STATE_KEY};
 use crate::types::*;
+use parking_lot::{Condvar, Mutex};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -219,10 +220,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn read_superblock(env: &dyn Env) -> Result<Superblock> {
     if !env.exists(SUPERBLOCK_FILE) {
         return Err(Error::NotAStore {
@@ -400,10 +397,10 @@ impl Store {
     fn shutdown(&self) -> Result<()> {
         {
             let (m, cv) = &self.inner.stop;
-            *lock(m) = true;
+            *m.lock() = true;
             cv.notify_all();
         }
-        if let Some(h) = lock(&self.committer).take() {
+        if let Some(h) = self.committer.lock().take() {
             let _ = h.join();
         }
         if self.inner.closed.swap(true, Ordering::SeqCst) || self.inner.read_only {
@@ -836,7 +833,7 @@ impl Store {
     /// Drop an open handle; the last one of an unlinked inode frees it.
     pub fn release(&self, ino: InodeNo) -> Result<()> {
         let reclaim = {
-            let mut st = lock(&self.inner.state);
+            let mut st = self.inner.state.lock();
             let n = st.mem.open_counts.entry(ino.0).or_insert(0);
             *n = n.saturating_sub(1);
             let last = *n == 0;
@@ -1262,7 +1259,7 @@ impl Drop for Store {
 impl Inner {
     /// Run a read-only closure against the open transaction (it sees uncommitted changes).
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Ctx<'_>) -> Result<T>) -> Result<T> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         self.resolve_doubt(&mut st)?;
         let TxnState {
             snap, delta, mem, ..
@@ -1297,7 +1294,7 @@ impl Inner {
         &self,
         f: impl FnOnce(&mut Ctx<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         self.resolve_doubt(&mut st)?;
         let TxnState {
             snap, delta, mem, ..
@@ -1352,7 +1349,7 @@ impl Inner {
     /// This store's registry of blocks being punched (tests hold blocks in it).
     #[cfg(test)]
     pub(crate) fn state_punching(&self) -> Arc<crate::alloc::PunchRegistry> {
-        lock(&self.state).mem.punching.clone()
+        self.state.lock().mem.punching.clone()
     }
 
     /// Run a read-only closure against the last committed state alone (no uncommitted change is
@@ -1430,8 +1427,8 @@ impl Inner {
         if self.read_only {
             return Ok(());
         }
-        let _one_at_a_time = lock(&self.commit_lock);
-        let mut st = lock(&self.state);
+        let _one_at_a_time = self.commit_lock.lock();
+        let mut st = self.state.lock();
         if !st.mem.dirty && !closing {
             return Ok(());
         }
@@ -1524,7 +1521,7 @@ impl Inner {
         }
         drop(punching);
         // Space may have come back: take the metadata reserve again.
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         if let Some(r) = &self.reserve {
             if !r.is_held() && r.fill() {
                 log::info!("host space available again: metadata reserve restored");
@@ -1646,13 +1643,11 @@ fn spawn_committer(inner: Weak<Inner>, every: Duration) -> Result<JoinHandle<()>
             let Some(me) = inner.upgrade() else { return };
             {
                 let (m, cv) = &me.stop;
-                let stopped = lock(m);
+                let mut stopped = m.lock();
                 if *stopped {
                     return;
                 }
-                let (stopped, _) = cv
-                    .wait_timeout(stopped, every)
-                    .unwrap_or_else(|p| p.into_inner());
+                cv.wait_for(&mut stopped, every);
                 if *stopped {
                     return;
                 }
@@ -1740,7 +1735,7 @@ mod tests {
             self.file.copy_within(src, dst, len)
         }
         fn punch(&self, off: u64, len: u64) -> std::io::Result<()> {
-            let hook = lock(&self.hook).take();
+            let hook = self.hook.lock().take();
             if let Some(h) = hook {
                 h();
             }
@@ -1794,7 +1789,7 @@ mod tests {
         let s2 = store.clone();
         let writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>> = Arc::new(Mutex::new(None));
         let slot = writer.clone();
-        *lock(&env.hook) = Some(Box::new(move || {
+        *env.hook.lock() = Some(Box::new(move || {
             // At the commit's first punch of the pool another thread writes; give it the time
             // to finish if nothing holds it back.
             let (tx, rx) = std::sync::mpsc::channel();
@@ -1803,10 +1798,10 @@ mod tests {
                 let _ = tx.send(());
             });
             let _ = rx.recv_timeout(Duration::from_millis(500));
-            *lock(&slot) = Some(h);
+            *slot.lock() = Some(h);
         }));
         store.commit()?;
-        let h = lock(&writer).take();
+        let h = writer.lock().take();
         assert!(h.is_some(), "the commit punched nothing");
         if let Some(h) = h {
             let _ = h.join();

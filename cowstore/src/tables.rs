@@ -23,9 +23,10 @@ use crate::meta::{
     BytesValue, Delta, IntKey, IntValue, Layers, NamedKey, PairKey, Table, TableId, UnitValue,
 };
 use crate::rangeset::RangeSet;
+use parking_lot::{Mutex, MutexGuard};
 use redb::TableDefinition;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub(crate) type Bytes = &'static [u8];
 
@@ -252,8 +253,8 @@ struct PinTable {
 }
 
 impl ReadPins {
-    fn table(&self) -> std::sync::MutexGuard<'_, PinTable> {
-        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    fn table(&self) -> MutexGuard<'_, PinTable> {
+        self.active.lock()
     }
 
     /// Pin the pool block runs `runs` (start, len) for one read.

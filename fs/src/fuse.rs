@@ -20,13 +20,14 @@ use fuser::{
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, error, info, warn};
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// `FS_IOC_GETFLAGS`/`FS_IOC_SETFLAGS` (`lsattr`/`chattr`): the kernel sends them (as
@@ -128,8 +129,8 @@ struct DirStreams {
 }
 
 impl DirStreams {
-    fn ends(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
-        self.ends.lock().unwrap_or_else(|p| p.into_inner())
+    fn ends(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
+        self.ends.lock()
     }
 
     fn open(&self, end: u64) -> FileHandle {
@@ -538,13 +539,11 @@ impl Filesystem for CowFs {
             self.cfg.writeback_cache && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE),
             caps.contains(InitFlags::FUSE_POSIX_ACL),
         );
-        if let Ok(mut k) = self.shared.kernel.lock() {
-            *k = KernelInfo {
-                protocol: (abi.0, abi.1),
-                max_write,
-                capabilities: caps.bits(),
-            };
-        }
+        *self.shared.kernel.lock() = KernelInfo {
+            protocol: (abi.0, abi.1),
+            max_write,
+            capabilities: caps.bits(),
+        };
         Ok(())
     }
 

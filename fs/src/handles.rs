@@ -5,9 +5,9 @@
 //! because data written through it may be lost. The store counts failed commits
 //! ([`cowstore::Store::error_seq`]); each handle remembers the count it has reported up to.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 #[derive(Debug, Default)]
 pub struct Handles {
@@ -17,8 +17,8 @@ pub struct Handles {
 }
 
 impl Handles {
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    fn table(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
+        self.seen.lock()
     }
 
     /// A new handle, opened when the store's error sequence is `seq`.

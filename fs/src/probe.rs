@@ -2,9 +2,10 @@
 //! only records the INIT request (protocol version and capability flags) and unmounts.
 
 use fuser::{Config, Filesystem, InitFlags, KernelConfig, Request, Session};
+use parking_lot::Mutex;
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The kernel's side of INIT.
 #[derive(Clone, Debug, Default)]
@@ -30,9 +31,7 @@ impl Filesystem for Probe {
             protocol: (abi.0, abi.1),
             capabilities: caps.iter_names().map(|(n, _)| n.to_string()).collect(),
         };
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(offer);
-        }
+        *self.0.lock() = Some(offer);
         Ok(())
     }
 }
@@ -45,9 +44,6 @@ pub fn probe(dir: &Path) -> io::Result<KernelOffer> {
     let mut session = Session::new(Probe(slot.clone()), dir, &config)?;
     session.unmount()?;
     drop(session);
-    let offer = slot
-        .lock()
-        .map_err(|_| io::Error::other("probe state poisoned"))?
-        .take();
+    let offer = slot.lock().take();
     offer.ok_or_else(|| io::Error::other("the kernel sent no INIT"))
 }

@@ -119,7 +119,7 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
 
     let control = match control::mount_dev(&mountpoint) {
         Ok(devno) => {
-            let max_read = shared.kernel.lock().map(|k| k.max_write).unwrap_or(0);
+            let max_read = shared.kernel.lock().max_write;
             let kb = spec
                 .readahead_kb
                 .unwrap_or(DEFAULT_READAHEAD_KB.max(max_read / 1024));
@@ -186,7 +186,7 @@ fn stats_source(
     let mp = mountpoint.to_string_lossy().into_owned();
     let mode = spec.fs.copy_mode.name().to_string();
     move || {
-        let k = shared.kernel.lock().map(|k| k.clone()).unwrap_or_default();
+        let k = shared.kernel.lock().clone();
         Stats {
             pid: std::process::id(),
             store: store_s.clone(),

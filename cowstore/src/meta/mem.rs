@@ -20,9 +20,10 @@ use super::engine::{bounds_empty, Delta, Engine, EntryIter, Snapshot};
 use super::schema::{TableId, N_TABLES, TABLES};
 use crate::error::{Error, Result};
 use crate::io::FileIo;
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 pub const MEM_META_FILE: &str = "meta.log";
 const MAGIC: &[u8; 8] = b"COWFSML1";
@@ -140,16 +141,12 @@ impl MemEngine {
 
 impl Engine for MemEngine {
     fn snapshot(&self) -> Result<Arc<dyn Snapshot>> {
-        let v = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let v = self.current.read().clone();
         Ok(v)
     }
 
     fn commit(&self, deltas: &[&Delta]) -> Result<()> {
-        let mut end = self.end.lock().unwrap_or_else(|p| p.into_inner());
+        let mut end = self.end.lock();
         let mut merged: BTreeMap<(u8, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
         for d in deltas {
             for t in TABLES {
@@ -173,7 +170,7 @@ impl Engine for MemEngine {
         self.log.sync().map_err(Error::from_io)?;
         *end += rec.len() as u64;
         // Publish a new version: copy-on-write of the tables this commit touched.
-        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.current.write();
         let mut tables: Tables = Default::default();
         for t in TABLES {
             tables[t.index()] = guard.tables[t.index()].clone();

@@ -10,6 +10,7 @@ use super::engine::{Delta, Engine, EntryIter, Snapshot};
 use super::schema::{KeyShape, TableId, ValueShape, N_TABLES, TABLES};
 use crate::error::{Error, Result};
 use crate::io::{FileIo, RedbFile, SpaceReserve};
+use parking_lot::RwLock;
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, TableDefinition,
     TableError, WriteTransaction,
@@ -17,7 +18,7 @@ use redb::{
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 type Bytes = &'static [u8];
 
@@ -341,11 +342,11 @@ impl RedbEngine {
         if self.needs_reopen.load(Ordering::SeqCst) {
             self.reopen()?;
         }
-        Ok(self.db.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Ok(self.db.read().clone())
     }
 
     fn reopen(&self) -> Result<()> {
-        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.db.write();
         if !self.needs_reopen.load(Ordering::SeqCst) {
             return Ok(());
         }

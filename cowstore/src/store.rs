@@ -1004,7 +1004,6 @@ impl Inner {
     /// Run a read-only closure against the last committed state alone (no uncommitted change is
     /// visible), through the same typed tables as every operation: what fsck and live tools
     /// read. Takes no store lock beyond getting the snapshot.
-    #[allow(dead_code)]
     pub(crate) fn read_committed<T>(&self, f: impl FnOnce(&Ctx<'_>) -> Result<T>) -> Result<T> {
         let snap = self.engine.snapshot()?;
         let state = match snap.get(TableId::State, &key::<IntKey>(STATE_KEY))? {
@@ -1022,11 +1021,6 @@ impl Inner {
         let cx = cx;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&cx)))
             .unwrap_or_else(|p| Err(panic_error(p)))
-    }
-
-    /// The B-tree database, for readers of the committed state (check, usage).
-    pub(crate) fn db(&self) -> Result<Arc<redb::Database>> {
-        self.engine.database()
     }
 
     /// After the engine failed a commit, learn whether the batch landed anyway (redb, say,

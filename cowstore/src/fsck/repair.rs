@@ -5,6 +5,7 @@
 //! leaks, wrong refcounts, double references and free/used overlaps in one general step.
 //! Records that fail their checksum are reported, not guessed at.
 
+use super::runs::coverage;
 use crate::codec::{
     decode, encode, DirentRecord, ExtentRecord, FreeRecord, InodeRecord, RefcountRecord,
 };
@@ -397,7 +398,7 @@ fn repair_txn(cx: &mut Ctx<'_>, sum: &mut RepairSummary) -> Result<()> {
     // Allocation metadata, rebuilt from the references.
     let before_ref = table_fingerprint_refcounts(cx)?;
     let before_free = table_fingerprint_free(cx)?;
-    let cover = crate::check::coverage_of(refs);
+    let cover = coverage(refs);
     let mut new_ref: Vec<(u64, RefcountRecord)> = Vec::new();
     let mut new_free: Vec<(u64, FreeRecord)> = Vec::new();
     let mut pos = 0u64;

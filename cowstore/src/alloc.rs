@@ -261,6 +261,32 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Take every free block of `[start, start+len)` out of the free table (fsck's repair, for
+    /// blocks a free run covers that an extent references).
+    pub fn remove_free(&mut self, start: u64, len: u64) -> Result<()> {
+        let end = start.saturating_add(len);
+        let mut runs: Vec<(u64, FreeRecord)> = Vec::new();
+        if let Some((s, rec)) = self.free_record_before(start)? {
+            if s.saturating_add(rec.len) > start {
+                runs.push((s, rec));
+            }
+        }
+        for item in self.free.range(start..end)? {
+            let (k, v) = item?;
+            if runs.first().is_none_or(|(s, _)| *s != k) {
+                runs.push((k, decode::<FreeRecord>(&v, &k)?));
+            }
+        }
+        for (s, rec) in runs {
+            let (from, to) = (s.max(start), s.saturating_add(rec.len).min(end));
+            if from < to {
+                self.take_free(s, rec, from, to - from)?;
+            }
+        }
+        self.mem.dirty = true;
+        Ok(())
+    }
+
     /// Release blocks no longer referenced. Blocks allocated in this transaction are free at once
     /// (and punched once the operation succeeds); committed blocks wait until the commit that
     /// frees them is durable. So do fresh blocks that an active read is still copying from.
@@ -385,6 +411,23 @@ impl Ctx<'_> {
                 })
                 .as_slice(),
             )?;
+        }
+        self.mem.dirty = true;
+        Ok(())
+    }
+
+    /// Record that every block of the run has exactly `count` references (fsck's repair, from
+    /// the references it counted); counts below 2 have no record. Frees nothing.
+    pub fn set_refcount(&mut self, start: u64, len: u64, count: u64) -> Result<()> {
+        let end = start + len;
+        self.refcount_split(start)?;
+        self.refcount_split(end)?;
+        for (s, _) in self.refcounts_within(start, end)? {
+            self.refcounts.remove(s)?;
+        }
+        if count >= 2 && len > 0 {
+            self.refcounts
+                .insert(start, encode(&RefcountRecord { len, count }).as_slice())?;
         }
         self.mem.dirty = true;
         Ok(())

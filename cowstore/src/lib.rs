@@ -8,16 +8,15 @@
 
 pub mod acl;
 mod alloc;
-pub mod check;
 mod codec;
 mod data;
 pub mod error;
+pub mod fsck;
 pub mod io;
 mod lower;
 mod meta;
 mod ns;
 mod rangeset;
-pub mod repair;
 mod store;
 pub mod superblock;
 mod sys;
@@ -26,11 +25,10 @@ pub mod testing;
 pub mod types;
 pub mod usage;
 
-pub use check::{CheckReport, Problem, ProblemKind};
 pub use data::MAX_FILE_SIZE;
 pub use error::{Error, Result};
+pub use fsck::{CheckReport, Problem, ProblemKind, RepairSummary};
 pub use ns::{LINK_MAX, NAME_MAX};
-pub use repair::RepairSummary;
 pub use store::{EngineKind, MkfsOptions, OpenOptions, PinnedRead, Store, META_FILE, POOL_FILE};
 pub use types::*;
 pub use usage::{ExtentInfo, Summary, Usage};

@@ -81,16 +81,13 @@ pub enum EngineKind {
     Mem,
 }
 
-/// An opened engine, and the same one as redb when it is (for the readers still on redb).
-type OpenedEngine = (Arc<dyn Engine>, Option<Arc<RedbEngine>>);
-
 /// Open the engine of the store in `env` (a new, empty one of kind `kind` when given).
 fn open_engine(
     env: &dyn Env,
     kind: Option<EngineKind>,
     opts: &OpenOptions,
     reserve: Option<Arc<SpaceReserve>>,
-) -> Result<OpenedEngine> {
+) -> Result<Arc<dyn Engine>> {
     let create = kind.is_some();
     let kind = match kind {
         Some(k) => k,
@@ -115,16 +112,13 @@ fn open_engine(
         })
     };
     Ok(match kind {
-        EngineKind::Redb => {
-            let redb = Arc::new(RedbEngine::open(
-                file(META_FILE)?,
-                reserve,
-                opts.cache_bytes,
-                opts.verify && !create,
-            )?);
-            (redb.clone(), Some(redb))
-        }
-        EngineKind::Mem => (Arc::new(MemEngine::open(file(MEM_META_FILE)?)?), None),
+        EngineKind::Redb => Arc::new(RedbEngine::open(
+            file(META_FILE)?,
+            reserve,
+            opts.cache_bytes,
+            opts.verify && !create,
+        )?),
+        EngineKind::Mem => Arc::new(MemEngine::open(file(MEM_META_FILE)?)?),
     })
 }
 
@@ -188,8 +182,6 @@ pub(crate) struct Inner {
     pub sb: Superblock,
     pub bs: u64,
     pub(crate) engine: Arc<dyn Engine>,
-    /// The same engine when it is redb, for the readers that still read redb directly.
-    redb: Option<Arc<RedbEngine>>,
     pub reserve: Option<Arc<SpaceReserve>>,
     pub(crate) lower: Option<Arc<LowerTree>>,
     pub pool: Arc<dyn FileIo>,
@@ -253,7 +245,7 @@ impl Store {
             cache_bytes: 1 << 20,
             ..Default::default()
         };
-        let (engine, _) = open_engine(env.as_ref(), Some(opts.engine), &mkfs_opts, None)?;
+        let engine = open_engine(env.as_ref(), Some(opts.engine), &mkfs_opts, None)?;
         let state = StateRecord {
             generation: 1,
             next_ino: 2,
@@ -304,7 +296,7 @@ impl Store {
             }
             _ => None,
         };
-        let (engine, redb) = open_engine(env.as_ref(), None, opts, reserve.clone())?;
+        let engine = open_engine(env.as_ref(), None, opts, reserve.clone())?;
         let snap = engine.snapshot()?;
         let state = match snap.get(TableId::State, &key::<IntKey>(STATE_KEY))? {
             Some(v) => decode::<StateRecord>(&v, &STATE_KEY)?,
@@ -319,7 +311,6 @@ impl Store {
             sb,
             bs,
             engine,
-            redb,
             reserve,
             lower,
             pool,
@@ -1355,7 +1346,6 @@ impl Inner {
     /// Run a read-only closure against the last committed state alone (no uncommitted change is
     /// visible), through the same typed tables as every operation: what fsck and live tools
     /// read. Takes no store lock beyond getting the snapshot.
-    #[allow(dead_code)]
     pub(crate) fn read_committed<T>(&self, f: impl FnOnce(&Ctx<'_>) -> Result<T>) -> Result<T> {
         let snap = self.engine.snapshot()?;
         let state = match snap.get(TableId::State, &key::<IntKey>(STATE_KEY))? {
@@ -1373,14 +1363,6 @@ impl Inner {
         let cx = cx;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&cx)))
             .unwrap_or_else(|p| Err(panic_error(p)))
-    }
-
-    /// The B-tree database, for readers of the committed state (check, usage).
-    pub(crate) fn db(&self) -> Result<Arc<redb::Database>> {
-        match &self.redb {
-            Some(r) => r.database(),
-            None => Err(Error::Unsupported),
-        }
     }
 
     /// After the engine failed a commit, learn whether the batch landed anyway (redb, say,

@@ -24,23 +24,8 @@ use crate::meta::{
 };
 use crate::rangeset::RangeSet;
 use parking_lot::{Mutex, MutexGuard};
-use redb::TableDefinition;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-pub(crate) type Bytes = &'static [u8];
-
-// The typed redb tables, for the readers of the committed B-tree (check, usage) that have not
-// moved onto the metadata seam yet. Names and types are format version 1.
-pub(crate) const STATE: TableDefinition<u64, Bytes> = TableDefinition::new("state");
-pub(crate) const INODES: TableDefinition<u64, Bytes> = TableDefinition::new("inodes");
-pub(crate) const DIRENTS: TableDefinition<(u64, Bytes), Bytes> = TableDefinition::new("dirents");
-pub(crate) const COOKIES: TableDefinition<(u64, u64), Bytes> = TableDefinition::new("cookies");
-pub(crate) const EXTENTS: TableDefinition<(u64, u64), Bytes> = TableDefinition::new("extents");
-pub(crate) const REFCOUNTS: TableDefinition<u64, Bytes> = TableDefinition::new("refcounts");
-pub(crate) const FREE: TableDefinition<u64, Bytes> = TableDefinition::new("free");
-pub(crate) const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
-pub(crate) const LOWER_FILES: TableDefinition<u64, Bytes> = TableDefinition::new("lower_files");
 
 pub(crate) const STATE_KEY: u64 = 0;
 

@@ -24,6 +24,23 @@ pub enum Damage {
     Orphan { parent: InodeNo, name: Vec<u8> },
     /// Remove the entry of a file but keep its link count (unreachable from the root).
     Disconnect { parent: InodeNo, name: Vec<u8> },
+    /// Flip a byte of the inode's record, as a bad disk could: it fails its checksum.
+    CorruptInode(InodeNo),
+    /// Flip a byte of the file's first extent record: it fails its checksum.
+    CorruptExtent(InodeNo),
+    /// Delete the inode's record, leaving its entries and extents (a lost B-tree update).
+    MissingInode(InodeNo),
+    /// Put the file's first block in the free table while its extent still references it.
+    FreeReferencedBlock(InodeNo),
+}
+
+/// Flip one payload byte of an envelope (byte 0 is the version): the checksum no longer matches.
+fn flip_payload_byte(value: &mut [u8]) -> Result<()> {
+    let b = value
+        .get_mut(1)
+        .ok_or(Error::Invalid("record too short to damage"))?;
+    *b ^= 0xFF;
+    Ok(())
 }
 
 impl Store {
@@ -93,6 +110,32 @@ impl Store {
                         let mut r = cx.get_inode(d.ino)?;
                         r.nlink = 0;
                         cx.put_inode(d.ino, &r)?;
+                    }
+                }
+                Damage::CorruptInode(ino) => {
+                    let mut v = cx.inodes.get(ino.0)?.ok_or(Error::NotFound)?;
+                    flip_payload_byte(&mut v)?;
+                    cx.inodes.insert(ino.0, v.as_slice())?;
+                }
+                Damage::CorruptExtent(ino) => {
+                    let (key, mut v) = cx
+                        .extents
+                        .range((ino.0, 0)..=(ino.0, u64::MAX))?
+                        .next()
+                        .ok_or(Error::Invalid("file has no extents"))??;
+                    flip_payload_byte(&mut v)?;
+                    cx.extents.insert(key, v.as_slice())?;
+                }
+                Damage::FreeReferencedBlock(ino) => {
+                    let m = *cx
+                        .mappings(ino.0, 0, u64::MAX)?
+                        .first()
+                        .ok_or(Error::Invalid("file has no extents"))?;
+                    cx.insert_free(m.phys, 1)?;
+                }
+                Damage::MissingInode(ino) => {
+                    if !cx.inodes.remove(ino.0)? {
+                        return Err(Error::NotFound);
                     }
                 }
             }

@@ -17,7 +17,8 @@ pub const EXIT_OPERATIONAL: i32 = 8;
 pub struct FsckArgs {
     /// The store directory.
     pub store: PathBuf,
-    /// Fix what is safely fixable (leaks, refcounts, link counts, orphans, lost+found) and commit.
+    /// Fix what is safely fixable (leaks, refcounts, link counts, orphans, lost+found, inodes
+    /// rebuilt from their extents) and commit; blocks a record points at are never freed.
     #[arg(long)]
     pub repair: bool,
     /// Print the result as one JSON document.

@@ -1,7 +1,20 @@
-//! The read-only consistency check of a store (fsck is built on it): walks the committed state and
-//! verifies every invariant of the format. It never writes.
+//! The read-only consistency check of a store (fsck is built on it): walks the last commit
+//! through the metadata seam (`Inner::read_committed`, the same typed tables every operation
+//! uses) and verifies every invariant of the format, one pass per family of invariants. It never
+//! writes. It holds one small record per inode, link counts per inode, and one reference per
+//! extent (for the refcount and free-space passes); every table is streamed.
 
+use super::runs::{coverage, pieces_where, unaccounted, value_at, Runs};
+use crate::codec::{
+    decode, DirentRecord, ExtentRecord, FreeRecord, InodeRecord, LowerFileRecord, RefcountRecord,
+    StateRecord,
+};
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::tables::Ctx;
+use crate::types::{FileKind, InodeNo, SpaceStats};
 use serde::Serialize;
+use std::collections::{HashMap, HashSet};
 
 /// What kind of inconsistency a [`Problem`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -77,134 +90,8 @@ impl CheckReport {
     }
 }
 
-use crate::codec::LowerFileRecord;
-use crate::codec::{
-    decode, DirentRecord, ExtentRecord, FreeRecord, InodeRecord, RefcountRecord, StateRecord,
-};
-use crate::error::Result;
-use crate::store::Store;
-use crate::tables::{
-    COOKIES, DIRENTS, EXTENTS, FREE, INODES, LOWER_FILES, ORPHANS, REFCOUNTS, STATE, STATE_KEY,
-};
-use crate::types::{FileKind, InodeNo, SpaceStats};
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use std::collections::{HashMap, HashSet};
-
 /// Progress of a long check: (phase name, items done, items expected).
 pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
-
-struct Checker {
-    report: CheckReport,
-    bs: u64,
-}
-
-impl Checker {
-    fn problem(
-        &mut self,
-        kind: ProblemKind,
-        ino: Option<u64>,
-        blocks: Option<(u64, u64)>,
-        message: String,
-    ) {
-        // A badly damaged store could yield millions of problems; the first ones tell the story.
-        if self.report.problems.len() < 100_000 {
-            self.report.problems.push(Problem {
-                kind,
-                ino,
-                blocks,
-                message,
-            });
-        }
-    }
-}
-
-struct InodeInfo {
-    kind: FileKind,
-    nlink: u32,
-    size: u64,
-    blocks: u64,
-    parent: u64,
-}
-
-/// A piecewise-constant function over block numbers, as sorted disjoint runs (start, len, value).
-type Runs = Vec<(u64, u64, u64)>;
-
-/// Turn possibly overlapping references (start, len) into runs with their reference counts.
-pub(crate) fn coverage_of(refs: Vec<(u64, u64)>) -> Vec<(u64, u64, u64)> {
-    coverage(refs)
-}
-
-fn coverage(mut refs: Vec<(u64, u64)>) -> Runs {
-    let mut events: Vec<(u64, i64)> = Vec::with_capacity(refs.len() * 2);
-    for (s, l) in refs.drain(..) {
-        events.push((s, 1));
-        events.push((s + l, -1));
-    }
-    events.sort_unstable();
-    let mut out: Runs = Vec::new();
-    let mut depth: i64 = 0;
-    let mut prev = 0u64;
-    for (pos, d) in events {
-        if pos > prev && depth > 0 {
-            match out.last_mut() {
-                Some(last) if last.0 + last.1 == prev && last.2 == depth as u64 => {
-                    last.1 += pos - prev
-                }
-                _ => out.push((prev, pos - prev, depth as u64)),
-            }
-        }
-        depth += d;
-        prev = pos;
-    }
-    out
-}
-
-/// Walk two piecewise functions together, calling `f(start, len, a, b)` on each piece where
-/// either is non-zero.
-fn zip_runs(a: &Runs, b: &Runs, mut f: impl FnMut(u64, u64, u64, u64)) {
-    let mut bounds: Vec<u64> = Vec::with_capacity((a.len() + b.len()) * 2);
-    for &(s, l, _) in a.iter().chain(b.iter()) {
-        bounds.push(s);
-        bounds.push(s + l);
-    }
-    bounds.sort_unstable();
-    bounds.dedup();
-    let (mut i, mut j) = (0usize, 0usize);
-    for w in bounds.windows(2) {
-        let (s, e) = (w[0], w[1]);
-        while i < a.len() && a[i].0 + a[i].1 <= s {
-            i += 1;
-        }
-        while j < b.len() && b[j].0 + b[j].1 <= s {
-            j += 1;
-        }
-        let va = if i < a.len() && a[i].0 <= s {
-            a[i].2
-        } else {
-            0
-        };
-        let vb = if j < b.len() && b[j].0 <= s {
-            b[j].2
-        } else {
-            0
-        };
-        if va != 0 || vb != 0 {
-            f(s, e - s, va, vb);
-        }
-    }
-}
-
-/// Merge adjacent pieces that report the same thing, so a bad range is one line, not thousands.
-fn merge_pieces(pieces: Vec<(u64, u64, u64, u64)>) -> Vec<(u64, u64, u64, u64)> {
-    let mut out: Vec<(u64, u64, u64, u64)> = Vec::new();
-    for p in pieces {
-        match out.last_mut() {
-            Some(l) if l.0 + l.1 == p.0 && l.2 == p.2 && l.3 == p.3 => l.1 += p.1,
-            _ => out.push(p),
-        }
-    }
-    out
-}
 
 impl Store {
     /// Check every invariant of the last committed state. Never writes.
@@ -213,28 +100,40 @@ impl Store {
     }
 
     pub fn check_with_progress(&self, progress: Progress<'_>) -> Result<CheckReport> {
-        let rtx = self.inner().db()?.begin_read()?;
-        let bs = u64::from(self.block_size());
         let lower_changes = self.lower_changes()?;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            check_txn(&rtx, bs, progress)
-        }))
-        .unwrap_or_else(|_| {
-            Err(crate::error::Error::Corrupted(
-                "meta.redb: the B-tree is damaged (reading it failed internally)".into(),
-            ))
-        })
-        .map(|mut report| {
-            for (path, what) in lower_changes {
-                report.problems.push(Problem {
-                    kind: ProblemKind::LowerChanged,
+        let mut started = false;
+        let checked = self.inner().read_committed(|cx| {
+            started = true;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_commit(cx, progress)))
+                .unwrap_or_else(|_| {
+                    Err(Error::Corrupted(
+                        "meta.redb: the B-tree is damaged (reading it failed internally)".into(),
+                    ))
+                })
+        });
+        let mut report = match checked {
+            Ok(r) => r,
+            // The commit's state record is missing or does not decode: that is the finding.
+            Err(Error::Corrupted(m)) if !started => CheckReport {
+                problems: vec![Problem {
+                    kind: ProblemKind::Corrupt,
                     ino: None,
                     blocks: None,
-                    message: format!("lower file {path} changed since it was imported: {what}"),
-                });
-            }
-            report
-        })
+                    message: m,
+                }],
+                ..Default::default()
+            },
+            Err(e) => return Err(e),
+        };
+        for (path, what) in lower_changes {
+            report.problems.push(Problem {
+                kind: ProblemKind::LowerChanged,
+                ino: None,
+                blocks: None,
+                message: format!("lower file {path} changed since it was imported: {what}"),
+            });
+        }
+        Ok(report)
     }
 
     /// Space accounting of the current (including uncommitted) state.
@@ -271,43 +170,138 @@ impl Store {
     }
 }
 
-fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<CheckReport> {
+/// The problems found so far, and where to report progress.
+struct Checker<'p> {
+    report: CheckReport,
+    progress: Progress<'p>,
+}
+
+impl Checker<'_> {
+    fn problem(
+        &mut self,
+        kind: ProblemKind,
+        ino: Option<u64>,
+        blocks: Option<(u64, u64)>,
+        message: String,
+    ) {
+        // A badly damaged store could yield millions of problems; the first ones tell the story.
+        if self.report.problems.len() < 100_000 {
+            self.report.problems.push(Problem {
+                kind,
+                ino,
+                blocks,
+                message,
+            });
+        }
+    }
+}
+
+/// What the later passes need of an inode record.
+struct InodeInfo {
+    kind: FileKind,
+    nlink: u32,
+    size: u64,
+    blocks: u64,
+    parent: u64,
+}
+
+/// The inode table as the inode pass found it.
+struct Inodes {
+    /// Records that decode.
+    info: HashMap<u64, InodeInfo>,
+    /// Inode numbers whose record is there but does not decode.
+    damaged: HashSet<u64>,
+}
+
+impl Inodes {
+    fn is_dir(&self, ino: u64) -> bool {
+        self.info
+            .get(&ino)
+            .is_some_and(|i| i.kind == FileKind::Directory)
+    }
+
+    /// Whether `ino`'s link count counts the entries naming it (directories: their
+    /// subdirectories too), the root's aside.
+    fn expected_links(&self, ino: u64, links: &Links) -> Option<(u32, u32)> {
+        let i = self.info.get(&ino)?;
+        let found = links.names.get(&ino).copied().unwrap_or(0);
+        let expected = if i.kind == FileKind::Directory {
+            if found == 0 && ino != InodeNo::ROOT.0 {
+                0
+            } else {
+                2 + links.subdirs.get(&ino).copied().unwrap_or(0)
+            }
+        } else {
+            found
+        };
+        Some((found, expected))
+    }
+
+    /// An inode with no links or no names: it must be on the orphan list.
+    fn unlinked(&self, ino: u64, links: &Links) -> bool {
+        let found = links.names.get(&ino).copied().unwrap_or(0);
+        self.info
+            .get(&ino)
+            .is_some_and(|i| i.nlink == 0 || (found == 0 && ino != InodeNo::ROOT.0))
+    }
+}
+
+/// What the directory entries say about the namespace.
+#[derive(Default)]
+struct Links {
+    /// Entries naming each inode.
+    names: HashMap<u64, u32>,
+    /// Subdirectory entries of each directory.
+    subdirs: HashMap<u64, u32>,
+    /// Each directory's subdirectories (with a readable record).
+    children: HashMap<u64, Vec<u64>>,
+}
+
+/// Every pass in order, over one commit.
+fn check_commit(cx: &Ctx<'_>, progress: Progress<'_>) -> Result<CheckReport> {
     let mut c = Checker {
         report: CheckReport::default(),
-        bs,
+        progress,
     };
-    let state_t = rtx.open_table(STATE)?;
-    let state = match state_t.get(STATE_KEY)? {
-        Some(v) => match decode::<StateRecord>(v.value(), &STATE_KEY) {
-            Ok(s) => s,
-            Err(e) => {
-                c.problem(ProblemKind::Corrupt, None, None, e.to_string());
-                return Ok(c.report);
-            }
-        },
-        None => {
-            c.problem(
-                ProblemKind::Corrupt,
-                None,
-                None,
-                "state record missing".into(),
-            );
-            return Ok(c.report);
-        }
-    };
-    c.report.generation = state.generation;
+    let state = check_state(cx, &mut c);
+    let inodes = check_inodes(cx, &mut c, &state)?;
+    let links = check_dirents(cx, &mut c, &inodes)?;
+    let orphans = orphan_list(cx)?;
+    check_connectivity(cx, &mut c, &inodes, &links, &orphans)?;
+    check_link_counts(&mut c, &inodes, &links);
+    check_orphans(&mut c, &inodes, &links, &orphans);
+    let lower_ids = check_lower_files(cx, &mut c)?;
+    let refs = check_extents(cx, &mut c, &inodes, &lower_ids, &state)?;
+    (c.progress)("refcounts", 0, 1);
+    let cover = coverage(refs);
+    check_refcounts(cx, &mut c, &cover)?;
+    (c.progress)("free space", 0, 1);
+    check_free_space(cx, &mut c, &cover, state.pool_blocks)?;
+    (c.progress)("done", 1, 1);
+    Ok(c.report)
+}
 
-    // Inodes.
-    let inodes_t = rtx.open_table(INODES)?;
-    let total_inodes = inodes_t.len()?;
-    let mut inodes: HashMap<u64, InodeInfo> = HashMap::new();
-    for (n, item) in inodes_t.iter()?.enumerate() {
-        let (k, v) = item?;
-        let ino = k.value();
-        if n % 4096 == 0 {
-            progress("inodes", n as u64, total_inodes);
+/// The state record (`read_committed` decoded it; a damaged one never gets here).
+fn check_state(cx: &Ctx<'_>, c: &mut Checker<'_>) -> StateRecord {
+    c.report.generation = cx.mem.state.generation;
+    cx.mem.state
+}
+
+/// Inode records: they decode, their numbers are below `next_ino`, the state counts them all,
+/// the root is a directory.
+fn check_inodes(cx: &Ctx<'_>, c: &mut Checker<'_>, state: &StateRecord) -> Result<Inodes> {
+    let mut inodes = Inodes {
+        info: HashMap::new(),
+        damaged: HashSet::new(),
+    };
+    let mut records = 0u64;
+    for item in cx.inodes.iter()? {
+        let (ino, v) = item?;
+        if records % 4096 == 0 {
+            (c.progress)("inodes", records, state.inodes);
         }
-        match decode::<InodeRecord>(v.value(), &ino) {
+        records += 1;
+        match decode::<InodeRecord>(&v, &ino) {
             Ok(r) => {
                 if ino >= state.next_ino {
                     c.problem(
@@ -317,7 +311,7 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
                         format!("inode number not below next_ino {}", state.next_ino),
                     );
                 }
-                inodes.insert(
+                inodes.info.insert(
                     ino,
                     InodeInfo {
                         kind: r.kind,
@@ -328,26 +322,30 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
                     },
                 );
             }
-            Err(e) => c.problem(ProblemKind::Corrupt, Some(ino), None, e.to_string()),
+            Err(e) => {
+                inodes.damaged.insert(ino);
+                c.problem(ProblemKind::Corrupt, Some(ino), None, e.to_string());
+            }
         }
     }
-    c.report.inodes = inodes.len() as u64;
+    c.report.inodes = inodes.info.len() as u64;
     c.report.directories = inodes
+        .info
         .values()
         .filter(|i| i.kind == FileKind::Directory)
         .count() as u64;
-    if state.inodes != total_inodes {
+    if state.inodes != records {
         c.problem(
             ProblemKind::State,
             None,
             None,
             format!(
-                "state counts {} inodes, table holds {total_inodes}",
+                "state counts {} inodes, table holds {records}",
                 state.inodes
             ),
         );
     }
-    match inodes.get(&InodeNo::ROOT.0) {
+    match inodes.info.get(&InodeNo::ROOT.0) {
         Some(r) if r.kind == FileKind::Directory => {}
         Some(_) => c.problem(
             ProblemKind::Corrupt,
@@ -362,36 +360,42 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
             "root inode missing".into(),
         ),
     }
+    Ok(inodes)
+}
 
-    // Directory entries and their readdir cookies.
-    let dirents_t = rtx.open_table(DIRENTS)?;
-    let cookies_t = rtx.open_table(COOKIES)?;
-    let mut links: HashMap<u64, u32> = HashMap::new();
-    let mut subdirs: HashMap<u64, u32> = HashMap::new();
-    let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
+/// Directory entries and their readdir cookies: each entry decodes, sits in a directory, names
+/// an existing inode of its kind, and has the cookie that names it; no cookie names nothing.
+/// Counts the links the later passes compare.
+fn check_dirents(cx: &Ctx<'_>, c: &mut Checker<'_>, inodes: &Inodes) -> Result<Links> {
+    let mut links = Links::default();
     let mut cookies_seen = 0u64;
-    for item in dirents_t.iter()? {
-        let (k, v) = item?;
-        let (parent, name) = k.value();
-        let shown = String::from_utf8_lossy(name).into_owned();
-        let d = match decode::<DirentRecord>(v.value(), &(parent, &shown)) {
+    for item in cx.dirents.iter()? {
+        let ((parent, name), v) = item?;
+        let shown = String::from_utf8_lossy(&name).into_owned();
+        let d = match decode::<DirentRecord>(&v, &(parent, &shown)) {
             Ok(d) => d,
             Err(e) => {
                 c.problem(ProblemKind::Corrupt, Some(parent), None, e.to_string());
                 continue;
             }
         };
-        match inodes.get(&parent) {
-            Some(p) if p.kind == FileKind::Directory => {}
-            _ => c.problem(
+        if inodes.damaged.contains(&parent) {
+            c.problem(
+                ProblemKind::DanglingDirent,
+                Some(parent),
+                None,
+                format!("entry {shown:?} is in inode {parent}, whose record does not decode"),
+            );
+        } else if !inodes.is_dir(parent) {
+            c.problem(
                 ProblemKind::DanglingDirent,
                 Some(parent),
                 None,
                 format!("entry {shown:?} is in a missing or non-directory inode"),
-            ),
+            );
         }
-        match cookies_t.get((parent, d.cookie))? {
-            Some(n) if n.value() == name => cookies_seen += 1,
+        match cx.cookies.get((parent, d.cookie))? {
+            Some(n) if n == name => cookies_seen += 1,
             _ => c.problem(
                 ProblemKind::Cookie,
                 Some(parent),
@@ -402,7 +406,25 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
                 ),
             ),
         }
-        match inodes.get(&d.ino) {
+        match inodes.info.get(&d.ino) {
+            None if inodes.damaged.contains(&d.ino) => {
+                // The entry is real even if its inode is unreadable: it still counts, so the
+                // parent's link count is judged by what the entries say.
+                c.problem(
+                    ProblemKind::DanglingDirent,
+                    Some(parent),
+                    None,
+                    format!(
+                        "entry {shown:?} names inode {}, whose record does not decode",
+                        d.ino
+                    ),
+                );
+                *links.names.entry(d.ino).or_default() += 1;
+                if d.kind == FileKind::Directory {
+                    *links.subdirs.entry(parent).or_default() += 1;
+                }
+                continue;
+            }
             None => {
                 c.problem(
                     ProblemKind::DanglingDirent,
@@ -432,13 +454,13 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
             ),
             _ => {}
         }
-        *links.entry(d.ino).or_default() += 1;
+        *links.names.entry(d.ino).or_default() += 1;
         if d.kind == FileKind::Directory {
-            *subdirs.entry(parent).or_default() += 1;
-            children.entry(parent).or_default().push(d.ino);
+            *links.subdirs.entry(parent).or_default() += 1;
+            links.children.entry(parent).or_default().push(d.ino);
         }
     }
-    let cookie_total = cookies_t.len()?;
+    let cookie_total = cx.cookies.len()?;
     if cookie_total != cookies_seen {
         c.problem(
             ProblemKind::Cookie,
@@ -450,8 +472,27 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
             ),
         );
     }
+    Ok(links)
+}
 
-    // Reachability from the root (directories form a tree; files hang off reachable directories).
+/// The orphan list (inodes unlinked while open).
+fn orphan_list(cx: &Ctx<'_>) -> Result<HashSet<u64>> {
+    let mut orphans = HashSet::new();
+    for item in cx.orphans.iter()? {
+        orphans.insert(item?.0);
+    }
+    Ok(orphans)
+}
+
+/// Reachability from the root: directories form a tree, and every linked inode that is not an
+/// orphan has an entry in a reachable directory.
+fn check_connectivity(
+    cx: &Ctx<'_>,
+    c: &mut Checker<'_>,
+    inodes: &Inodes,
+    links: &Links,
+    orphans: &HashSet<u64>,
+) -> Result<()> {
     let mut reachable: HashSet<u64> = HashSet::new();
     let mut stack = vec![InodeNo::ROOT.0];
     while let Some(d) = stack.pop() {
@@ -464,38 +505,47 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
             );
             continue;
         }
-        if let Some(kids) = children.get(&d) {
+        if let Some(kids) = links.children.get(&d) {
             stack.extend(kids.iter().copied());
         }
     }
-    let orphans_t = rtx.open_table(ORPHANS)?;
-    let mut orphans: HashSet<u64> = HashSet::new();
-    for item in orphans_t.iter()? {
-        orphans.insert(item?.0.value());
-    }
-    let mut with_links_in_reachable: HashSet<u64> = HashSet::new();
-    for item in dirents_t.iter()? {
-        let (k, v) = item?;
-        let (parent, _) = k.value();
+    let mut named_in_reachable: HashSet<u64> = HashSet::new();
+    for item in cx.dirents.iter()? {
+        let ((parent, _), v) = item?;
         if reachable.contains(&parent) {
-            if let Ok(d) = decode::<DirentRecord>(v.value(), &parent) {
-                with_links_in_reachable.insert(d.ino);
+            if let Ok(d) = decode::<DirentRecord>(&v, &parent) {
+                named_in_reachable.insert(d.ino);
             }
         }
     }
-    let mut inos: Vec<u64> = inodes.keys().copied().collect();
+    let mut inos: Vec<u64> = inodes.info.keys().copied().collect();
     inos.sort_unstable();
     for ino in inos {
-        let Some(i) = inodes.get(&ino) else { continue };
-        let found = links.get(&ino).copied().unwrap_or(0);
-        let expected = if i.kind == FileKind::Directory {
-            if found == 0 && ino != InodeNo::ROOT.0 {
-                0
-            } else {
-                2 + subdirs.get(&ino).copied().unwrap_or(0)
-            }
-        } else {
-            found
+        if ino != InodeNo::ROOT.0
+            && !inodes.unlinked(ino, links)
+            && !orphans.contains(&ino)
+            && !named_in_reachable.contains(&ino)
+        {
+            c.problem(
+                ProblemKind::Disconnected,
+                Some(ino),
+                None,
+                "not reachable from the root directory".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Link counts: files count their entries, directories 2 plus their subdirectories.
+fn check_link_counts(c: &mut Checker<'_>, inodes: &Inodes, links: &Links) {
+    let mut inos: Vec<u64> = inodes.info.keys().copied().collect();
+    inos.sort_unstable();
+    for ino in inos {
+        let (Some(i), Some((_, expected))) =
+            (inodes.info.get(&ino), inodes.expected_links(ino, links))
+        else {
+            continue;
         };
         if i.nlink != expected {
             c.problem(
@@ -505,7 +555,18 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
                 format!("link count {} but {expected} found", i.nlink),
             );
         }
-        if i.nlink == 0 || (found == 0 && ino != InodeNo::ROOT.0) {
+    }
+}
+
+/// The orphan list holds exactly the inodes with no links, and only inodes that exist.
+fn check_orphans(c: &mut Checker<'_>, inodes: &Inodes, links: &Links, orphans: &HashSet<u64>) {
+    let mut inos: Vec<u64> = inodes.info.keys().copied().collect();
+    inos.sort_unstable();
+    for ino in inos {
+        let Some(i) = inodes.info.get(&ino) else {
+            continue;
+        };
+        if inodes.unlinked(ino, links) {
             if !orphans.contains(&ino) {
                 c.problem(
                     ProblemKind::Orphan,
@@ -521,17 +582,12 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
                 None,
                 format!("on the orphan list with {} links", i.nlink),
             );
-        } else if ino != InodeNo::ROOT.0 && !with_links_in_reachable.contains(&ino) {
-            c.problem(
-                ProblemKind::Disconnected,
-                Some(ino),
-                None,
-                "not reachable from the root directory".into(),
-            );
         }
     }
-    for &o in &orphans {
-        if !inodes.contains_key(&o) {
+    let mut listed: Vec<u64> = orphans.iter().copied().collect();
+    listed.sort_unstable();
+    for o in listed {
+        if !inodes.info.contains_key(&o) && !inodes.damaged.contains(&o) {
             c.problem(
                 ProblemKind::Orphan,
                 Some(o),
@@ -540,32 +596,45 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
             );
         }
     }
+}
 
-    // Lower files of the overlay.
-    let mut lower_ids: HashSet<u64> = HashSet::new();
-    for item in rtx.open_table(LOWER_FILES)?.iter()? {
-        let (k, v) = item?;
-        match decode::<LowerFileRecord>(v.value(), &k.value()) {
+/// Lower files of the overlay: their records decode. Returns the known lower file ids.
+fn check_lower_files(cx: &Ctx<'_>, c: &mut Checker<'_>) -> Result<HashSet<u64>> {
+    let mut lower_ids = HashSet::new();
+    for item in cx.lower_files.iter()? {
+        let (id, v) = item?;
+        match decode::<LowerFileRecord>(&v, &id) {
             Ok(_) => {
-                lower_ids.insert(k.value());
+                lower_ids.insert(id);
             }
             Err(e) => c.problem(ProblemKind::Corrupt, None, None, e.to_string()),
         }
     }
+    Ok(lower_ids)
+}
 
-    // Extents: bounds, overlap within a file, block counters; gather every reference.
-    let extents_t = rtx.open_table(EXTENTS)?;
-    let total_extents = extents_t.len()?;
-    let mut refs: Vec<(u64, u64)> = Vec::with_capacity(total_extents as usize);
+/// Extents: of regular files only, non-empty, inside the file and the pool (or a known lower
+/// file), not overlapping within a file; per-inode block counters. Returns every pool reference.
+fn check_extents(
+    cx: &Ctx<'_>,
+    c: &mut Checker<'_>,
+    inodes: &Inodes,
+    lower_ids: &HashSet<u64>,
+    state: &StateRecord,
+) -> Result<Vec<(u64, u64)>> {
+    let bs = cx.bs;
+    // Progress in blocks: the inodes' block counters say how many to expect.
+    let expected_blocks: u64 = inodes.info.values().map(|i| i.blocks).sum();
+    let mut blocks_seen = 0u64;
+    let mut refs: Vec<(u64, u64)> = Vec::new();
     let mut per_inode_blocks: HashMap<u64, u64> = HashMap::new();
     let mut last: Option<(u64, u64)> = None; // (ino, end block)
-    for (n, item) in extents_t.iter()?.enumerate() {
+    for (n, item) in cx.extents.iter()?.enumerate() {
         if n % 16384 == 0 {
-            progress("extents", n as u64, total_extents);
+            (c.progress)("extents", blocks_seen, expected_blocks);
         }
-        let (k, v) = item?;
-        let (ino, fb) = k.value();
-        let e = match decode::<ExtentRecord>(v.value(), &(ino, fb)) {
+        let ((ino, fb), v) = item?;
+        let e = match decode::<ExtentRecord>(&v, &(ino, fb)) {
             Ok(e) => e,
             Err(err) => {
                 c.problem(ProblemKind::Corrupt, Some(ino), None, err.to_string());
@@ -573,6 +642,7 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
             }
         };
         c.report.extents += 1;
+        blocks_seen = blocks_seen.saturating_add(e.len);
         if e.len == 0 {
             c.problem(
                 ProblemKind::ExtentBounds,
@@ -582,9 +652,9 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
             );
             continue;
         }
-        match inodes.get(&ino) {
+        match inodes.info.get(&ino) {
             Some(i) if i.kind == FileKind::Regular => {
-                let max_blocks = i.size.div_ceil(c.bs);
+                let max_blocks = i.size.div_ceil(bs);
                 if fb + e.len > max_blocks {
                     c.problem(
                         ProblemKind::ExtentBounds,
@@ -594,6 +664,12 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
                     );
                 }
             }
+            None if inodes.damaged.contains(&ino) => c.problem(
+                ProblemKind::ExtentBounds,
+                Some(ino),
+                Some((e.phys, e.len)),
+                "extent of an inode whose record does not decode".into(),
+            ),
             _ => c.problem(
                 ProblemKind::ExtentBounds,
                 Some(ino),
@@ -647,7 +723,12 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
         *per_inode_blocks.entry(ino).or_default() += e.len;
         refs.push((e.phys, e.len));
     }
-    for (&ino, i) in &inodes {
+    let mut inos: Vec<u64> = inodes.info.keys().copied().collect();
+    inos.sort_unstable();
+    for ino in inos {
+        let Some(i) = inodes.info.get(&ino) else {
+            continue;
+        };
         let found = per_inode_blocks.get(&ino).copied().unwrap_or(0);
         if i.kind == FileKind::Regular && i.blocks != found {
             c.problem(
@@ -658,16 +739,16 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
             );
         }
     }
+    Ok(refs)
+}
 
-    // Refcounts against the references found.
-    progress("refcounts", 0, 1);
-    let cover = coverage(refs);
-    let refcounts_t = rtx.open_table(REFCOUNTS)?;
+/// Refcount records: well-formed, not overlapping, and equal to the references found (blocks
+/// referenced once have none).
+fn check_refcounts(cx: &Ctx<'_>, c: &mut Checker<'_>, cover: &Runs) -> Result<()> {
     let mut recorded: Runs = Vec::new();
-    for item in refcounts_t.iter()? {
-        let (k, v) = item?;
-        let start = k.value();
-        match decode::<RefcountRecord>(v.value(), &start) {
+    for item in cx.refcounts.iter()? {
+        let (start, v) = item?;
+        match decode::<RefcountRecord>(&v, &start) {
             Ok(r) => {
                 if r.count < 2 || r.len == 0 {
                     c.problem(
@@ -697,14 +778,8 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
         }
     }
     let expected: Runs = cover.iter().filter(|r| r.2 >= 2).copied().collect();
-    let mut pieces = Vec::new();
-    zip_runs(&expected, &recorded, |s, l, want, have| {
-        if want != have {
-            pieces.push((s, l, want, have));
-        }
-    });
-    for (s, l, want, have) in merge_pieces(pieces) {
-        let refs_found = if want == 0 { cover_at(&cover, s) } else { want };
+    for (s, l, want, have) in pieces_where(&expected, &recorded, |want, have| want != have) {
+        let refs_found = if want == 0 { value_at(cover, s) } else { want };
         if want >= 2 && have == 0 {
             c.problem(
                 ProblemKind::DoubleReference,
@@ -721,15 +796,21 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
             );
         }
     }
+    Ok(())
+}
 
-    // Free space must be exactly the complement of the referenced blocks.
-    progress("free space", 0, 1);
-    let free_t = rtx.open_table(FREE)?;
+/// Free space is exactly the complement of the referenced blocks: runs inside the pool, not
+/// overlapping each other or a reference, and no block left out (leaked).
+fn check_free_space(
+    cx: &Ctx<'_>,
+    c: &mut Checker<'_>,
+    cover: &Runs,
+    pool_blocks: u64,
+) -> Result<()> {
     let mut free: Runs = Vec::new();
-    for item in free_t.iter()? {
-        let (k, v) = item?;
-        let start = k.value();
-        match decode::<FreeRecord>(v.value(), &start) {
+    for item in cx.free.iter()? {
+        let (start, v) = item?;
+        match decode::<FreeRecord>(&v, &start) {
             Ok(r) => {
                 if let Some(&(ps, pl, _)) = free.last() {
                     if ps + pl > start {
@@ -742,15 +823,12 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
                         continue;
                     }
                 }
-                if start + r.len > state.pool_blocks {
+                if start + r.len > pool_blocks {
                     c.problem(
                         ProblemKind::FreeOverlap,
                         None,
                         Some((start, r.len)),
-                        format!(
-                            "free run past the pool's end ({} blocks)",
-                            state.pool_blocks
-                        ),
+                        format!("free run past the pool's end ({pool_blocks} blocks)"),
                     );
                 }
                 free.push((start, r.len, 1));
@@ -759,13 +837,7 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
         }
     }
     let used: Runs = cover.iter().map(|&(s, l, _)| (s, l, 1)).collect();
-    let mut pieces = Vec::new();
-    zip_runs(&used, &free, |s, l, u, f| {
-        if u == 1 && f == 1 {
-            pieces.push((s, l, 1, 1));
-        }
-    });
-    for (s, l, _, _) in merge_pieces(pieces) {
+    for (s, l, _, _) in pieces_where(&used, &free, |u, f| u == 1 && f == 1) {
         c.problem(
             ProblemKind::FreeOverlap,
             None,
@@ -773,22 +845,7 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
             "blocks are both free and referenced".into(),
         );
     }
-    let everything: Runs = if state.pool_blocks > 0 {
-        vec![(0, state.pool_blocks, 1)]
-    } else {
-        Vec::new()
-    };
-    let mut accounted = used;
-    accounted.extend(free.iter().copied());
-    accounted.sort_unstable();
-    let accounted = coverage(accounted.into_iter().map(|(s, l, _)| (s, l)).collect());
-    let mut pieces = Vec::new();
-    zip_runs(&everything, &accounted, |s, l, all, acc| {
-        if all == 1 && acc == 0 {
-            pieces.push((s, l, 1, 0));
-        }
-    });
-    for (s, l, _, _) in merge_pieces(pieces) {
+    for (s, l) in unaccounted(&used, &free, pool_blocks) {
         c.problem(
             ProblemKind::LeakedBlock,
             None,
@@ -796,45 +853,5 @@ fn check_txn(rtx: &ReadTransaction, bs: u64, progress: Progress<'_>) -> Result<C
             "blocks are neither free nor referenced".into(),
         );
     }
-    progress("done", 1, 1);
-    Ok(c.report)
-}
-
-fn cover_at(cover: &Runs, block: u64) -> u64 {
-    match cover.binary_search_by(|r| {
-        if r.0 + r.1 <= block {
-            std::cmp::Ordering::Less
-        } else if r.0 > block {
-            std::cmp::Ordering::Greater
-        } else {
-            std::cmp::Ordering::Equal
-        }
-    }) {
-        Ok(i) => cover[i].2,
-        Err(_) => 0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn coverage_counts_overlaps() {
-        let c = coverage(vec![(0, 10), (5, 10), (20, 2)]);
-        assert_eq!(c, vec![(0, 5, 1), (5, 5, 2), (10, 5, 1), (20, 2, 1)]);
-    }
-
-    #[test]
-    fn zip_runs_reports_differences() {
-        let a: Runs = vec![(0, 10, 2)];
-        let b: Runs = vec![(0, 5, 2), (5, 5, 3)];
-        let mut diffs = Vec::new();
-        zip_runs(&a, &b, |s, l, x, y| {
-            if x != y {
-                diffs.push((s, l, x, y))
-            }
-        });
-        assert_eq!(diffs, vec![(5, 5, 2, 3)]);
-    }
+    Ok(())
 }

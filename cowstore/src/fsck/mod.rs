@@ -1,0 +1,9 @@
+//! fsck's two halves: the read-only check of the last commit and the repair, both over the
+//! metadata seam (the typed tables of [`crate::tables::Ctx`]), one function per pass.
+
+mod check;
+mod repair;
+mod runs;
+
+pub use check::{CheckReport, Problem, ProblemKind, Progress};
+pub use repair::{RepairSummary, LOST_FOUND};

@@ -1113,18 +1113,24 @@ pub(crate) struct RedbFile {
     pub reserve: Option<Arc<SpaceReserve>>,
 }
 
+/// Run a metadata write; on a full host release the reserve and retry it once. Only for
+/// writes and truncates, whose retry does the same thing again: never for a sync.
+pub(crate) fn with_room(
+    reserve: Option<&SpaceReserve>,
+    op: impl Fn() -> io::Result<()>,
+) -> io::Result<()> {
+    match op() {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => match reserve {
+            Some(r) if r.release() => op(),
+            _ => Err(e),
+        },
+        other => other,
+    }
+}
+
 impl RedbFile {
-    /// Retry once after releasing the reserve when the host is full.
     fn with_room(&self, op: impl Fn() -> io::Result<()>) -> io::Result<()> {
-        match op() {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
-                match &self.reserve {
-                    Some(r) if r.release() => op(),
-                    _ => Err(e),
-                }
-            }
-            other => other,
-        }
+        with_room(self.reserve.as_deref(), op)
     }
 }
 

@@ -81,6 +81,16 @@ pub enum EngineKind {
     Mem,
 }
 
+impl EngineKind {
+    /// The file of the store that holds this engine's metadata.
+    pub fn meta_file(self) -> &'static str {
+        match self {
+            EngineKind::Redb => META_FILE,
+            EngineKind::Mem => MEM_META_FILE,
+        }
+    }
+}
+
 /// Open the engine of the store in `env` (a new, empty one of kind `kind` when given).
 fn open_engine(
     env: &dyn Env,
@@ -118,7 +128,7 @@ fn open_engine(
             opts.cache_bytes,
             opts.verify && !create,
         )?),
-        EngineKind::Mem => Arc::new(MemEngine::open(file(MEM_META_FILE)?)?),
+        EngineKind::Mem => Arc::new(MemEngine::open(file(MEM_META_FILE)?, reserve)?),
     })
 }
 
@@ -1547,11 +1557,18 @@ impl Inner {
                 }
                 Ok((v, cx.mem.state.pool_blocks))
             })?;
+            // Only to give the host its space back (free blocks are never read): a full or
+            // failing host must not keep the store from opening.
             for (s, l) in free {
-                self.pool.punch(s * self.bs, l * self.bs)?;
+                if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
+                    log::warn!("punching free pool blocks {s}..{}: {e}", s + l);
+                    break;
+                }
             }
             if self.pool.len()? > end * self.bs {
-                self.pool.set_len(end * self.bs)?;
+                if let Err(e) = self.pool.set_len(end * self.bs) {
+                    log::warn!("trimming the pool to its high-water mark: {e}");
+                }
             }
         }
         // Mark the store open (not clean) durably, so a crash from here on is noticed.

@@ -9,6 +9,8 @@
 //! Also: ENOSPC injected at every point of the workload gives `Error::NoSpace` and leaves a store
 //! that, once space is back, holds a state the operations allow and keeps working.
 
+#[macro_use]
+mod engines;
 mod common;
 
 use common::*;
@@ -104,14 +106,7 @@ fn workload() -> Vec<Act> {
 /// commit points (the first is mkfs itself).
 fn record(bs: u32) -> (Files, Vec<MemOp>, Vec<CommitPoint>) {
     let env = MemEnv::new();
-    Store::mkfs_env(
-        Arc::new(env.clone()),
-        &MkfsOptions {
-            block_size: bs,
-            ..Default::default()
-        },
-    )
-    .expect("mkfs");
+    Store::mkfs_env(Arc::new(env.clone()), &engines::mkfs_opts(bs)).expect("mkfs");
     let base = env.files();
     env.set_recording(true);
     let mkfs_state = Model::new().snapshot();
@@ -307,17 +302,14 @@ fn crash_states(bs: u32) {
     eprintln!("block size {bs}: verified {images} crash images");
 }
 
-#[test]
 fn crash_every_cut_point_opens_at_a_committed_state_bs4k() {
     crash_states(4096);
 }
 
-#[test]
 fn crash_every_cut_point_opens_at_a_committed_state_bs16k() {
     crash_states(16384);
 }
 
-#[test]
 fn crash_every_cut_point_opens_at_a_committed_state_bs64k() {
     crash_states(65536);
 }
@@ -326,7 +318,6 @@ fn crash_every_cut_point_opens_at_a_committed_state_bs64k() {
 /// `Error::NoSpace` (no panic, no other error), the store is then in the state before that
 /// operation, after it, or (a failed commit rolls back) at the last commit; once space is back it
 /// checks clean, commits, and reopens to the same state.
-#[test]
 fn crash_enospc_injection_leaves_a_working_store() {
     let total_writes = {
         let (_, log, _) = record(4096);
@@ -462,3 +453,10 @@ fn enospc_at(n: u64) -> bool {
     }
     false
 }
+
+per_engine!(
+    crash_every_cut_point_opens_at_a_committed_state_bs4k,
+    crash_every_cut_point_opens_at_a_committed_state_bs16k,
+    crash_every_cut_point_opens_at_a_committed_state_bs64k,
+    crash_enospc_injection_leaves_a_working_store,
+);

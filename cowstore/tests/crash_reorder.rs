@@ -23,6 +23,8 @@
 //! Soak: `COWFS_CRASH_SAMPLES=200 COWFS_CRASH_SEED=random cargo test --release -p cowstore --test
 //! crash_reorder` (the seed is printed; give it back as `COWFS_CRASH_SEED=0x...` to replay).
 
+#[macro_use]
+mod engines;
 mod common;
 
 use common::*;
@@ -157,14 +159,7 @@ fn growth_workload(bs: u64) -> Vec<Act> {
 /// commit points (the first is mkfs itself).
 fn record(bs: u32, workload: fn(u64) -> Vec<Act>) -> (Files, Vec<MemOp>, Vec<CommitPoint>) {
     let env = MemEnv::new();
-    Store::mkfs_env(
-        Arc::new(env.clone()),
-        &MkfsOptions {
-            block_size: bs,
-            ..Default::default()
-        },
-    )
-    .expect("mkfs");
+    Store::mkfs_env(Arc::new(env.clone()), &engines::mkfs_opts(bs)).expect("mkfs");
     let base = env.files();
     env.set_recording(true);
     let empty = Model::new();
@@ -798,34 +793,28 @@ fn recovery_sweep(bs: u32) {
     tally.assert_clean(&format!("block size {bs}, crash during recovery"), seed);
 }
 
-#[test]
 fn crash_reorder_and_tear_bs4k() {
     sweep(4096, workload);
 }
 
-#[test]
 fn crash_reorder_and_tear_bs16k() {
     sweep(16384, workload);
 }
 
-#[test]
 fn crash_reorder_and_tear_bs64k() {
     sweep(65536, workload);
 }
 
-#[test]
 fn crash_reorder_during_recovery_bs4k() {
     recovery_sweep(4096);
 }
 
-#[test]
 fn crash_reorder_metadata_growth_bs4k() {
     sweep(4096, growth_workload);
 }
 
-/// The checker itself: an image that lost a commit which had returned (its sync of meta.redb
+/// The checker itself: an image that lost a commit which had returned (its sync of the metadata
 /// skipped, its unsynced writes dropped) opens at the commit before, and is rejected.
-#[test]
 fn crash_reorder_rejects_an_image_that_lost_a_returned_commit() {
     let (base, log, commits) = record(4096, workload);
     let lost = &commits[4];
@@ -833,9 +822,10 @@ fn crash_reorder_rejects_an_image_that_lost_a_returned_commit() {
     assert_ne!(lost.snap, previous.snap, "the lost commit changed the tree");
     let mut dev = DeviceModel::new(base);
     let mut skipped = 0;
+    let meta = engines::engine().meta_file();
     for op in &log[..lost.end] {
         let in_commit = dev.cut() >= lost.start;
-        if in_commit && matches!(op, MemOp::Sync { file } if file == "meta.redb") {
+        if in_commit && matches!(op, MemOp::Sync { file } if file == meta) {
             skipped += 1;
             // Stand in for the skipped sync so that cut() still counts log positions.
             dev.step(&MemOp::Sync {
@@ -845,7 +835,7 @@ fn crash_reorder_rejects_an_image_that_lost_a_returned_commit() {
         }
         dev.step(op);
     }
-    assert_eq!(skipped, 1, "one sync of meta.redb per commit");
+    assert_eq!(skipped, 1, "one sync of {meta} per commit");
     let files = dev.image(|_, _| Persist::Lost);
     if let Err(e) = verify_image(files.clone(), &[previous], true) {
         panic!("the image should be the previous commit: {e}");
@@ -854,3 +844,12 @@ fn crash_reorder_rejects_an_image_that_lost_a_returned_commit() {
     let err = verify_image(files, &allowed, false).expect_err("a lost commit must be rejected");
     assert!(err.contains("not an allowed committed state"), "{err}");
 }
+
+per_engine!(
+    crash_reorder_and_tear_bs4k,
+    crash_reorder_and_tear_bs16k,
+    crash_reorder_and_tear_bs64k,
+    crash_reorder_during_recovery_bs4k,
+    crash_reorder_metadata_growth_bs4k,
+    crash_reorder_rejects_an_image_that_lost_a_returned_commit,
+);

@@ -2,6 +2,9 @@
 //! deleting makes room again through a normal commit, and the store checks clean after.
 //! Needs root (it mounts a tmpfs), as CI has.
 
+#[macro_use]
+mod engines;
+
 use cowstore::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +36,6 @@ impl Drop for Tmpfs {
 
 const ME: Caller = Caller { uid: 0, gid: 0 };
 
-#[test]
 fn filling_the_host_gives_enospc_and_deleting_recovers() {
     let Some(fs) = Tmpfs::mount("24m") else {
         assert!(
@@ -44,7 +46,7 @@ fn filling_the_host_gives_enospc_and_deleting_recovers() {
         return;
     };
     let dir = fs.path().join("store");
-    Store::mkfs(&dir, &MkfsOptions::default()).expect("mkfs");
+    Store::mkfs(&dir, &engines::mkfs_opts(4096)).expect("mkfs");
     let s = Store::open(
         &dir,
         &OpenOptions {
@@ -172,7 +174,6 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-#[test]
 fn fallocate_beyond_the_host_is_enospc() {
     // Regression: fallocate only punched the new pool blocks, reserving nothing on the host,
     // so `fallocate -l 1G` succeeded on a 64 MiB host and the writes into the "preallocated"
@@ -186,7 +187,7 @@ fn fallocate_beyond_the_host_is_enospc() {
         return;
     };
     let dir = fs.path().join("store");
-    Store::mkfs(&dir, &MkfsOptions::default()).expect("mkfs");
+    Store::mkfs(&dir, &engines::mkfs_opts(4096)).expect("mkfs");
     let s = Store::open(&dir, &OpenOptions::default()).expect("open");
     let reg = NewInode {
         kind: FileKind::Regular,
@@ -205,3 +206,8 @@ fn fallocate_beyond_the_host_is_enospc() {
     assert!(s.check().expect("check").is_clean());
     s.close().expect("close");
 }
+
+per_engine!(
+    filling_the_host_gives_enospc_and_deleting_recovers,
+    fallocate_beyond_the_host_is_enospc,
+);

@@ -8,6 +8,8 @@
 //! - a crash image taken right after the fault opens clean at a committed state with every
 //!   byte of the last successful commit.
 
+#[macro_use]
+mod engines;
 mod common;
 
 use common::*;
@@ -180,12 +182,15 @@ fn sweep(errno: i32) {
     assert!(!run(None, errno).fired);
 }
 
-#[test]
 fn every_eio_aborts_only_the_operation_that_met_it() {
     sweep(libc::EIO);
 }
 
-#[test]
 fn every_enospc_aborts_only_the_operation_that_met_it() {
     sweep(libc::ENOSPC);
 }
+
+per_engine!(
+    every_eio_aborts_only_the_operation_that_met_it,
+    every_enospc_aborts_only_the_operation_that_met_it,
+);

@@ -2,6 +2,9 @@
 //! written with block-level copy-up, and never modified; names removed or renamed stay so across
 //! reopens; a lower file that changes underneath is refused; symlinks are never followed out.
 
+#[macro_use]
+mod engines;
+
 use cowstore::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -135,11 +138,10 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let lower = t.path().join("lower");
     let store = t.path().join("store");
     make_lower(&lower);
-    Store::mkfs(&store, &MkfsOptions::default()).expect("mkfs");
+    Store::mkfs(&store, &engines::mkfs_opts(4096)).expect("mkfs");
     (t, lower, store)
 }
 
-#[test]
 fn overlay_presents_the_lower_tree() -> Result<()> {
     let (_t, lower, store) = setup();
     let before = snapshot(&lower);
@@ -217,7 +219,6 @@ fn overlay_presents_the_lower_tree() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn writes_copy_up_only_the_blocks_written() -> Result<()> {
     let (_t, lower, store) = setup();
     let before = snapshot(&lower);
@@ -287,7 +288,6 @@ fn writes_copy_up_only_the_blocks_written() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn removals_and_renames_of_lower_entries_persist() -> Result<()> {
     let (_t, lower, store) = setup();
     {
@@ -341,7 +341,6 @@ fn removals_and_renames_of_lower_entries_persist() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn a_changed_lower_file_is_refused_and_reported() -> Result<()> {
     let (_t, lower, store) = setup();
     let s = Store::open(&store, &opts(Some(&lower)))?;
@@ -367,7 +366,6 @@ fn a_changed_lower_file_is_refused_and_reported() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn lower_symlinked_directories_are_never_followed() -> Result<()> {
     let (_t, lower, store) = setup();
     let outside = tempfile::tempdir().expect("tmp");
@@ -394,7 +392,6 @@ fn atime(p: &Path) -> (i64, i64) {
 /// mount, so relatime updated the atime of every lower directory and symlink the store looked
 /// into (O_NOATIME only covers the files read). As root the store now reaches the lower tree
 /// through a private read-only, noatime clone of its mount.
-#[test]
 fn importing_leaves_lower_directory_and_symlink_atimes_alone() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -420,7 +417,6 @@ fn importing_leaves_lower_directory_and_symlink_atimes_alone() -> Result<()> {
 
 /// Regression: a lower file was verified only when first opened; once in the open-file cache,
 /// rewriting it in place (same inode) had its new bytes served as the imported file's.
-#[test]
 fn a_lower_file_rewritten_while_open_is_refused() -> Result<()> {
     let (_t, lower, store) = setup();
     let s = Store::open(&store, &opts(Some(&lower)))?;
@@ -454,11 +450,10 @@ fn hard_linked_lower() -> (tempfile::TempDir, std::path::PathBuf, std::path::Pat
     std::fs::create_dir_all(lower.join("d")).expect("mkdir");
     std::fs::write(lower.join("a"), b"linked lower file").expect("a");
     std::fs::hard_link(lower.join("a"), lower.join("d/b")).expect("link");
-    Store::mkfs(&store, &MkfsOptions::default()).expect("mkfs");
+    Store::mkfs(&store, &engines::mkfs_opts(4096)).expect("mkfs");
     (t, lower, store)
 }
 
-#[test]
 fn an_open_unlinked_lower_hard_link_survives_importing_its_other_name() -> Result<()> {
     // Regression (issue 10, defect 4): a hard-linked lower file, open and unlinked under one
     // name, was deleted at the next mount: importing its second name raised nlink but left the
@@ -492,7 +487,6 @@ fn an_open_unlinked_lower_hard_link_survives_importing_its_other_name() -> Resul
     Ok(())
 }
 
-#[test]
 fn a_lower_hard_link_whose_inode_was_freed_imports_as_a_new_inode() -> Result<()> {
     // Regression (issue 10, defect 4): the second name of a lower hard link, imported after
     // the inode of the first was unlinked, closed and freed, must not resurrect a freed inode
@@ -515,7 +509,6 @@ fn a_lower_hard_link_whose_inode_was_freed_imports_as_a_new_inode() -> Result<()
     Ok(())
 }
 
-#[test]
 fn lower_errors_keep_their_errno() -> Result<()> {
     // Regression (issue 10, defect 15): errors of the lower tree lost their errno (ENOENT,
     // ENOTDIR, EACCES all became EIO); and a failed import or read must leave everything else
@@ -562,7 +555,6 @@ fn lower_errors_keep_their_errno() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn a_lower_file_replaced_by_a_fifo_is_refused_without_blocking() -> Result<()> {
     // Regression (issue 10, defect 14): a regular lower file replaced by a FIFO was opened
     // (blocking until a writer came, with the store lock held); it must be refused with EIO
@@ -602,3 +594,17 @@ fn a_lower_file_replaced_by_a_fifo_is_refused_without_blocking() -> Result<()> {
     );
     Ok(())
 }
+
+per_engine!(
+    overlay_presents_the_lower_tree,
+    writes_copy_up_only_the_blocks_written,
+    removals_and_renames_of_lower_entries_persist,
+    a_changed_lower_file_is_refused_and_reported,
+    lower_symlinked_directories_are_never_followed,
+    importing_leaves_lower_directory_and_symlink_atimes_alone,
+    a_lower_file_rewritten_while_open_is_refused,
+    an_open_unlinked_lower_hard_link_survives_importing_its_other_name,
+    a_lower_hard_link_whose_inode_was_freed_imports_as_a_new_inode,
+    lower_errors_keep_their_errno,
+    a_lower_file_replaced_by_a_fifo_is_refused_without_blocking,
+);

@@ -1,6 +1,9 @@
 //! POSIX behaviour of the store that a real filesystem has and cowfs lacked (issue 10): directory
 //! streams that end, access times, open directories, file handles, chattr flags, whiteouts.
 
+#[macro_use]
+mod engines;
+
 use cowstore::io::MemEnv;
 use cowstore::*;
 use std::collections::HashSet;
@@ -16,7 +19,7 @@ fn opts() -> OpenOptions {
 
 fn fresh() -> (MemEnv, Store) {
     let env = MemEnv::new();
-    Store::mkfs_env(Arc::new(env.clone()), &MkfsOptions::default()).expect("mkfs");
+    Store::mkfs_env(Arc::new(env.clone()), &engines::mkfs_opts(4096)).expect("mkfs");
     let s = Store::open_env(Arc::new(env.clone()), &opts()).expect("open");
     (env, s)
 }
@@ -64,7 +67,6 @@ fn times(s: &Store, ino: InodeNo, atime: i64, mtime: i64) -> Result<InodeAttr> {
     )
 }
 
-#[test]
 fn a_directory_stream_never_returns_an_entry_twice() -> Result<()> {
     // Regression (issue 10, defect 17): walking a 2,000-entry directory while renaming each
     // entry as it was returned yielded 4,000 entries: every renamed entry got a new cookie past
@@ -127,7 +129,6 @@ fn a_directory_stream_never_returns_an_entry_twice() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn access_times_follow_the_mount_policy_without_committing() -> Result<()> {
     // Regression (issue 10, defect 18): atime was never updated (FUSE leaves it to the
     // daemon). relatime (default), strictatime, noatime and nodiratime; the update rides the
@@ -225,7 +226,6 @@ fn access_times_follow_the_mount_policy_without_committing() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn an_open_directory_outlives_rmdir_and_rename_over() -> Result<()> {
     // Regression (issue 10, defect 21): fstat on an open directory gave ENOENT after rmdir of
     // it or a rename over it; an unlinked open inode of any kind answers getattr (nlink 0)
@@ -267,7 +267,6 @@ fn an_open_directory_outlives_rmdir_and_rename_over() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn file_handles_resolve_by_node_id_and_generations_never_repeat() -> Result<()> {
     // Regression (issue 10, defect 20): the kernel resolves a file handle it no longer caches
     // by looking up "." of the node id (".." for its parent), and a handle (ino, generation)
@@ -303,7 +302,6 @@ fn file_handles_resolve_by_node_id_and_generations_never_repeat() -> Result<()> 
     Ok(())
 }
 
-#[test]
 fn chattr_flags_are_enforced_by_the_store() -> Result<()> {
     // Regression (issue 10, defect 23): no inode flags (chattr/lsattr). Immutable: nothing
     // changes, not even for root, and only root sets or clears it. Append-only: data only at
@@ -445,7 +443,6 @@ fn chattr_flags_are_enforced_by_the_store() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn rename_whiteout_leaves_a_whiteout_in_the_same_operation() -> Result<()> {
     // Regression (issue 10, defect 23): RENAME_WHITEOUT was refused (EINVAL). overlayfs asks
     // it of its upper layer: the source name must hold a character device 0:0 afterwards.
@@ -503,3 +500,12 @@ fn rename_whiteout_leaves_a_whiteout_in_the_same_operation() -> Result<()> {
     assert!(s.check()?.is_clean(), "{:?}", s.check()?.problems);
     Ok(())
 }
+
+per_engine!(
+    a_directory_stream_never_returns_an_entry_twice,
+    access_times_follow_the_mount_policy_without_committing,
+    an_open_directory_outlives_rmdir_and_rename_over,
+    file_handles_resolve_by_node_id_and_generations_never_repeat,
+    chattr_flags_are_enforced_by_the_store,
+    rename_whiteout_leaves_a_whiteout_in_the_same_operation,
+);

@@ -6,6 +6,7 @@
 //! `PROPTEST_CASES` raises the number of cases (the defaults keep the suite fast).
 
 mod common;
+mod engines;
 
 use common::*;
 use cowstore::RenameFlags;
@@ -294,26 +295,42 @@ fn cases(default: u32) -> ProptestConfig {
     }
 }
 
-proptest! {
-    #![proptest_config(cases(256))]
-    #[test]
-    fn prop_model_bs4k(ops in prop::collection::vec(op(), 1..70)) {
-        run(4096, &ops);
-    }
+/// The same properties on each metadata engine (`redb::…`, `mem::…`).
+macro_rules! model_props {
+    ($engine:ident, $kind:expr) => {
+        mod $engine {
+            use super::*;
+
+            fn on_engine(bs: u32, ops: &[Op]) {
+                engines::run_on($kind, || run(bs, ops));
+            }
+
+            proptest! {
+                #![proptest_config(cases(256))]
+                #[test]
+                fn prop_model_bs4k(ops in prop::collection::vec(op(), 1..70)) {
+                    on_engine(4096, &ops);
+                }
+            }
+
+            proptest! {
+                #![proptest_config(cases(64))]
+                #[test]
+                fn prop_model_bs16k(ops in prop::collection::vec(op(), 1..60)) {
+                    on_engine(16384, &ops);
+                }
+            }
+
+            proptest! {
+                #![proptest_config(cases(48))]
+                #[test]
+                fn prop_model_bs64k(ops in prop::collection::vec(op(), 1..50)) {
+                    on_engine(65536, &ops);
+                }
+            }
+        }
+    };
 }
 
-proptest! {
-    #![proptest_config(cases(64))]
-    #[test]
-    fn prop_model_bs16k(ops in prop::collection::vec(op(), 1..60)) {
-        run(16384, &ops);
-    }
-}
-
-proptest! {
-    #![proptest_config(cases(48))]
-    #[test]
-    fn prop_model_bs64k(ops in prop::collection::vec(op(), 1..50)) {
-        run(65536, &ops);
-    }
-}
+model_props!(redb, cowstore::EngineKind::Redb);
+model_props!(mem, cowstore::EngineKind::Mem);

@@ -1,6 +1,9 @@
 //! check() finds each class of injected inconsistency, repair() fixes it, and a second check is
 //! clean; data that was fine stays readable.
 
+#[macro_use]
+mod engines;
+
 use cowstore::testing::Damage;
 use cowstore::*;
 
@@ -16,7 +19,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    Store::mkfs(dir.path(), &MkfsOptions::default()).expect("mkfs");
+    Store::mkfs(dir.path(), &engines::mkfs_opts(4096)).expect("mkfs");
     let store = Store::open(
         dir.path(),
         &OpenOptions {
@@ -81,20 +84,17 @@ fn damage_detect_repair(f: &Fixture, damage: Damage, expect: ProblemKind) -> Rep
     summary
 }
 
-#[test]
 fn wrong_refcount_is_found_and_rebuilt() {
     let f = fixture();
     damage_detect_repair(&f, Damage::WrongRefcount(f.a), ProblemKind::Refcount);
     assert_eq!(f.store.read_to_vec(f.a, 0, 1 << 20).expect("read"), f.data);
 }
 
-#[test]
 fn leaked_block_is_found_and_freed() {
     let f = fixture();
     damage_detect_repair(&f, Damage::LeakedBlock, ProblemKind::LeakedBlock);
 }
 
-#[test]
 fn double_reference_is_found_and_counted() {
     let f = fixture();
     let c = f
@@ -118,7 +118,6 @@ fn double_reference_is_found_and_counted() {
     assert!(f.store.check().expect("check").is_clean());
 }
 
-#[test]
 fn referenced_block_on_the_free_list_is_taken_off_it() {
     let f = fixture();
     damage_detect_repair(
@@ -129,14 +128,12 @@ fn referenced_block_on_the_free_list_is_taken_off_it() {
     assert_eq!(f.store.read_to_vec(f.a, 0, 1 << 20).expect("read"), f.data);
 }
 
-#[test]
 fn wrong_link_count_is_corrected() {
     let f = fixture();
     damage_detect_repair(&f, Damage::WrongLinkCount(f.a, 5), ProblemKind::LinkCount);
     assert_eq!(f.store.getattr(f.a).expect("attr").nlink, 1);
 }
 
-#[test]
 fn dangling_dirent_is_removed() {
     let f = fixture();
     damage_detect_repair(
@@ -153,7 +150,6 @@ fn dangling_dirent_is_removed() {
     ));
 }
 
-#[test]
 fn unlisted_orphan_is_reclaimed() {
     let f = fixture();
     let before = f.store.stats().expect("stats");
@@ -174,7 +170,6 @@ fn unlisted_orphan_is_reclaimed() {
     assert_eq!(f.store.read_to_vec(f.b, 0, 1 << 20).expect("read b"), want);
 }
 
-#[test]
 fn disconnected_file_goes_to_lost_and_found() {
     let f = fixture();
     damage_detect_repair(
@@ -201,7 +196,6 @@ fn disconnected_file_goes_to_lost_and_found() {
     assert_eq!(b.ino, f.b);
 }
 
-#[test]
 fn repair_of_a_clean_store_changes_nothing() {
     let f = fixture();
     let gen = f.store.stats().expect("stats").generation;
@@ -231,7 +225,6 @@ fn pool_bytes(store: &Store, ranges: &[(u64, u64)]) -> Vec<u8> {
     out
 }
 
-#[test]
 fn damaged_or_missing_inode_record_is_rebuilt_into_lost_and_found() {
     // Regression (issue 10, defect 3): repair dropped the entry and extents of a file whose
     // inode record failed its checksum (or was missing), freeing and punching its blocks.
@@ -297,7 +290,6 @@ fn damaged_or_missing_inode_record_is_rebuilt_into_lost_and_found() {
     }
 }
 
-#[test]
 fn damaged_directory_record_is_left_and_its_files_stay_reachable() {
     // Regression (issue 10, defect 3): a directory whose record failed its checksum lost every
     // entry in it, and the files named only there were reclaimed with their blocks.
@@ -340,7 +332,6 @@ fn damaged_directory_record_is_left_and_its_files_stay_reachable() {
     assert_eq!(f.store.check().expect("check").problems, after.problems);
 }
 
-#[test]
 fn unreadable_extent_record_keeps_every_block_allocated() {
     // Regression (issue 10, defect 3): repair removed an extent record that failed its
     // checksum and freed and punched the blocks it named; nobody can tell which blocks those
@@ -384,3 +375,18 @@ fn unreadable_extent_record_keeps_every_block_allocated() {
         after.problems
     );
 }
+
+per_engine!(
+    wrong_refcount_is_found_and_rebuilt,
+    leaked_block_is_found_and_freed,
+    double_reference_is_found_and_counted,
+    referenced_block_on_the_free_list_is_taken_off_it,
+    wrong_link_count_is_corrected,
+    dangling_dirent_is_removed,
+    unlisted_orphan_is_reclaimed,
+    disconnected_file_goes_to_lost_and_found,
+    repair_of_a_clean_store_changes_nothing,
+    damaged_or_missing_inode_record_is_rebuilt_into_lost_and_found,
+    damaged_directory_record_is_left_and_its_files_stay_reachable,
+    unreadable_extent_record_keeps_every_block_allocated,
+);

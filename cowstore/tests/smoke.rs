@@ -1,17 +1,13 @@
 //! End-to-end use of the public API on a real directory: the operations a mount will call.
 
+#[macro_use]
+mod engines;
+
 use cowstore::*;
 
 fn fresh(bs: u32) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    Store::mkfs(
-        dir.path(),
-        &MkfsOptions {
-            block_size: bs,
-            ..Default::default()
-        },
-    )
-    .expect("mkfs");
+    Store::mkfs(dir.path(), &engines::mkfs_opts(bs)).expect("mkfs");
     let store = Store::open(
         dir.path(),
         &OpenOptions {
@@ -28,7 +24,6 @@ const ME: Caller = Caller {
     gid: 1000,
 };
 
-#[test]
 fn write_read_clone_survive_reopen() -> Result<()> {
     let (dir, s) = fresh(4096);
     let a = s.create_open(InodeNo::ROOT, b"a", 0o644, ME)?;
@@ -58,7 +53,6 @@ fn write_read_clone_survive_reopen() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn namespace_basics() -> Result<()> {
     let (_dir, s) = fresh(4096);
     let d = s.mkdir(InodeNo::ROOT, b"d", 0o755, ME)?;
@@ -105,7 +99,6 @@ fn namespace_basics() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn check_is_clean_after_reflinks_and_deletes_and_stats_add_up() -> Result<()> {
     let (_dir, s) = fresh(4096);
     let a = s.create_open(InodeNo::ROOT, b"a", 0o644, ME)?;
@@ -137,7 +130,6 @@ fn check_is_clean_after_reflinks_and_deletes_and_stats_add_up() -> Result<()> {
 /// Regression (cross-file read): a read's pool positions were used after the store lock was
 /// released; a truncate freeing a block allocated in the open transaction let another file's
 /// write reuse it, so the read could return that file's bytes. Pinned reads defer the reuse.
-#[test]
 fn pinned_read_keeps_its_blocks_from_reuse_within_a_transaction() -> Result<()> {
     let (_dir, s) = fresh(4096);
     let a = s.create_open(InodeNo::ROOT, b"a", 0o644, ME)?;
@@ -173,7 +165,6 @@ fn pinned_read_keeps_its_blocks_from_reuse_within_a_transaction() -> Result<()> 
 /// is still copying from allocatable. It must not wait for the read under the store lock either
 /// (issue 10, defect 14: a read stuck on a hung lower file would hang the mount), so the pinned
 /// blocks stay out of the free space until a commit after the read has ended.
-#[test]
 fn commit_keeps_blocks_of_pinned_reads_out_of_the_free_space() -> Result<()> {
     let (_dir, s) = fresh(4096);
     let s = std::sync::Arc::new(s);
@@ -234,7 +225,6 @@ fn assert_pinned_bytes_intact(s: &Store, pinned: &cowstore::PinnedRead, want: u8
 /// Regression (df): statfs added the pool's free runs, which are punched out and already free on
 /// the host, to the host's free space, and sized the filesystem from it. The store grows inside
 /// its host filesystem: size and free space are the host's.
-#[test]
 fn statfs_reports_the_host_filesystem() -> Result<()> {
     let (dir, s) = fresh(4096);
     let f = s.create_open(InodeNo::ROOT, b"f", 0o644, ME)?;
@@ -279,10 +269,9 @@ fn fs_stat(p: &std::path::Path) -> (u64, u64) {
 
 /// Regression (read pins lost in a rollback): a failed commit rolled the transaction back with a
 /// fresh pin registry, so a read pinned before it no longer held back the next commit's frees.
-#[test]
 fn reads_stay_pinned_across_a_failed_commit() -> Result<()> {
     let env = io::MemEnv::new();
-    Store::mkfs_env(std::sync::Arc::new(env.clone()), &MkfsOptions::default())?;
+    Store::mkfs_env(std::sync::Arc::new(env.clone()), &engines::mkfs_opts(4096))?;
     let opts = OpenOptions {
         commit_interval: None,
         ..Default::default()
@@ -306,3 +295,13 @@ fn reads_stay_pinned_across_a_failed_commit() -> Result<()> {
     assert!(s.check()?.is_clean());
     Ok(())
 }
+
+per_engine!(
+    write_read_clone_survive_reopen,
+    namespace_basics,
+    check_is_clean_after_reflinks_and_deletes_and_stats_add_up,
+    pinned_read_keeps_its_blocks_from_reuse_within_a_transaction,
+    commit_keeps_blocks_of_pinned_reads_out_of_the_free_space,
+    statfs_reports_the_host_filesystem,
+    reads_stay_pinned_across_a_failed_commit,
+);

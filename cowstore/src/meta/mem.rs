@@ -19,7 +19,7 @@
 use super::engine::{bounds_empty, Delta, Engine, EntryIter, Snapshot};
 use super::schema::{TableId, N_TABLES, TABLES};
 use crate::error::{Error, Result};
-use crate::io::FileIo;
+use crate::io::{with_room, FileIo, SpaceReserve};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -60,6 +60,8 @@ impl Snapshot for Version {
 /// The in-memory engine over its log file.
 pub(crate) struct MemEngine {
     log: Arc<dyn FileIo>,
+    /// Released (and the append retried) when the host is full, as for redb.
+    reserve: Option<Arc<SpaceReserve>>,
     current: RwLock<Arc<Version>>,
     /// Where the next record goes; serialises commits.
     end: Mutex<u64>,
@@ -98,7 +100,14 @@ fn apply(
 
 impl MemEngine {
     /// Open the log (an empty file becomes a new, empty engine).
-    pub fn open(log: Arc<dyn FileIo>) -> Result<MemEngine> {
+    pub fn open(log: Arc<dyn FileIo>, reserve: Option<Arc<SpaceReserve>>) -> Result<MemEngine> {
+        Self::replay(log, reserve).map_err(|e| match e {
+            Error::Io(io) => Error::from_io(io),
+            other => other,
+        })
+    }
+
+    fn replay(log: Arc<dyn FileIo>, reserve: Option<Arc<SpaceReserve>>) -> Result<MemEngine> {
         let len = log.len()?;
         let mut tables: Tables = Default::default();
         let mut pos = MAGIC.len() as u64;
@@ -130,9 +139,16 @@ impl MemEngine {
                 apply(&mut tables, changes, pos)?;
                 pos += 8 + n;
             }
+            if len > pos {
+                // Cut off a torn record (or anything after it) before appending after it: a new
+                // record must never be followed by an older one that happens to be whole.
+                log.set_len(pos)?;
+                log.sync()?;
+            }
         }
         Ok(MemEngine {
             log,
+            reserve,
             current: RwLock::new(Arc::new(Version { tables })),
             end: Mutex::new(pos),
         })
@@ -165,7 +181,8 @@ impl Engine for MemEngine {
         rec.extend_from_slice(&payload);
         let crc = crc32c::crc32c(&rec);
         rec.extend_from_slice(&crc.to_le_bytes());
-        self.log.write_at(&rec, *end).map_err(Error::from_io)?;
+        with_room(self.reserve.as_deref(), || self.log.write_at(&rec, *end))
+            .map_err(Error::from_io)?;
         // Never retried: see RedbFile::sync_data.
         self.log.sync().map_err(Error::from_io)?;
         *end += rec.len() as u64;
@@ -199,7 +216,7 @@ mod tests {
     #[test]
     fn commits_replay_and_a_torn_tail_is_ignored() -> Result<()> {
         let env = MemEnv::new();
-        let e = MemEngine::open(env.open(MEM_META_FILE, true)?)?;
+        let e = MemEngine::open(env.open(MEM_META_FILE, true)?, None)?;
         let old = e.snapshot()?;
         e.commit(&[&delta(&[
             (TableId::Inodes, b"a", Some(b"1")),
@@ -219,14 +236,14 @@ mod tests {
         assert_eq!(keys(&e.snapshot()?)?, vec![b"b".to_vec()]);
         let full = env.files()[MEM_META_FILE].clone();
         drop(e);
-        let again = MemEngine::open(env.open(MEM_META_FILE, false)?)?;
+        let again = MemEngine::open(env.open(MEM_META_FILE, false)?, None)?;
         assert_eq!(keys(&again.snapshot()?)?, vec![b"b".to_vec()]);
         // Cut the last record anywhere: the engine opens at the commit before it.
         for cut in full.len() - 10..full.len() {
             let mut files = env.files();
             files.insert(MEM_META_FILE.into(), full[..cut].to_vec());
             let torn = MemEnv::from_files(files);
-            let e = MemEngine::open(torn.open(MEM_META_FILE, false)?)?;
+            let e = MemEngine::open(torn.open(MEM_META_FILE, false)?, None)?;
             assert_eq!(keys(&e.snapshot()?)?, vec![b"a".to_vec(), b"b".to_vec()]);
         }
         Ok(())

@@ -317,14 +317,7 @@ fn errno_of<T>(r: &Result<T>) -> Result<(), i32> {
 impl Harness {
     pub fn new(bs: u32) -> Harness {
         let env = MemEnv::new();
-        Store::mkfs_env(
-            Arc::new(env.clone()),
-            &MkfsOptions {
-                block_size: bs,
-                ..Default::default()
-            },
-        )
-        .expect("mkfs");
+        Store::mkfs_env(Arc::new(env.clone()), &crate::engines::mkfs_opts(bs)).expect("mkfs");
         Harness::on_env(env, bs)
     }
 

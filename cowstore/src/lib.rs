@@ -6,29 +6,26 @@
 #![deny(clippy::unwrap_used)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod acl;
-mod alloc;
 mod codec;
-mod data;
 pub mod error;
+mod file;
 pub mod fsck;
 pub mod io;
-mod lower;
 mod meta;
-mod ns;
-mod rangeset;
+pub mod ns;
+mod overlay;
+mod space;
 mod store;
 pub mod superblock;
 mod sys;
-mod tables;
 pub mod testing;
 pub mod types;
-pub mod usage;
 
-pub use data::MAX_FILE_SIZE;
 pub use error::{Error, Result};
+pub use file::MAX_FILE_SIZE;
 pub use fsck::{CheckReport, Problem, ProblemKind, RepairSummary};
+pub use fsck::{ExtentInfo, Summary, Usage};
+pub use ns::acl;
 pub use ns::{LINK_MAX, NAME_MAX};
 pub use store::{EngineKind, MkfsOptions, OpenOptions, PinnedRead, Store, META_FILE, POOL_FILE};
 pub use types::*;
-pub use usage::{ExtentInfo, Summary, Usage};

@@ -10,8 +10,8 @@ use crate::codec::{
     StateRecord,
 };
 use crate::error::{Error, Result};
+use crate::store::ctx::Ctx;
 use crate::store::Store;
-use crate::tables::Ctx;
 use crate::types::{FileKind, InodeNo, SpaceStats};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};

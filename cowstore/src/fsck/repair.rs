@@ -17,8 +17,8 @@ use crate::codec::{
 };
 use crate::error::{Error, Result};
 use crate::ns::new_inode_record;
+use crate::store::ctx::Ctx;
 use crate::store::Store;
-use crate::tables::Ctx;
 use crate::types::{Caller, FileKind, InodeNo};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 

@@ -3,8 +3,8 @@
 
 use crate::codec::{decode, FreeRecord, RefcountRecord};
 use crate::error::{Error, Result};
+use crate::store::ctx::Ctx;
 use crate::store::Store;
-use crate::tables::Ctx;
 use crate::types::{FileKind, InodeAttr, InodeNo};
 use serde::Serialize;
 

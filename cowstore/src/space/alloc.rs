@@ -6,8 +6,8 @@
 
 use crate::codec::{decode, encode, FreeRecord, RefcountRecord};
 use crate::error::{Error, Result};
-use crate::rangeset::RangeSet;
-use crate::tables::Ctx;
+use crate::space::RangeSet;
+use crate::store::ctx::Ctx;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -579,7 +579,7 @@ mod tests {
                 Ok(())
             })
             .expect("setup");
-        let mut busy = crate::rangeset::RangeSet::new();
+        let mut busy = crate::space::RangeSet::new();
         busy.insert(10, 5);
         busy.insert(18, 2);
         let registry = s.inner().state_punching();

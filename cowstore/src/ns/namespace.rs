@@ -2,14 +2,14 @@
 //! cookies), hard links, rename (with whiteouts), xattrs, the orphan list, and what the
 //! `chattr` flags (immutable, append-only) forbid.
 
-use crate::acl::{self, Acl, Cred, Namespace, ACL_ACCESS, ACL_DEFAULT};
 use crate::codec::{
     decode, encode, DirentRecord, ExtentRecord, InodeRecord, LowerDirRecord, LowerFileRecord,
     XattrRecord,
 };
 use crate::error::{Error, Result};
-use crate::lower::{join, LowerEntry};
-use crate::tables::Ctx;
+use crate::ns::acl::{self, Acl, Cred, Namespace, ACL_ACCESS, ACL_DEFAULT};
+use crate::overlay::{join, LowerEntry};
+use crate::store::ctx::Ctx;
 use crate::types::{
     Caller, DirEntry, FileKind, InodeFlags, InodeNo, NewInode, RenameFlags, Timespec,
 };

@@ -8,7 +8,7 @@
 use crate::codec::{decode, encode, ExtentRecord, InodeRecord};
 use crate::error::{Error, Result};
 use crate::io::zero_range;
-use crate::tables::Ctx;
+use crate::store::ctx::Ctx;
 use crate::types::{FileKind, SeekWhence, Segment, Timespec};
 
 /// Largest file size: keeps every byte offset and block number well inside i64.
@@ -267,7 +267,7 @@ impl Ctx<'_> {
     /// The open, verified lower file behind lower id `id`, for an operation under the store
     /// lock: normally one its `Store` method opened and verified before taking the lock
     /// (`LowerTree::hold`, with the ids from `lower_files_in`).
-    pub(crate) fn lower_file(&self, id: u64) -> Result<std::sync::Arc<crate::lower::LowerFile>> {
+    pub(crate) fn lower_file(&self, id: u64) -> Result<std::sync::Arc<crate::overlay::LowerFile>> {
         let tree = self.lower.ok_or_else(|| {
             Error::corrupt(format!(
                 "extent names lower file {id}, but the store has no lower directory"

@@ -22,7 +22,7 @@ use crate::io::FileIo;
 use crate::meta::{
     BytesValue, Delta, IntKey, IntValue, Layers, NamedKey, PairKey, Table, TableId, UnitValue,
 };
-use crate::rangeset::RangeSet;
+use crate::space::RangeSet;
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,7 +70,7 @@ pub(crate) struct TxnMem {
     /// Reads copying pool bytes right now (their blocks must not be reused or rewritten).
     pub pins: Arc<ReadPins>,
     /// Blocks a finished commit is still punching (not to be allocated yet).
-    pub punching: Arc<crate::alloc::PunchRegistry>,
+    pub punching: Arc<crate::space::PunchRegistry>,
     /// Blocks in the free table (freed by a durable commit) that a read was still copying from
     /// when they were released: not allocated and not punched until a commit finds them unpinned.
     held: RangeSet,
@@ -293,7 +293,7 @@ pub(crate) struct Ctx<'t> {
     pub lower_pending: Table<'t, IntKey, BytesValue>,
     pub lower_inodes: Table<'t, PairKey, IntValue>,
     /// The overlay's lower tree, when the store has one.
-    pub lower: Option<&'t crate::lower::LowerTree>,
+    pub lower: Option<&'t crate::overlay::LowerTree>,
     pub mem: &'t mut TxnMem,
     pub pool: &'t dyn FileIo,
     /// Block size in bytes.

@@ -1,0 +1,338 @@
+//! The transaction every operation runs in and the commit protocol: an operation is atomic
+//! (its changes kept or dropped whole), a commit syncs the pool, then makes the batch of
+//! uncommitted changes durable in the engine, then releases the blocks it freed.
+
+use super::open::LOW_SPACE_COMMIT_EVERY;
+use crate::codec::{decode, StateRecord};
+use crate::error::{Error, Result};
+use crate::io::{Env, FileIo, SpaceReserve};
+use crate::meta::{key, Delta, Engine, IntKey, Layers, Snapshot, TableId};
+use crate::overlay::LowerTree;
+use crate::store::ctx::{state_delta, Ctx, TxnMem, STATE_KEY};
+use crate::superblock::Superblock;
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The open transaction: every change since the last durable commit, over a view of it.
+pub(crate) struct TxnState {
+    /// The last durable commit.
+    pub snap: Arc<dyn Snapshot>,
+    /// The changes of every operation that succeeded since then (the next commit's batch).
+    pub delta: Delta,
+    pub mem: TxnMem,
+    /// A commit whose batch the engine failed to make durable, but may have written: until we
+    /// know whether it landed, nothing may read or change the tables (see `resolve_doubt`).
+    pub in_doubt: Option<StateRecord>,
+}
+
+impl TxnState {
+    /// The layers an operation reads through.
+    fn layers<'a>(snap: &'a Arc<dyn Snapshot>, deltas: &'a [&'a Delta]) -> Layers<'a> {
+        Layers {
+            deltas,
+            base: snap.as_ref(),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub env: Arc<dyn Env>,
+    pub sb: Superblock,
+    pub bs: u64,
+    pub(crate) engine: Arc<dyn Engine>,
+    pub reserve: Option<Arc<SpaceReserve>>,
+    pub(crate) lower: Option<Arc<LowerTree>>,
+    pub pool: Arc<dyn FileIo>,
+    pub state: Mutex<TxnState>,
+    pub(super) commit_lock: Mutex<()>,
+    pub read_only: bool,
+    pub commits: AtomicU64,
+    /// Failed commits so far (the error sequence that fsync reports against).
+    pub(super) failed_commits: AtomicU64,
+    pub(super) max_dirty_bytes: usize,
+    pub(super) closed: AtomicBool,
+    /// Set (and signalled) when the store closes: the periodic committer stops.
+    pub(super) stop: (Mutex<bool>, Condvar),
+    /// The store's exclusive lock, held while it is open.
+    pub(super) _lock: Box<dyn Send + Sync + std::fmt::Debug>,
+}
+
+impl Inner {
+    /// Run a read-only closure against the open transaction (it sees uncommitted changes).
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Ctx<'_>) -> Result<T>) -> Result<T> {
+        let mut st = self.state.lock();
+        self.resolve_doubt(&mut st)?;
+        let TxnState {
+            snap, delta, mem, ..
+        } = &mut *st;
+        let deltas = [&*delta];
+        let mut cx = Ctx::open(
+            TxnState::layers(snap, &deltas),
+            mem,
+            self.pool.as_ref(),
+            self.bs,
+        );
+        cx.lower = self.lower.as_deref();
+        let cx = cx;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&cx)))
+            .unwrap_or_else(|p| Err(panic_error(p)))
+    }
+
+    /// Run a mutation as one atomic operation inside the open transaction: if it succeeds its
+    /// changes join the transaction; if it fails (with any error, at any point) they are dropped
+    /// and its changes to the in-memory allocation state are undone, so it leaves no trace and
+    /// every other operation's changes stay as they were.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.write_unchecked(f)
+    }
+
+    /// `write` without the read-only check: for read-only opens, whose changes are never
+    /// committed (the overlay import of `Store::import`, open counts).
+    pub(crate) fn write_unchecked<T>(
+        &self,
+        f: impl FnOnce(&mut Ctx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut st = self.state.lock();
+        self.resolve_doubt(&mut st)?;
+        let TxnState {
+            snap, delta, mem, ..
+        } = &mut *st;
+        let mark = mem.begin_op();
+        let (result, changes) = {
+            let deltas = [&*delta];
+            let mut cx = Ctx::open(
+                TxnState::layers(snap, &deltas),
+                mem,
+                self.pool.as_ref(),
+                self.bs,
+            );
+            cx.lower = self.lower.as_deref();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut cx)))
+                .unwrap_or_else(|p| Err(panic_error(p)));
+            (r, cx.into_delta())
+        };
+        match &result {
+            Ok(_) => {
+                delta.absorb(changes);
+                for (s, l) in mem.end_op() {
+                    // Only to give the host its space back: nothing reads free blocks (allocation
+                    // zeroes or overwrites what it hands out), so a failed punch fails nothing.
+                    if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
+                        log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
+                    }
+                }
+            }
+            Err(e) => {
+                mem.undo_op(mark);
+                if e.is_fault() {
+                    log::warn!("operation failed and left no change: {e}");
+                }
+            }
+        }
+        // On a full host, commit in small steps: a big transaction of deletions needs new B-tree
+        // pages for everything it touches before the commit frees the old ones. And keep the
+        // uncommitted changes held in memory bounded.
+        mem.ops_since_commit += 1;
+        let commit_now = (mem.low_space && mem.ops_since_commit >= LOW_SPACE_COMMIT_EVERY)
+            || delta.bytes() > self.max_dirty_bytes;
+        drop(st);
+        if commit_now && !self.read_only {
+            if let Err(e) = self.commit(false) {
+                log::warn!("commit of a full transaction failed: {e}");
+            }
+        }
+        result
+    }
+
+    /// This store's registry of blocks being punched (tests hold blocks in it).
+    #[cfg(test)]
+    pub(crate) fn state_punching(&self) -> Arc<crate::space::PunchRegistry> {
+        self.state.lock().mem.punching.clone()
+    }
+
+    /// Run a read-only closure against the last committed state alone (no uncommitted change is
+    /// visible), through the same typed tables as every operation: what fsck and live tools
+    /// read. Takes no store lock beyond getting the snapshot.
+    pub(crate) fn read_committed<T>(&self, f: impl FnOnce(&Ctx<'_>) -> Result<T>) -> Result<T> {
+        let snap = self.engine.snapshot()?;
+        let state = match snap.get(TableId::State, &key::<IntKey>(STATE_KEY))? {
+            Some(v) => decode::<StateRecord>(&v, &STATE_KEY)?,
+            None => return Err(Error::corrupt("meta.redb: state record missing")),
+        };
+        let mut mem = TxnMem::new(state);
+        let mut cx = Ctx::open(
+            TxnState::layers(&snap, &[]),
+            &mut mem,
+            self.pool.as_ref(),
+            self.bs,
+        );
+        cx.lower = self.lower.as_deref();
+        let cx = cx;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&cx)))
+            .unwrap_or_else(|p| Err(panic_error(p)))
+    }
+
+    /// After the engine failed a commit, learn whether the batch landed anyway (redb, say,
+    /// failing the sync after writing its commit slot), from a fresh view of the engine:
+    /// - it did not: the next commit sends the same changes again (nothing was lost);
+    /// - it did: that state is the base from now on; its frees are held back from allocation and
+    ///   its fresh blocks are no longer rewritten in place, until a later commit makes it durable
+    ///   for sure (a crash before then may still find the previous commit).
+    ///
+    /// Until this succeeds every operation fails with the engine's error: operations computed
+    /// over the wrong base would not apply cleanly to the right one.
+    fn resolve_doubt(&self, st: &mut TxnState) -> Result<()> {
+        let Some(attempted) = st.in_doubt else {
+            return Ok(());
+        };
+        let fresh = self.engine.snapshot()?;
+        let found = match fresh.get(TableId::State, &key::<IntKey>(STATE_KEY))? {
+            Some(v) => decode::<StateRecord>(&v, &STATE_KEY)?,
+            None => return Err(Error::corrupt("meta.redb: state record missing")),
+        };
+        if found.generation == attempted.generation {
+            log::warn!(
+                "the failed commit of generation {} reached the B-tree; continuing from it",
+                attempted.generation
+            );
+            st.delta = Delta::default();
+            st.mem.state = attempted;
+            st.mem.landed_in_doubt();
+        }
+        st.snap = fresh;
+        st.in_doubt = None;
+        Ok(())
+    }
+
+    /// The commit protocol: (1) make pool data durable, (2) commit the metadata batch (for redb,
+    /// its commit-slot flip is the atomic point), (3) return the blocks this commit freed to the
+    /// allocator.
+    ///
+    /// A failure at (1) or (2) leaves the store at the previous commit and keeps every change in
+    /// memory for the next try; it is counted (`failed_commits`) and returned. The pool's sync is
+    /// never retried within a commit: after a failed fdatasync the kernel may have dropped the
+    /// dirty pages and would report success to a second call.
+    pub(crate) fn commit(&self, closing: bool) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let _one_at_a_time = self.commit_lock.lock();
+        let mut st = self.state.lock();
+        if !st.mem.dirty && !closing {
+            return Ok(());
+        }
+        self.resolve_doubt(&mut st)?;
+        let TxnState {
+            snap, delta, mem, ..
+        } = &mut *st;
+        // Freed blocks join the free table with this commit; those an active read is still
+        // copying from are held back from allocation until a later commit finds them unread
+        // (never waiting for the read under the lock). See `TxnMem::committed`.
+        let releasable: Vec<(u64, u64)> = mem.pending_free().iter().collect();
+        let mut next = mem.state;
+        next.generation += 1;
+        next.clean = closing;
+        let frees = {
+            let deltas = [&*delta];
+            let mut cx = Ctx::open(
+                TxnState::layers(snap, &deltas),
+                mem,
+                self.pool.as_ref(),
+                self.bs,
+            );
+            let mut r = Ok(());
+            for &(s, l) in &releasable {
+                r = cx.insert_free(s, l);
+                if r.is_err() {
+                    break;
+                }
+            }
+            let changes = cx.into_delta();
+            r.map(|()| changes)
+        };
+        let mut engine_failed = false;
+        let done = frees.and_then(|mut frees| {
+            frees.absorb(state_delta(&next));
+            self.pool.sync().map_err(Error::from_io)?;
+            engine_failed = true;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.engine.commit(&[&*delta, &frees])
+            }))
+            .unwrap_or_else(|p| Err(panic_error(p)))?;
+            Ok(frees)
+        });
+        let frees = match done {
+            Ok(f) => f,
+            Err(e) => {
+                self.failed_commits.fetch_add(1, Ordering::SeqCst);
+                log::error!("commit failed; every change stays in memory for the next try: {e}");
+                if engine_failed {
+                    // The batch may have reached the disk before the error: find out before
+                    // anything reads or changes the tables again.
+                    st.in_doubt = Some(next);
+                    if let Err(e2) = self.resolve_doubt(&mut st) {
+                        log::error!("the outcome of the failed commit is not known yet: {e2}");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let TxnState {
+            snap, delta, mem, ..
+        } = &mut *st;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        mem.state = next;
+        match self.engine.snapshot() {
+            Ok(fresh) => {
+                *snap = fresh;
+                *delta = Delta::default();
+            }
+            Err(e) => {
+                // Durable, but no view of it yet: keep reading the old view with the committed
+                // changes over it (the same state); the next commit writes them again.
+                log::warn!("cannot read the new commit yet: {e}");
+                delta.absorb(frees);
+            }
+        }
+        let done_runs = mem.committed();
+        mem.dirty = !mem.held().is_empty();
+        mem.ops_since_commit = 0;
+        // The released blocks are in the free table now. Punch them after letting go of the
+        // state lock (a punch can cost tens of microseconds of synchronous discard, and there
+        // may be thousands), but registered as being punched first: the allocator skips them
+        // until the punch is done, so no write can lose its bytes to a late punch.
+        let punching = mem.punching.start(&done_runs);
+        drop(st);
+        for &(s, l) in punching.runs() {
+            if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
+                log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
+            }
+        }
+        drop(punching);
+        // Space may have come back: take the metadata reserve again.
+        let mut st = self.state.lock();
+        if let Some(r) = &self.reserve {
+            if !r.is_held() && r.fill() {
+                log::info!("host space available again: metadata reserve restored");
+            }
+        }
+        st.mem.low_space = self.reserve.as_ref().is_some_and(|r| !r.is_held());
+        Ok(())
+    }
+}
+
+/// A panic below us (redb trusting a damaged page) becomes a corruption error for this one call.
+fn panic_error(p: Box<dyn std::any::Any + Send>) -> Error {
+    let what = p
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| p.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown");
+    Error::Corrupted(format!(
+        "meta.redb: internal error while reading metadata ({what}); run cowfs fsck"
+    ))
+}

@@ -377,6 +377,7 @@ fn unreadable_extent_record_keeps_every_block_allocated() {
 }
 
 per_engine!(
+    an_orphan_with_a_damaged_record_does_not_keep_the_store_from_opening,
     wrong_refcount_is_found_and_rebuilt,
     leaked_block_is_found_and_freed,
     double_reference_is_found_and_counted,
@@ -390,3 +391,29 @@ per_engine!(
     damaged_directory_record_is_left_and_its_files_stay_reachable,
     unreadable_extent_record_keeps_every_block_allocated,
 );
+
+fn an_orphan_with_a_damaged_record_does_not_keep_the_store_from_opening() {
+    // Regression (issue 10, defect 3 follow-up, found by the fsck review): recovery reclaimed all
+    // orphans in one operation, so one orphan whose record failed its checksum made every
+    // writable open fail, and `fsck --repair` could not even open the store to fix it.
+    let dir = tempfile::tempdir().expect("tmp");
+    Store::mkfs(dir.path(), &engines::mkfs_opts(4096)).expect("mkfs");
+    let opts = OpenOptions {
+        commit_interval: None,
+        ..Default::default()
+    };
+    let s = Store::open(dir.path(), &opts).expect("open");
+    let f = s
+        .create_open(InodeNo::ROOT, b"f", 0o644, Caller { uid: 0, gid: 0 })
+        .expect("create")
+        .ino;
+    s.write(f, 0, &[7u8; 8192]).expect("write");
+    s.unlink(InodeNo::ROOT, b"f").expect("unlink while open");
+    s.inject_damage(&cowstore::testing::Damage::CorruptInode(f))
+        .expect("damage");
+    drop(s); // the handle dies with the process: f stays an orphan
+    let s = Store::open(dir.path(), &opts).expect("a damaged orphan must not stop the open");
+    let report = s.check().expect("check");
+    assert!(!report.is_clean(), "fsck still sees the damaged orphan");
+    s.repair().expect("repair opens and runs");
+}

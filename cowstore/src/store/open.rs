@@ -313,18 +313,24 @@ impl Inner {
         if !orphans.is_empty() {
             log::info!("reclaiming {} orphaned inodes", orphans.len());
         }
-        self.write(|cx| {
-            for ino in orphans {
+        // One operation per orphan: one whose record is damaged stays listed (its blocks stay
+        // referenced) for fsck to report, and does not keep the store from opening.
+        for ino in orphans {
+            let reclaimed = self.write(|cx| {
                 match cx.try_inode(ino)? {
                     Some(mut rec) => cx.destroy_inode(ino, &mut rec)?,
                     None => {
                         cx.orphans.remove(ino)?;
                     }
                 }
+                Ok(())
+            });
+            if let Err(e) = reclaimed {
+                log::error!("orphaned inode {ino} left in place (run cowfs fsck): {e}");
             }
-            cx.mem.dirty = true;
-            Ok(())
-        })?;
+        }
+        // The commit below marks the store open (not clean) even when nothing was reclaimed.
+        self.state.lock().mem.dirty = true;
         if unclean {
             let (free, end): (Vec<(u64, u64)>, u64) = self.read(|cx| {
                 let mut v = Vec::new();

@@ -111,21 +111,29 @@ impl Store {
                     ))
                 })
         });
-        let mut report = match checked {
+        let (mut report, lower_used) = match checked {
             Ok(r) => r,
             // The commit's state record is missing or does not decode: that is the finding.
-            Err(Error::Corrupted(m)) if !started => CheckReport {
-                problems: vec![Problem {
-                    kind: ProblemKind::Corrupt,
-                    ino: None,
-                    blocks: None,
-                    message: m,
-                }],
-                ..Default::default()
-            },
+            Err(Error::Corrupted(m)) if !started => (
+                CheckReport {
+                    problems: vec![Problem {
+                        kind: ProblemKind::Corrupt,
+                        ino: None,
+                        blocks: None,
+                        message: m,
+                    }],
+                    ..Default::default()
+                },
+                HashSet::new(),
+            ),
             Err(e) => return Err(e),
         };
-        for (path, what) in lower_changes {
+        // A lower file no extent maps any more (its file was deleted or fully rewritten in the
+        // store) can change below as it likes.
+        for (_, path, what) in lower_changes
+            .into_iter()
+            .filter(|(id, ..)| lower_used.contains(id))
+        {
             report.problems.push(Problem {
                 kind: ProblemKind::LowerChanged,
                 ino: None,
@@ -174,6 +182,8 @@ impl Store {
 struct Checker<'p> {
     report: CheckReport,
     progress: Progress<'p>,
+    /// Lower files some extent still maps (only those can have "changed" in a way that matters).
+    lower_used: HashSet<u64>,
 }
 
 impl Checker<'_> {
@@ -258,10 +268,11 @@ struct Links {
 }
 
 /// Every pass in order, over one commit.
-fn check_commit(cx: &Ctx<'_>, progress: Progress<'_>) -> Result<CheckReport> {
+fn check_commit(cx: &Ctx<'_>, progress: Progress<'_>) -> Result<(CheckReport, HashSet<u64>)> {
     let mut c = Checker {
         report: CheckReport::default(),
         progress,
+        lower_used: HashSet::new(),
     };
     let state = check_state(cx, &mut c);
     let inodes = check_inodes(cx, &mut c, &state)?;
@@ -278,7 +289,7 @@ fn check_commit(cx: &Ctx<'_>, progress: Progress<'_>) -> Result<CheckReport> {
     (c.progress)("free space", 0, 1);
     check_free_space(cx, &mut c, &cover, state.pool_blocks)?;
     (c.progress)("done", 1, 1);
-    Ok(c.report)
+    Ok((c.report, c.lower_used))
 }
 
 /// The state record (`read_committed` decoded it; a damaged one never gets here).
@@ -689,6 +700,7 @@ fn check_extents(
         }
         last = Some((ino, fb + e.len));
         if e.lower != 0 {
+            c.lower_used.insert(e.lower);
             *per_inode_blocks.entry(ino).or_default() += e.len;
             // Lower extents point into the overlay's read-only lower files: no pool space, no
             // refcounts; the lower file must be known.

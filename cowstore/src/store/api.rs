@@ -463,9 +463,10 @@ impl Store {
         self.inner.lower.as_ref().map(|l| l.path.clone())
     }
 
-    /// Overlay: lower files that changed since they were imported (path, what changed). The
-    /// records are read a batch at a time and the lower files examined with no lock held.
-    pub fn lower_changes(&self) -> Result<Vec<(String, String)>> {
+    /// Overlay: lower files that changed since they were imported (lower file id, path, what
+    /// changed). The records are read a batch at a time and the lower files examined with no
+    /// lock held.
+    pub fn lower_changes(&self) -> Result<Vec<(u64, String, String)>> {
         let Some(tree) = self.inner.lower.clone() else {
             return Ok(Vec::new());
         };
@@ -483,9 +484,9 @@ impl Store {
                 }
                 Ok(v)
             })?;
-            for (_, rec) in &batch {
+            for (id, rec) in &batch {
                 if let Some(what) = tree.changed(rec) {
-                    out.push((String::from_utf8_lossy(&rec.path).into_owned(), what));
+                    out.push((*id, String::from_utf8_lossy(&rec.path).into_owned(), what));
                 }
             }
             match batch.last() {

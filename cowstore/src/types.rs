@@ -21,16 +21,51 @@ impl std::fmt::Display for InodeNo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BlockNo(pub u64);
 
-/// What an inode is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What an inode is. On disk (inode and dirent records) as one byte, the discriminant: the
+/// numbers are part of the format, so reordering the variants cannot change it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum FileKind {
-    Regular,
-    Directory,
-    Symlink,
-    Fifo,
-    Socket,
-    CharDevice,
-    BlockDevice,
+    Regular = 0,
+    Directory = 1,
+    Symlink = 2,
+    Fifo = 3,
+    Socket = 4,
+    CharDevice = 5,
+    BlockDevice = 6,
+}
+
+impl TryFrom<u8> for FileKind {
+    type Error = u8;
+
+    fn try_from(v: u8) -> Result<FileKind, u8> {
+        Ok(match v {
+            0 => FileKind::Regular,
+            1 => FileKind::Directory,
+            2 => FileKind::Symlink,
+            3 => FileKind::Fifo,
+            4 => FileKind::Socket,
+            5 => FileKind::CharDevice,
+            6 => FileKind::BlockDevice,
+            other => return Err(other),
+        })
+    }
+}
+
+// By discriminant, as one byte: the same bytes postcard wrote for the derived encoding of
+// format 1 (its variant index is a varint, one byte below 128), now fixed by the numbers above.
+impl Serialize for FileKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(*self as u8)
+    }
+}
+
+impl<'de> Deserialize<'de> for FileKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<FileKind, D::Error> {
+        let v = u8::deserialize(d)?;
+        FileKind::try_from(v)
+            .map_err(|v| serde::de::Error::custom(format!("unknown file kind {v}")))
+    }
 }
 
 impl FileKind {
@@ -363,4 +398,28 @@ pub struct SpaceStats {
     pub inodes: u64,
     /// Generation (commit counter) of the last commit.
     pub generation: u64,
+}
+
+#[cfg(test)]
+mod file_kind_tests {
+    use super::FileKind;
+
+    #[test]
+    fn file_kinds_are_their_discriminant_on_disk() {
+        let all = [
+            FileKind::Regular,
+            FileKind::Directory,
+            FileKind::Symlink,
+            FileKind::Fifo,
+            FileKind::Socket,
+            FileKind::CharDevice,
+            FileKind::BlockDevice,
+        ];
+        for (i, k) in all.into_iter().enumerate() {
+            let bytes = postcard::to_stdvec(&k).unwrap_or_default();
+            assert_eq!(bytes, vec![i as u8], "{k:?}");
+            assert_eq!(postcard::from_bytes::<FileKind>(&bytes).ok(), Some(k));
+        }
+        assert!(postcard::from_bytes::<FileKind>(&[7]).is_err());
+    }
 }

@@ -67,16 +67,15 @@ impl Inner {
             snap, delta, mem, ..
         } = &mut *st;
         let deltas = [&*delta];
-        let mut cx = Ctx::open(
-            TxnState::layers(snap, &deltas),
-            mem,
-            self.pool.as_ref(),
-            self.bs,
-        );
+        let cx = self.ctx(TxnState::layers(snap, &deltas), mem);
+        guarded(|| f(&cx))
+    }
+
+    /// The context of one operation of this store, reading through `below`.
+    fn ctx<'a>(&'a self, below: Layers<'a>, mem: &'a mut TxnMem) -> Ctx<'a> {
+        let mut cx = Ctx::open(below, mem, self.pool.as_ref(), self.bs);
         cx.lower = self.lower.as_deref();
-        let cx = cx;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&cx)))
-            .unwrap_or_else(|p| Err(panic_error(p)))
+        cx
     }
 
     /// Run a mutation as one atomic operation inside the open transaction: if it succeeds its
@@ -104,15 +103,8 @@ impl Inner {
         let mark = mem.begin_op();
         let (result, changes) = {
             let deltas = [&*delta];
-            let mut cx = Ctx::open(
-                TxnState::layers(snap, &deltas),
-                mem,
-                self.pool.as_ref(),
-                self.bs,
-            );
-            cx.lower = self.lower.as_deref();
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut cx)))
-                .unwrap_or_else(|p| Err(panic_error(p)));
+            let mut cx = self.ctx(TxnState::layers(snap, &deltas), mem);
+            let r = guarded(|| f(&mut cx));
             (r, cx.into_delta())
         };
         match &result {
@@ -164,16 +156,8 @@ impl Inner {
             None => return Err(Error::corrupt("meta.redb: state record missing")),
         };
         let mut mem = TxnMem::new(state);
-        let mut cx = Ctx::open(
-            TxnState::layers(&snap, &[]),
-            &mut mem,
-            self.pool.as_ref(),
-            self.bs,
-        );
-        cx.lower = self.lower.as_deref();
-        let cx = cx;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&cx)))
-            .unwrap_or_else(|p| Err(panic_error(p)))
+        let cx = self.ctx(TxnState::layers(&snap, &[]), &mut mem);
+        guarded(|| f(&cx))
     }
 
     /// After the engine failed a commit, learn whether the batch landed anyway (redb, say,
@@ -238,12 +222,7 @@ impl Inner {
         next.clean = closing;
         let frees = {
             let deltas = [&*delta];
-            let mut cx = Ctx::open(
-                TxnState::layers(snap, &deltas),
-                mem,
-                self.pool.as_ref(),
-                self.bs,
-            );
+            let mut cx = self.ctx(TxnState::layers(snap, &deltas), mem);
             let mut r = Ok(());
             for &(s, l) in &releasable {
                 r = cx.insert_free(s, l);
@@ -259,10 +238,7 @@ impl Inner {
             frees.absorb(state_delta(&next));
             self.pool.sync().map_err(Error::from_io)?;
             engine_failed = true;
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.engine.commit(&[&*delta, &frees])
-            }))
-            .unwrap_or_else(|p| Err(panic_error(p)))?;
+            guarded(|| self.engine.commit(&[&*delta, &frees]))?;
             Ok(frees)
         });
         let frees = match done {
@@ -325,7 +301,13 @@ impl Inner {
     }
 }
 
-/// A panic below us (redb trusting a damaged page) becomes a corruption error for this one call.
+/// Run `f`; a panic below us (redb trusting a damaged page) becomes a corruption error of this
+/// one call.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|p| Err(panic_error(p)))
+}
+
 fn panic_error(p: Box<dyn std::any::Any + Send>) -> Error {
     let what = p
         .downcast_ref::<String>()

@@ -5,12 +5,12 @@
 use crate::error::{Error, Result};
 use crate::sys;
 use parking_lot::{Mutex, MutexGuard};
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,9 +47,14 @@ pub trait FileIo: Send + Sync + Debug {
         }
         Ok(())
     }
-    /// The descriptor, for callers that move data with splice or passthrough.
-    fn raw_fd(&self) -> Option<RawFd> {
+    /// The descriptor, for callers that move data with splice or passthrough; borrowed for as
+    /// long as the file object is, which owns it and keeps it open.
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
         None
+    }
+    /// [`FileIo::fd`] as a raw number (for `/proc/self/fd` paths).
+    fn raw_fd(&self) -> Option<RawFd> {
+        self.fd().map(|fd| fd.as_raw_fd())
     }
     /// Total and available bytes of the host filesystem holding this file, if it has one.
     fn host_space(&self) -> io::Result<Option<(u64, u64)>> {
@@ -125,7 +130,7 @@ impl FileIo for DiskFile {
         }
         match sys::fallocate(
             &self.file,
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
             off,
             len,
         ) {
@@ -134,25 +139,19 @@ impl FileIo for DiskFile {
         }
     }
 
-    fn raw_fd(&self) -> Option<RawFd> {
-        Some(self.file.as_raw_fd())
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.file.as_fd())
     }
 
     fn allocate(&self, off: u64, len: u64) -> io::Result<()> {
-        sys::fallocate(&self.file, 0, off, len)
+        sys::fallocate(&self.file, FallocateFlags::empty(), off, len)
     }
 
     fn copy_from(&self, src: &File, src_off: u64, dst_off: u64, len: u64) -> io::Result<()> {
         let mut done = 0u64;
         while done < len {
             let chunk = (len - done).min(1 << 30) as usize;
-            match sys::copy_file_range(
-                src.as_raw_fd(),
-                src_off + done,
-                self.file.as_raw_fd(),
-                dst_off + done,
-                chunk,
-            ) {
+            match sys::copy_file_range(src, src_off + done, &self.file, dst_off + done, chunk) {
                 Ok(0) => return zero_range(self, dst_off + done, len - done),
                 Ok(n) => done += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

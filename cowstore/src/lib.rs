@@ -4,6 +4,7 @@
 //! It knows nothing of FUSE: the `fs` crate serves it through the kernel.
 
 #![deny(clippy::unwrap_used)]
+#![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod codec;
@@ -17,6 +18,7 @@ mod overlay;
 mod space;
 mod store;
 pub mod superblock;
+#[allow(unsafe_code)]
 mod sys;
 pub mod testing;
 pub mod types;

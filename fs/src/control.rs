@@ -351,7 +351,7 @@ fn request(
     let mp = mountpoint.to_path_buf();
     let md = std::fs::metadata(mountpoint).map_err(|e| QueryError::Stat(mp.clone(), e))?;
     let dev = md.dev();
-    let path = socket_path(libc::major(dev), libc::minor(dev));
+    let path = socket_path(rustix::fs::major(dev), rustix::fs::minor(dev));
     let io_err = |e: io::Error| QueryError::Io(mp.clone(), e);
     match check_private_dir(&runtime_dir()) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -3,6 +3,7 @@
 //! reads are answered by splicing pool bytes straight into /dev/fuse (`splice`).
 
 #![deny(clippy::unwrap_used)]
+#![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod control;
@@ -14,6 +15,7 @@ pub mod probe;
 pub mod session;
 mod splice;
 pub mod stats;
+#[allow(unsafe_code)]
 mod sys;
 
 pub use error::{FsError, ToErrno};

@@ -1,8 +1,10 @@
-//! Every `unsafe` call of the adapter: pipes, `splice`, `vmsplice` and `write` on raw
-//! descriptors for the zero-copy read path. Each wrapper is safe to call; the blocks say why.
+//! The adapter's syscalls for the zero-copy read path — pipes, `splice`, `vmsplice`, `write` on
+//! descriptors — over rustix. Its one `unsafe` block is `vmsplice`, which lends our memory to
+//! the kernel beyond the call; the block says why that is sound.
 
+use rustix::pipe::{IoSliceRaw, PipeFlags, SpliceFlags};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 /// The page size the pipe and the zero page are built around.
 pub const PAGE: usize = 4096;
@@ -14,104 +16,114 @@ pub struct ZeroPages(pub [u8; 16 * PAGE]);
 
 pub static ZEROS: ZeroPages = ZeroPages([0u8; 16 * PAGE]);
 
-fn check(rc: libc::ssize_t) -> io::Result<usize> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc as usize)
-    }
-}
-
 /// A pipe, `O_CLOEXEC`: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [-1 as libc::c_int; 2];
-    // SAFETY: `fds` is a valid, writable array of two ints, as pipe2(2) requires.
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?)
 }
 
-/// Set a pipe's capacity (`F_SETPIPE_SZ`); returns the capacity the kernel granted.
+/// Set a pipe's capacity (`F_SETPIPE_SZ`); returns the capacity the kernel granted. EINVAL
+/// for a size past `c_int`.
 pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
-    let want =
-        libc::c_int::try_from(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory of ours.
-    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
-    check(rc as libc::ssize_t)
+    if libc::c_int::try_from(bytes).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(rustix::pipe::fcntl_setpipe_size(fd, bytes)?)
 }
 
 /// `write(2)` once; may be short.
 pub fn write(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
-    // SAFETY: `data` is a live slice of `data.len()` readable bytes for the whole call.
-    check(unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) })
+    Ok(rustix::io::write(fd, data)?)
 }
 
 /// Move up to `len` bytes from file `src` at `*off` into pipe `dst` (`splice(2)`); advances
-/// `*off`. Returns 0 at the file's end.
+/// `*off`. Returns 0 at the file's end. EINVAL for an offset past `i64::MAX`.
 pub fn splice_from_file(
     src: BorrowedFd<'_>,
     off: &mut u64,
     dst: BorrowedFd<'_>,
     len: usize,
 ) -> io::Result<usize> {
-    let mut o =
-        libc::loff_t::try_from(*off).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `o` is a valid loff_t the kernel may update; no other memory is passed.
-    let n = check(unsafe {
-        libc::splice(
-            src.as_raw_fd(),
-            &mut o,
-            dst.as_raw_fd(),
-            std::ptr::null_mut(),
-            len,
-            0,
-        )
-    })?;
-    *off = o as u64;
-    Ok(n)
+    if i64::try_from(*off).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(rustix::pipe::splice(
+        src,
+        Some(off),
+        dst,
+        None,
+        len,
+        SpliceFlags::empty(),
+    )?)
 }
 
 /// Move exactly `len` bytes from pipe `src` to `dst` in one `splice(2)` (the FUSE device takes a
 /// whole reply per call and fails otherwise).
 pub fn splice_from_pipe(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    // SAFETY: both offsets are null (neither end is seekable); no memory of ours is passed.
-    check(unsafe {
-        libc::splice(
-            src.as_raw_fd(),
-            std::ptr::null_mut(),
-            dst.as_raw_fd(),
-            std::ptr::null_mut(),
-            len,
-            0,
-        )
-    })
+    Ok(rustix::pipe::splice(
+        src,
+        None,
+        dst,
+        None,
+        len,
+        SpliceFlags::empty(),
+    )?)
 }
 
 /// Reference up to `len` bytes of [`ZEROS`] into pipe `dst` (`vmsplice(2)`); may be short.
 pub fn vmsplice_zeros(dst: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    let iov = libc::iovec {
-        iov_base: ZEROS.0.as_ptr() as *mut libc::c_void,
-        iov_len: len.min(ZEROS.0.len()),
-    };
-    // SAFETY: the iovec points into `ZEROS`, a 'static immutable buffer: the pipe keeps
-    // references to its pages after the call returns, which is sound only because those pages
-    // live forever and are never written. No flag (no SPLICE_F_GIFT) gives the pages away.
-    check(unsafe { libc::vmsplice(dst.as_raw_fd(), &iov, 1, 0) })
+    let iov = [IoSliceRaw::from_slice(&ZEROS.0[..len.min(ZEROS.0.len())])];
+    // SAFETY: rustix's vmsplice is unsafe because the pipe keeps references to the pages after
+    // the call returns, so they must not change while a reader may still see them. The iovec
+    // points into `ZEROS`, a 'static immutable buffer: its pages live forever and are never
+    // written. `dst` is a pipe's write end (vmsplice into it never writes our memory), and no
+    // flag (no SPLICE_F_GIFT) gives the pages away.
+    Ok(unsafe { rustix::pipe::vmsplice(dst, &iov, SpliceFlags::empty()) }?)
 }
 
 /// The descriptor of a store file, borrowed for as long as the file is.
 pub fn file_fd(f: &dyn cowstore::io::FileIo) -> Option<BorrowedFd<'_>> {
-    let fd = f.raw_fd()?;
-    // SAFETY: `FileIo::raw_fd` is the descriptor the file object owns and keeps open for its
-    // whole life; the returned borrow cannot outlive `f`.
-    Some(unsafe { BorrowedFd::borrow_raw(fd) })
+    f.fd()
 }
 
 /// The effective user id.
 pub fn geteuid() -> u32 {
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn pipe_is_cloexec_and_sizes_are_checked() -> io::Result<()> {
+        let (rd, wr) = pipe()?;
+        for fd in [rd.as_fd(), wr.as_fd()] {
+            assert!(rustix::io::fcntl_getfd(fd)?.contains(rustix::io::FdFlags::CLOEXEC));
+        }
+        let granted = set_pipe_size(wr.as_fd(), 16 * PAGE)?;
+        assert!(granted >= 16 * PAGE, "{granted}");
+        let e = set_pipe_size(wr.as_fd(), 1 << 40).expect_err("past c_int");
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn splice_advances_the_offset_and_refuses_huge_ones() -> io::Result<()> {
+        let f = tempfile::tempfile()?;
+        std::os::unix::fs::FileExt::write_all_at(&f, b"0123456789", 0)?;
+        let (rd, wr) = pipe()?;
+        let mut off = 4;
+        assert_eq!(splice_from_file(f.as_fd(), &mut off, wr.as_fd(), 3)?, 3);
+        assert_eq!(off, 7);
+        assert_eq!(vmsplice_zeros(wr.as_fd(), 2)?, 2);
+        assert_eq!(write(wr.as_fd(), b"!")?, 1);
+        let mut buf = [0u8; 6];
+        assert_eq!(rustix::io::read(&rd, &mut buf)?, 6);
+        assert_eq!(&buf, b"456\x00\x00!");
+        let mut huge = 1 << 63;
+        let e = splice_from_file(f.as_fd(), &mut huge, wr.as_fd(), 1).expect_err("past i64");
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        Ok(())
+    }
 }

@@ -15,6 +15,7 @@ use crate::sys;
 use crate::types::{FileKind, Timespec};
 use lru::LruCache;
 use parking_lot::Mutex;
+use rustix::fs::OFlags;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
@@ -206,7 +207,7 @@ impl LowerTree {
         let file = sys::openat_beneath(
             &self.root,
             &cstr(path)?,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
         )
         .map_err(|e| lower_io(&self.path, rel, e))?;
         Ok(LowerDir {
@@ -282,7 +283,7 @@ impl LowerTree {
         let path = sys::openat_beneath(
             &self.root,
             &cstr(&rec.path)?,
-            libc::O_PATH | libc::O_NOFOLLOW,
+            OFlags::PATH | OFlags::NOFOLLOW,
         )
         .map_err(at)?;
         self.verify(rec, &path.metadata().map_err(at)?)?;
@@ -306,7 +307,7 @@ impl LowerTree {
         // Regular files ignore O_NONBLOCK; clear it anyway so whoever reads the descriptor
         // (splice, a passthrough backing file) sees an ordinary one.
         let mut fl = rustix::fs::fcntl_getfl(&file).map_err(|e| at(e.into()))?;
-        fl.remove(rustix::fs::OFlags::NONBLOCK);
+        fl.remove(OFlags::NONBLOCK);
         rustix::fs::fcntl_setfl(&file, fl).map_err(|e| at(e.into()))?;
         Ok(file)
     }
@@ -344,7 +345,7 @@ impl LowerTree {
     /// How a recorded lower file differs from what is there now, if it does.
     pub fn changed(&self, rec: &LowerFileRecord) -> Option<String> {
         let name = cstr(&rec.path).ok()?;
-        let file = match sys::openat_beneath(&self.root, &name, libc::O_PATH | libc::O_NOFOLLOW) {
+        let file = match sys::openat_beneath(&self.root, &name, OFlags::PATH | OFlags::NOFOLLOW) {
             Ok(f) => f,
             Err(e) => return Some(format!("cannot be opened: {e}")),
         };

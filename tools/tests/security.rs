@@ -236,11 +236,11 @@ fn control_socket_directory_is_private() -> TestResult {
     let planted = xdg.join("cowfs");
     fs::create_dir(&planted)?;
     chmod(&planted, 0o755)?;
-    let out = as_nobody(
-        COWFS,
-        &["stats", "/"],
-        &[("XDG_RUNTIME_DIR", path_str(&xdg))],
-    )?;
+    let stats_as_nobody = || {
+        let env = [("XDG_RUNTIME_DIR", path_str(&xdg))];
+        as_nobody(COWFS, &["stats", "/"], &env)
+    };
+    let out = stats_as_nobody()?;
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -250,11 +250,7 @@ fn control_socket_directory_is_private() -> TestResult {
     // ... and so is one of theirs that others may write.
     chown(&planted, NOBODY)?;
     chmod(&planted, 0o777)?;
-    let out = as_nobody(
-        COWFS,
-        &["stats", "/"],
-        &[("XDG_RUNTIME_DIR", path_str(&xdg))],
-    )?;
+    let out = stats_as_nobody()?;
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("writable by others"),
@@ -263,11 +259,7 @@ fn control_socket_directory_is_private() -> TestResult {
     );
     // A private one of theirs is accepted (there is just no mount to find).
     chmod(&planted, 0o700)?;
-    let out = as_nobody(
-        COWFS,
-        &["stats", "/"],
-        &[("XDG_RUNTIME_DIR", path_str(&xdg))],
-    )?;
+    let out = stats_as_nobody()?;
     assert!(
         stderr(&out).contains("is not a cowfs mount"),
         "{}",

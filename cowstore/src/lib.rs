@@ -18,6 +18,7 @@ mod space;
 mod store;
 pub mod superblock;
 mod sys;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod types;
 

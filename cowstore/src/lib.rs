@@ -20,6 +20,7 @@ mod store;
 pub mod superblock;
 #[allow(unsafe_code)]
 mod sys;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod types;
 

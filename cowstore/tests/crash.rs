@@ -14,6 +14,7 @@ mod engines;
 mod common;
 
 use common::*;
+use cowfs_test_support::Rng;
 use cowstore::io::{MemEnv, MemOp};
 use cowstore::*;
 use std::cell::RefCell;
@@ -142,18 +143,6 @@ fn record(bs: u32) -> (Files, Vec<MemOp>, Vec<CommitPoint>) {
 /// Random subsets of unsynced writes tried per cut point.
 const SUBSETS: usize = 3;
 
-/// Tiny deterministic generator for choosing subsets of unsynced writes.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Open a crash image and prove it is one of the allowed committed states, checks clean, and
 /// still works.
 fn verify_image(files: Files, allowed: &[&CommitPoint], what: &str) {
@@ -242,7 +231,7 @@ fn crash_states(bs: u32) {
     let mut applied = base.clone();
     let mut durable = base;
     let mut pending: BTreeMap<String, Vec<MemOp>> = BTreeMap::new();
-    let mut rng = XorShift(0x5EED_1234_ABCD_0001);
+    let mut rng = Rng::new(0x5EED_1234_ABCD_0001);
     let mut images = 0usize;
     for cut in 0..=log.len() {
         if cut > 0 {
@@ -286,7 +275,7 @@ fn crash_states(bs: u32) {
             let mut partial = durable.clone();
             for ops in pending.values() {
                 for o in ops {
-                    if rng.next() % 2 == 0 {
+                    if rng.next_u64() % 2 == 0 {
                         MemEnv::apply(&mut partial, o);
                     }
                 }

@@ -28,6 +28,7 @@ mod engines;
 mod common;
 
 use common::*;
+use cowfs_test_support::Rng;
 use cowstore::io::{DeviceModel, MemEnv, MemOp, Persist};
 use cowstore::*;
 use std::cell::RefCell;
@@ -217,27 +218,11 @@ impl Keep {
             Keep::Even => pick(&|i| i % 2 == 0),
             Keep::Odd => pick(&|i| i % 2 == 1),
             Keep::Scatter(seed) => {
-                let mut rng = XorShift::new(seed);
-                let keep: Vec<bool> = (0..n).map(|_| rng.next() % 2 == 0).collect();
+                let mut rng = Rng::new(seed);
+                let keep: Vec<bool> = (0..n).map(|_| rng.next_u64() % 2 == 0).collect();
                 pick(&|i| keep[i])
             }
         }
-    }
-}
-
-/// Tiny deterministic generator (reproducible from the printed seed).
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> XorShift {
-        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
     }
 }
 
@@ -386,8 +371,8 @@ fn verify_image(files: Files, allowed: &[&CommitPoint], deep: bool) -> Result<Ou
         Ok(())
     })()
     .map_err(|e| format!("writing a new file after recovery: {e}"))?;
-    splice_into(&mut want_new, 10, &data);
-    splice_into(&mut want_new, 30_000, &dot);
+    write_into(&mut want_new, 10, &data);
+    write_into(&mut want_new, 30_000, &dot);
     let mut want = vec![(f.ino, "/after-crash".to_string(), want_new)];
     if let Some((path, e)) = snap
         .iter()
@@ -401,8 +386,8 @@ fn verify_image(files: Files, allowed: &[&CommitPoint], deep: bool) -> Result<Ou
             Ok(())
         })()
         .map_err(|err| format!("writing to /{path} after recovery: {err}"))?;
-        splice_into(&mut bytes, 5, b"post-crash");
-        splice_into(&mut bytes, gap, b"appended");
+        write_into(&mut bytes, 5, b"post-crash");
+        write_into(&mut bytes, gap, b"appended");
         want.push((InodeNo(e.ino), format!("/{path}"), bytes));
     }
     let compare = |store: &Store, when: &str| -> Result<(), String> {
@@ -534,22 +519,22 @@ fn exhaustive(dev: &DeviceModel) -> Vec<(Vec<Keep>, String)> {
 
 /// A random image: every other one keeps most operations whole (so that a commit in flight is
 /// often complete but for a few writes), the others mix all ways evenly.
-fn random_keep(rng: &mut XorShift, n: usize, mostly_kept: bool) -> Vec<Keep> {
+fn random_keep(rng: &mut Rng, n: usize, mostly_kept: bool) -> Vec<Keep> {
     (0..n)
         .map(|_| {
-            let r = rng.next() % 20;
+            let r = rng.next_u64() % 20;
             if mostly_kept {
                 return match r {
                     0 => Keep::Lost,
-                    1 => TORN[(rng.next() % 4) as usize],
+                    1 => TORN[(rng.next_u64() % 4) as usize],
                     _ => Keep::Whole,
                 };
             }
             match r {
                 0..=7 => Keep::Lost,
                 8..=13 => Keep::Whole,
-                14..=15 => TORN[(rng.next() % 4) as usize],
-                16..=18 => Keep::Scatter(rng.next()),
+                14..=15 => TORN[(rng.next_u64() % 4) as usize],
+                16..=18 => Keep::Scatter(rng.next_u64()),
                 _ => Keep::SizeOnly,
             }
         })
@@ -586,7 +571,7 @@ struct Sweep<'a> {
 }
 
 impl Sweep<'_> {
-    fn run(&self, rng: &mut XorShift, tally: &mut Tally, mut on_image: impl FnMut(usize, Files)) {
+    fn run(&self, rng: &mut Rng, tally: &mut Tally, mut on_image: impl FnMut(usize, Files)) {
         let mut dev = DeviceModel::new(self.base.clone());
         for cut in 0..=self.log.len() {
             if cut > 0 {
@@ -655,7 +640,7 @@ fn sweep(bs: u32, workload: fn(u64) -> Vec<Act>) {
         commits.len()
     );
     assert!(commits.len() >= 5, "the workload commits often");
-    let mut rng = XorShift::new(seed ^ u64::from(bs));
+    let mut rng = Rng::new(seed ^ u64::from(bs));
     let mut tally = Tally::default();
     Sweep {
         base,
@@ -699,7 +684,7 @@ fn recovery_sweep(bs: u32) {
     let seed = seed();
     let samples = samples();
     let (base, log, commits) = record(bs, workload);
-    let mut rng = XorShift::new(seed ^ u64::from(bs) ^ 0x2EC0_7E2F);
+    let mut rng = Rng::new(seed ^ u64::from(bs) ^ 0x2EC0_7E2F);
     let mut first = Tally::default();
     let mut firsts = Vec::new();
     Sweep {

@@ -5,6 +5,7 @@
 #[macro_use]
 mod engines;
 
+use cowfs_test_support::{hash, mknod, setxattr, write_pattern};
 use cowstore::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -24,8 +25,7 @@ fn opts(lower: Option<&Path>) -> OpenOptions {
 /// A lower tree with every kind of entry.
 fn make_lower(root: &Path) {
     std::fs::create_dir_all(root.join("dir/sub")).expect("mkdir");
-    let big: Vec<u8> = (0..BIG).map(|i| (i % 253) as u8).collect();
-    std::fs::write(root.join("big"), &big).expect("big");
+    write_pattern(&root.join("big"), 7, BIG as u64).expect("big");
     std::fs::write(root.join("small"), b"hello lower").expect("small");
     std::fs::write(root.join("dir/sub/deep"), b"deep file").expect("deep");
     std::fs::write(root.join("empty"), b"").expect("empty");
@@ -33,21 +33,8 @@ fn make_lower(root: &Path) {
         .expect("chmod");
     std::os::unix::fs::symlink("../../../etc/passwd", root.join("dir/escape")).expect("symlink");
     std::fs::hard_link(root.join("small"), root.join("dir/small-link")).expect("hardlink");
-    let c = std::ffi::CString::new(root.join("small").to_str().expect("utf8")).expect("cstr");
-    // SAFETY: test-only call with valid NUL-terminated strings and a valid buffer.
-    let r = unsafe {
-        libc::setxattr(
-            c.as_ptr(),
-            c"user.color".as_ptr(),
-            b"blue".as_ptr().cast(),
-            4,
-            0,
-        )
-    };
-    assert_eq!(r, 0, "setxattr on the lower tree");
-    let fifo = std::ffi::CString::new(root.join("dir/fifo").to_str().expect("utf8")).expect("cstr");
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    setxattr(&root.join("small"), "user.color", b"blue", 0).expect("setxattr on the lower tree");
+    mknod(&root.join("dir/fifo"), libc::S_IFIFO | 0o600, 0).expect("mkfifo");
 }
 
 /// Hash and stat of every entry, to prove the lower tree is never touched.
@@ -100,10 +87,7 @@ fn read_noatime(p: &Path) -> Vec<u8> {
 }
 
 fn hash_noatime(p: &Path) -> u64 {
-    use std::hash::Hasher;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    h.write(&read_noatime(p));
-    h.finish()
+    hash(&read_noatime(p))
 }
 
 fn snapshot(root: &Path) -> BTreeMap<String, EntryState> {

@@ -70,19 +70,15 @@ fn checked(out: std::io::Result<Output>, program: &str, args: &[&str]) -> Result
     }
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap_or("<non-utf8>")
-}
-
 /// The mode bits as `stat -c %a` shows them: it asks the kernel for the mode only, so it
 /// sees the kernel's cached mode, as exec and permission checks do.
 fn mode(p: &Path) -> Result<String, String> {
-    Ok(root("stat", &["-c", "%a", s(p)])?.trim().to_string())
+    Ok(root("stat", &["-c", "%a", path_str(p)])?.trim().to_string())
 }
 
 /// `getfacl` without the header comments.
 fn acl(p: &Path) -> Result<String, String> {
-    root("getfacl", &["-c", "-p", s(p)])
+    root("getfacl", &["-c", "-p", path_str(p)])
 }
 
 /// A mount other users can reach (`allow_other`; the test's temp dir opened to them).
@@ -100,15 +96,20 @@ fn acl_deny_entry_blocks_a_user() -> TestResult {
     let f = m.path("f");
     fs::write(&f, b"secret\n")?;
     fs::set_permissions(&f, fs::Permissions::from_mode(0o644))?;
-    assert_eq!(nobody(&[], "cat", &[s(&f)])?, "secret\n");
-    root("setfacl", &["-m", "u:nobody:---", s(&f)])?;
+    assert_eq!(nobody(&[], "cat", &[path_str(&f)])?, "secret\n");
+    root("setfacl", &["-m", "u:nobody:---", path_str(&f)])?;
     assert!(acl(&f)?.contains("user:nobody:---"));
-    assert!(nobody_fails(&[], "cat", &[s(&f)], "Permission denied"));
+    assert!(nobody_fails(
+        &[],
+        "cat",
+        &[path_str(&f)],
+        "Permission denied"
+    ));
     assert_eq!(fs::read(&f)?, b"secret\n", "root still reads");
     // Others are untouched by nobody's entry (the mask is the group's r--).
     assert_eq!(mode(&f)?, "644");
-    root("setfacl", &["-x", "u:nobody", s(&f)])?;
-    assert_eq!(nobody(&[], "cat", &[s(&f)])?, "secret\n");
+    root("setfacl", &["-x", "u:nobody", path_str(&f)])?;
+    assert_eq!(nobody(&[], "cat", &[path_str(&f)])?, "secret\n");
     Ok(())
 }
 
@@ -123,17 +124,22 @@ fn acl_group_entry_grants_a_supplementary_member() -> TestResult {
     assert!(nobody_fails(
         &[DAEMON],
         "cat",
-        &[s(&f)],
+        &[path_str(&f)],
         "Permission denied"
     ));
-    root("setfacl", &["-m", "g:daemon:r", s(&f)])?;
+    root("setfacl", &["-m", "g:daemon:r", path_str(&f)])?;
     assert_eq!(mode(&f)?, "640", "the group bits show the mask");
-    assert_eq!(nobody(&[DAEMON], "cat", &[s(&f)])?, "for daemons\n");
-    assert!(nobody_fails(&[], "cat", &[s(&f)], "Permission denied"));
+    assert_eq!(nobody(&[DAEMON], "cat", &[path_str(&f)])?, "for daemons\n");
+    assert!(nobody_fails(
+        &[],
+        "cat",
+        &[path_str(&f)],
+        "Permission denied"
+    ));
     assert!(nobody_fails(
         &[DAEMON],
         "sh",
-        &["-c", &format!("echo x >> {}", s(&f))],
+        &["-c", &format!("echo x >> {}", path_str(&f))],
         "Permission denied"
     ));
     Ok(())
@@ -145,15 +151,19 @@ fn default_acl_steps(dir: &Path) -> Result<String, String> {
     fs::create_dir(&d).map_err(|e| e.to_string())?;
     root(
         "setfacl",
-        &["-m", "d:u::rwx,d:g::r-x,d:o::---,d:u:nobody:rwx", s(&d)],
+        &[
+            "-m",
+            "d:u::rwx,d:g::r-x,d:o::---,d:u:nobody:rwx",
+            path_str(&d),
+        ],
     )?;
     let plain = dir.join("plain");
     fs::create_dir(&plain).map_err(|e| e.to_string())?;
     // umask 077 is ignored under a default ACL and applies elsewhere.
     let script = format!(
         "umask 077; touch {d}/f; mkdir {d}/sub; mkfifo {d}/fifo; ln -s f {d}/link; touch {p}/f",
-        d = s(&d),
-        p = s(&plain)
+        d = path_str(&d),
+        p = path_str(&plain)
     );
     root("sh", &["-c", &script])?;
     let mut out = String::new();
@@ -163,7 +173,7 @@ fn default_acl_steps(dir: &Path) -> Result<String, String> {
     }
     out += &format!(
         "d/link {}\n",
-        root("stat", &["-c", "%A", s(&d.join("link"))])?
+        root("stat", &["-c", "%A", path_str(&d.join("link"))])?
     );
     Ok(out)
 }
@@ -192,9 +202,9 @@ fn default_acl_is_inherited_and_replaces_the_umask() -> TestResult {
     nobody(
         &[],
         "sh",
-        &["-c", &format!("echo hi > {}", s(&m.path("d/f")))],
+        &["-c", &format!("echo hi > {}", path_str(&m.path("d/f")))],
     )?;
-    nobody(&[], "touch", &[s(&m.path("d/sub/g"))])?;
+    nobody(&[], "touch", &[path_str(&m.path("d/sub/g"))])?;
     assert!(acl(&m.path("d/sub/g"))?.contains("user:nobody:rwx\t#effective:rw-"));
     // ext4 (or whatever holds the temp dir) gives the same, if it has ACLs.
     let native = tempfile::Builder::new().prefix("cowfs-native-").tempdir()?;
@@ -213,9 +223,9 @@ fn chmod_updates_the_acl_mask() -> TestResult {
     let f = m.path("f");
     fs::write(&f, b"x")?;
     fs::set_permissions(&f, fs::Permissions::from_mode(0o644))?;
-    root("setfacl", &["-m", "u:nobody:rw", s(&f)])?;
+    root("setfacl", &["-m", "u:nobody:rw", path_str(&f)])?;
     assert_eq!(mode(&f)?, "664");
-    nobody(&[], "sh", &["-c", &format!("echo a >> {}", s(&f))])?;
+    nobody(&[], "sh", &["-c", &format!("echo a >> {}", path_str(&f))])?;
     fs::set_permissions(&f, fs::Permissions::from_mode(0o640))?;
     let a = acl(&f)?;
     assert!(a.contains("mask::r--"), "{a}");
@@ -224,14 +234,14 @@ fn chmod_updates_the_acl_mask() -> TestResult {
     assert!(nobody_fails(
         &[],
         "sh",
-        &["-c", &format!("echo b >> {}", s(&f))],
+        &["-c", &format!("echo b >> {}", path_str(&f))],
         "Permission denied"
     ));
-    assert_eq!(nobody(&[], "cat", &[s(&f)])?, "xa\n");
-    root("chmod", &["u=rwx,g=rw,o=r", s(&f)])?;
+    assert_eq!(nobody(&[], "cat", &[path_str(&f)])?, "xa\n");
+    root("chmod", &["u=rwx,g=rw,o=r", path_str(&f)])?;
     let a = acl(&f)?;
     assert!(a.contains("user::rwx") && a.contains("mask::rw-") && a.contains("other::r--"));
-    nobody(&[], "sh", &["-c", &format!("echo c >> {}", s(&f))])?;
+    nobody(&[], "sh", &["-c", &format!("echo c >> {}", path_str(&f))])?;
     Ok(())
 }
 
@@ -242,51 +252,60 @@ fn setgid_directory_passes_on_group_and_setgid() -> TestResult {
     let m = shared_mount()?;
     let d = m.path("sg");
     fs::create_dir(&d)?;
-    root("chgrp", &["daemon", s(&d)])?;
+    root("chgrp", &["daemon", path_str(&d)])?;
     fs::set_permissions(&d, fs::Permissions::from_mode(0o2777))?;
     root(
         "sh",
         &[
             "-c",
-            &format!("umask 022; cd {}; touch f; mkdir sub", s(&d)),
+            &format!("umask 022; cd {}; touch f; mkdir sub", path_str(&d)),
         ],
     )?;
     nobody(
         &[],
         "sh",
-        &["-c", &format!("umask 022; cd {}; touch n; mkdir nd", s(&d))],
+        &[
+            "-c",
+            &format!("umask 022; cd {}; touch n; mkdir nd", path_str(&d)),
+        ],
     )?;
     let owners = root(
         "stat",
         &[
             "-c",
             "%n %a %U:%G",
-            s(&d.join("f")),
-            s(&d.join("sub")),
-            s(&d.join("n")),
-            s(&d.join("nd")),
+            path_str(&d.join("f")),
+            path_str(&d.join("sub")),
+            path_str(&d.join("n")),
+            path_str(&d.join("nd")),
         ],
     )?;
     let want = [
-        format!("{}/f 644 root:daemon", s(&d)),
-        format!("{}/sub 2755 root:daemon", s(&d)),
-        format!("{}/n 644 nobody:daemon", s(&d)),
-        format!("{}/nd 2755 nobody:daemon", s(&d)),
+        format!("{}/f 644 root:daemon", path_str(&d)),
+        format!("{}/sub 2755 root:daemon", path_str(&d)),
+        format!("{}/n 644 nobody:daemon", path_str(&d)),
+        format!("{}/nd 2755 nobody:daemon", path_str(&d)),
     ];
     assert_eq!(owners.lines().collect::<Vec<_>>(), want);
     // With a default ACL too: the group and setgid bit as before, the ACL instead of the umask.
-    root("setfacl", &["-m", "d:u::rwx,d:g::rwx,d:o::r-x", s(&d)])?;
+    root(
+        "setfacl",
+        &["-m", "d:u::rwx,d:g::rwx,d:o::r-x", path_str(&d)],
+    )?;
     root(
         "sh",
         &[
             "-c",
-            &format!("umask 077; cd {}; touch af; mkdir ad", s(&d)),
+            &format!("umask 077; cd {}; touch af; mkdir ad", path_str(&d)),
         ],
     )?;
     assert_eq!(mode(&d.join("af"))?, "664");
     assert_eq!(mode(&d.join("ad"))?, "2775");
     assert!(acl(&d.join("ad"))?.contains("default:other::r-x"));
-    let g = root("stat", &["-c", "%G", s(&d.join("af")), s(&d.join("ad"))])?;
+    let g = root(
+        "stat",
+        &["-c", "%G", path_str(&d.join("af")), path_str(&d.join("ad"))],
+    )?;
     assert_eq!(g, "daemon\ndaemon\n");
     Ok(())
 }
@@ -301,28 +320,32 @@ fn setgid_dropped_for_callers_outside_the_group() -> TestResult {
     let member = m.path("member");
     for (p, group) in [(&out, "root"), (&member, "daemon")] {
         fs::write(p, b"x")?;
-        root("chown", &[&format!("nobody:{group}"), s(p)])?;
+        root("chown", &[&format!("nobody:{group}"), path_str(p)])?;
     }
-    nobody(&[DAEMON], "chmod", &["2755", s(&out)])?;
+    nobody(&[DAEMON], "chmod", &["2755", path_str(&out)])?;
     assert_eq!(mode(&out)?, "755");
-    nobody(&[DAEMON], "chmod", &["2755", s(&member)])?;
+    nobody(&[DAEMON], "chmod", &["2755", path_str(&member)])?;
     assert_eq!(mode(&member)?, "2755");
     // With an ACL: chmod by the non-member still drops setgid and updates the mask.
-    root("setfacl", &["-m", "u:daemon:rwx", s(&out)])?;
-    nobody(&[], "chmod", &["2750", s(&out)])?;
+    root("setfacl", &["-m", "u:daemon:rwx", path_str(&out)])?;
+    nobody(&[], "chmod", &["2750", path_str(&out)])?;
     assert_eq!(mode(&out)?, "750");
     assert!(acl(&out)?.contains("mask::r-x"));
     // Setting an ACL: the mode follows it; setgid goes for a setter outside the group (the
     // store decides, from the caller's groups in /proc), stays for a member.
-    root("chmod", &["2770", s(&out)])?;
-    root("chmod", &["2770", s(&member)])?;
-    nobody(&[DAEMON], "setfacl", &["-m", "u:bin:r", s(&out)])?;
+    root("chmod", &["2770", path_str(&out)])?;
+    root("chmod", &["2770", path_str(&member)])?;
+    nobody(&[DAEMON], "setfacl", &["-m", "u:bin:r", path_str(&out)])?;
     assert_eq!(mode(&out)?, "770");
-    nobody(&[DAEMON], "setfacl", &["-m", "u:bin:r", s(&member)])?;
+    nobody(&[DAEMON], "setfacl", &["-m", "u:bin:r", path_str(&member)])?;
     assert_eq!(mode(&member)?, "2770");
     // An ACL equivalent to a mode is not stored; the mode takes its bits.
-    nobody(&[DAEMON], "setfacl", &["-b", s(&member)])?;
-    nobody(&[DAEMON], "setfacl", &["-m", "u::rw,g::r,o::-", s(&member)])?;
+    nobody(&[DAEMON], "setfacl", &["-b", path_str(&member)])?;
+    nobody(
+        &[DAEMON],
+        "setfacl",
+        &["-m", "u::rw,g::r,o::-", path_str(&member)],
+    )?;
     assert_eq!(mode(&member)?, "2640");
     assert!(getxattr(&member, "system.posix_acl_access", &mut []).is_err());
     Ok(())
@@ -338,8 +361,8 @@ fn fallocate_drops_setuid_and_setgid() -> TestResult {
     let reset = |perm: &str, group: &str| -> Result<(), String> {
         let _ = fs::remove_file(&f);
         fs::write(&f, vec![7u8; 8192]).map_err(|e| e.to_string())?;
-        root("chgrp", &[group, s(&f)])?;
-        root("chmod", &[perm, s(&f)]).map(|_| ())
+        root("chgrp", &[group, path_str(&f)])?;
+        root("chmod", &[perm, path_str(&f)]).map(|_| ())
     };
     for args in [
         &["-l", "16384"][..],
@@ -348,7 +371,7 @@ fn fallocate_drops_setuid_and_setgid() -> TestResult {
         &["-z", "-o", "0", "-l", "4096"],
     ] {
         let mut a = args.to_vec();
-        let fp = s(&f).to_string();
+        let fp = path_str(&f).to_string();
         a.push(&fp);
         for (perm, want) in [("6666", "666"), ("2666", "666"), ("4666", "666")] {
             reset(perm, "root")?;
@@ -368,17 +391,21 @@ fn fallocate_drops_setuid_and_setgid() -> TestResult {
     }
     // With an ACL: the bits go, the ACL stays.
     reset("6660", "root")?;
-    root("setfacl", &["-m", "u:nobody:rw", s(&f)])?;
-    nobody(&[], "fallocate", &["-l", "65536", s(&f)])?;
+    root("setfacl", &["-m", "u:nobody:rw", path_str(&f)])?;
+    nobody(&[], "fallocate", &["-l", "65536", path_str(&f)])?;
     assert_eq!(mode(&f)?, "660");
     assert!(acl(&f)?.contains("user:nobody:rw-"));
     // A write by a non-member drops setgid of a file the group may not execute, as on ext4
     // (the kernel's FUSE code only drops a group-executable one; the store does the rest).
     reset("2666", "root")?;
-    nobody(&[], "sh", &["-c", &format!("echo x >> {}", s(&f))])?;
+    nobody(&[], "sh", &["-c", &format!("echo x >> {}", path_str(&f))])?;
     assert_eq!(mode(&f)?, "666");
     reset("2666", "daemon")?;
-    nobody(&[DAEMON], "sh", &["-c", &format!("echo x >> {}", s(&f))])?;
+    nobody(
+        &[DAEMON],
+        "sh",
+        &["-c", &format!("echo x >> {}", path_str(&f))],
+    )?;
     assert_eq!(mode(&f)?, "2666");
     Ok(())
 }
@@ -394,43 +421,48 @@ fn xattr_namespace_rules() -> TestResult {
     setxattr(&f, "trusted.t", b"root only", 0)?;
     setxattr(&f, "security.s", b"readable", 0)?;
     setxattr(&f, "user.u", b"anyone", 0)?;
-    let listed =
-        |groups: &[u32]| nobody(groups, "getfattr", &["--absolute-names", "-m", "-", s(&f)]);
+    let listed = |groups: &[u32]| {
+        nobody(
+            groups,
+            "getfattr",
+            &["--absolute-names", "-m", "-", path_str(&f)],
+        )
+    };
     let as_nobody = listed(&[])?;
     assert!(as_nobody.contains("user.u") && as_nobody.contains("security.s"));
     assert!(!as_nobody.contains("trusted"), "{as_nobody}");
-    let as_root = root("getfattr", &["--absolute-names", "-m", "-", s(&f)])?;
+    let as_root = root("getfattr", &["--absolute-names", "-m", "-", path_str(&f)])?;
     assert!(as_root.contains("trusted.t"), "{as_root}");
     // trusted.* and security.* writes need CAP_SYS_ADMIN; trusted.* is unreadable without.
     for name in ["trusted.t", "trusted.new", "security.s"] {
         assert!(nobody_fails(
             &[],
             "setfattr",
-            &["-n", name, "-v", "1", s(&f)],
+            &["-n", name, "-v", "1", path_str(&f)],
             "Operation not permitted"
         ));
         assert!(nobody_fails(
             &[],
             "setfattr",
-            &["-x", name, s(&f)],
+            &["-x", name, path_str(&f)],
             "Operation not permitted"
         ));
     }
     assert!(nobody_fails(
         &[],
         "getfattr",
-        &["-n", "trusted.t", s(&f)],
+        &["-n", "trusted.t", path_str(&f)],
         "No such attribute"
     ));
     assert_eq!(
         nobody(
             &[],
             "getfattr",
-            &["--only-values", "-n", "security.s", s(&f)]
+            &["--only-values", "-n", "security.s", path_str(&f)]
         )?,
         "readable"
     );
-    nobody(&[], "setfattr", &["-n", "user.v", "-v", "1", s(&f)])?;
+    nobody(&[], "setfattr", &["-n", "user.v", "-v", "1", path_str(&f)])?;
     // Other system.* names, and names of no namespace, are not supported, for anyone.
     for name in ["system.foo", "system.posix_acl_accessx", "nonamespace"] {
         assert_eq!(
@@ -451,7 +483,7 @@ fn xattr_namespace_rules() -> TestResult {
         assert!(nobody_fails(
             &[],
             "setfattr",
-            &["-n", name, "-v", "1", s(&f)],
+            &["-n", name, "-v", "1", path_str(&f)],
             "Operation not supported"
         ));
     }
@@ -460,7 +492,7 @@ fn xattr_namespace_rules() -> TestResult {
     assert!(nobody_fails(
         &[],
         "setfacl",
-        &["-m", "u:nobody:rwx", s(&f)],
+        &["-m", "u:nobody:rwx", path_str(&f)],
         "Operation not permitted"
     ));
     let no_other = [
@@ -482,7 +514,7 @@ fn xattr_namespace_rules() -> TestResult {
     assert!(nobody_fails(
         &[],
         "setfattr",
-        &["-h", "-n", "user.u", "-v", "1", s(&link)],
+        &["-h", "-n", "user.u", "-v", "1", path_str(&link)],
         "Operation not permitted"
     ));
     let sticky = m.path("sticky");
@@ -491,7 +523,7 @@ fn xattr_namespace_rules() -> TestResult {
     assert!(nobody_fails(
         &[],
         "setfattr",
-        &["-n", "user.u", "-v", "1", s(&sticky)],
+        &["-n", "user.u", "-v", "1", path_str(&sticky)],
         "Operation not permitted"
     ));
     setxattr(&sticky, "user.u", b"1", 0)?;

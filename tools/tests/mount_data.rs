@@ -176,7 +176,7 @@ fn full_host_filesystem_is_enospc() -> TestResult {
 fn killed_daemon_leaves_enotconn_then_a_clean_store() -> TestResult {
     let mut m = Mount::new(&["commit=0"])?;
     let f = m.path("synced");
-    let data = pattern(3, 0, 3 * MIB as usize + 17);
+    let data = pattern(3, 3 * MIB as usize + 17);
     {
         let h = fs::File::create(&f)?;
         h.write_all_at(&data, 0)?;

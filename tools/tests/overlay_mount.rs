@@ -8,8 +8,6 @@ mod common;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, OpenOptions};
-use std::hash::Hasher;
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -17,10 +15,6 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 const MIB: u64 = 1 << 20;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap_or("<non-utf8>")
-}
 
 /// A read-only, noatime bind mount of the lower tree. The tests look at the lower tree only
 /// through it, so that looking (listing, reading, readlink) changes no atime they compare.
@@ -78,33 +72,6 @@ struct Entry {
     content: u64,
     target: Option<PathBuf>,
     xattrs: BTreeMap<String, Vec<u8>>,
-}
-
-fn hash_file(p: &Path) -> std::io::Result<u64> {
-    let mut f = fs::File::open(p)?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let mut buf = vec![0u8; MIB as usize];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(h.finish());
-        }
-        h.write(&buf[..n]);
-    }
-}
-
-fn xattrs(p: &Path) -> Result<BTreeMap<String, Vec<u8>>, Box<dyn std::error::Error>> {
-    let mut out = BTreeMap::new();
-    let mut names = vec![0u8; 4096];
-    let n = listxattr(p, &mut names)?;
-    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let name = String::from_utf8(name.to_vec())?;
-        let mut v = vec![0u8; 4096];
-        let len = getxattr(p, &name, &mut v)?;
-        v.truncate(len);
-        out.insert(name, v);
-    }
-    Ok(out)
 }
 
 /// lstat, content hash, symlink target and xattrs of one path. Only the fields that do not
@@ -171,16 +138,6 @@ fn set_times(p: &Path, atime: SystemTime, mtime: SystemTime) -> std::io::Result<
 
 fn at(secs: u64, nanos: u32) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::new(secs, nanos)
-}
-
-fn mknod(p: &Path, mode: libc::mode_t, dev: libc::dev_t) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(s(p))?;
-    // SAFETY: `c` is a NUL-terminated path that outlives the call.
-    if unsafe { libc::mknod(c.as_ptr(), mode, dev) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// A lower tree with every kind of entry, owners and times of its own, and a `big` file of
@@ -301,7 +258,7 @@ fn the_mount_shows_the_lower_tree_and_leaves_it_untouched() -> TestResult {
     let before = snapshot(&view.path)?;
     // noatime: looking at the mount must not change the atimes compared (relatime would, as
     // on any filesystem: imported entries keep their lower atime and ctime).
-    m.mount_with(&["--lower", s(&lower)], &["noatime"])?;
+    m.mount_with(&["--lower", path_str(&lower)], &["noatime"])?;
     assert_mount_shows(&before, &m.mnt)?;
     // Symlinks are shown, not followed by the daemon: an absolute one resolves in the caller's
     // namespace, like any symlink.
@@ -319,7 +276,7 @@ fn the_mount_shows_the_lower_tree_and_leaves_it_untouched() -> TestResult {
 
     // Cold reads of unmodified lower data: spliced from the lower file, no userspace copy.
     m.umount()?;
-    m.mount_with(&["--lower", s(&lower)], &["noatime"])?;
+    m.mount_with(&["--lower", path_str(&lower)], &["noatime"])?;
     check_pattern(&m.path("big"), 7, big, &[])?;
     let spliced = m.counter("read_bytes_spliced")?;
     let passthrough = m.counter("read_bytes_passthrough")?;
@@ -333,7 +290,7 @@ fn the_mount_shows_the_lower_tree_and_leaves_it_untouched() -> TestResult {
     assert_mount_shows(&before, &m.mnt)?;
     m.umount()?;
 
-    let out = cowfs(&["fsck", s(&m.store)])?;
+    let out = cowfs(&["fsck", path_str(&m.store)])?;
     assert!(
         out.status.success(),
         "fsck: {}",
@@ -348,14 +305,14 @@ fn a_small_write_into_a_big_lower_file_copies_up_one_block() -> TestResult {
     let big = 256 * MIB;
     let (mut m, lower, view) = setup(big)?;
     let before = snapshot(&view.path)?;
-    let lower_arg = ["--lower", s(&lower)];
+    let lower_arg = ["--lower", path_str(&lower)];
     m.mount_with(&lower_arg, &[])?;
     fs::metadata(m.path("big"))?; // import the root directory
     m.umount()?;
     let base = store_used(&m.store)?;
 
     m.mount_with(&lower_arg, &[])?;
-    let patch = pattern(99, 0, 4096);
+    let patch = pattern(99, 4096);
     let off = 100 * MIB + 1000; // unaligned: two blocks
     {
         let f = OpenOptions::new().write(true).open(m.path("big"))?;
@@ -462,7 +419,7 @@ fn assert_after_changes(mnt: &Path) -> TestResult {
 fn removed_and_renamed_lower_entries_stay_so_across_remounts() -> TestResult {
     let (mut m, lower, view) = setup(MIB)?;
     let before = snapshot(&view.path)?;
-    let lower_arg = ["--lower", s(&lower)];
+    let lower_arg = ["--lower", path_str(&lower)];
     m.mount_with(&lower_arg, &[])?;
     fs::remove_file(m.path("empty"))?;
     fs::remove_file(m.path("dir/sub/small-link2"))?;
@@ -488,12 +445,18 @@ fn removed_and_renamed_lower_entries_stay_so_across_remounts() -> TestResult {
     // Another lower directory is refused, in one line, and nothing is mounted.
     let other = m.dir.path().join("other-lower");
     fs::create_dir(&other)?;
-    let out = cowfs(&["mount", "--lower", s(&other), s(&m.store), s(&m.mnt)])?;
+    let out = cowfs(&[
+        "mount",
+        "--lower",
+        path_str(&other),
+        path_str(&m.store),
+        path_str(&m.mnt),
+    ])?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "mount over another lower dir: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
     assert!(
-        err.contains(s(&other)) && err.contains("lower"),
+        err.contains(path_str(&other)) && err.contains("lower"),
         "the message names the refused directory: {err}"
     );
     let (mnt_dev, parent_dev) = (
@@ -512,7 +475,7 @@ fn removed_and_renamed_lower_entries_stay_so_across_remounts() -> TestResult {
 #[test]
 fn a_lower_file_changed_under_the_store_is_eio_and_fsck_lists_it() -> TestResult {
     let (mut m, lower, _view) = setup(MIB)?;
-    let lower_arg = ["--lower", s(&lower)];
+    let lower_arg = ["--lower", path_str(&lower)];
     m.mount_with(&lower_arg, &[])?;
     assert_eq!(fs::read(m.path("small"))?, b"hello lower");
     assert_eq!(fs::read(m.path("dir/sub/deep"))?, b"deep file");
@@ -544,7 +507,7 @@ fn a_lower_file_changed_under_the_store_is_eio_and_fsck_lists_it() -> TestResult
     drop(f);
     m.umount()?;
 
-    let out = cowfs(&["fsck", s(&m.store)])?;
+    let out = cowfs(&["fsck", path_str(&m.store)])?;
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(4), "fsck exit: {report}");
     for name in ["small", "dir/sub/deep"] {
@@ -578,7 +541,7 @@ fn a_lower_file_replaced_by_a_fifo_fails_at_once_and_alone() -> TestResult {
     // again; `cat d/f` blocked, and so did every other access, until the daemon was killed
     // (the lower file was opened, blocking, with the store lock held).
     let (mut m, lower, _view) = setup(MIB)?;
-    let lower_arg = ["--lower", s(&lower)];
+    let lower_arg = ["--lower", path_str(&lower)];
     m.mount_with(&lower_arg, &[])?;
     assert_eq!(fs::read(m.path("dir/sub/deep"))?, b"deep file");
     m.umount()?;
@@ -620,7 +583,14 @@ fn mount_without_dac(m: &mut Mount, lower: &Path) -> TestResult {
     let out = Command::new("setpriv")
         .arg(format!("--bounding-set={CAPS}"))
         .arg(format!("--inh-caps={CAPS}"))
-        .args([COWFS, "mount", "--lower", s(lower), s(&m.store), s(&m.mnt)])
+        .args([
+            COWFS,
+            "mount",
+            "--lower",
+            path_str(lower),
+            path_str(&m.store),
+            path_str(&m.mnt),
+        ])
         .output()?;
     if !out.status.success() {
         return Err(format!(
@@ -683,7 +653,7 @@ fn lower_errors_reach_their_caller_with_their_errno_and_lose_nothing_else() -> T
     let (out, _) = bounded(
         Command::new("dd")
             .arg("if=/dev/zero")
-            .arg(format!("of={}", s(&m.path("small"))))
+            .arg(format!("of={}", path_str(&m.path("small"))))
             .args(["bs=1", "count=1", "conv=notrunc"]),
         10,
     )?;
@@ -702,7 +672,7 @@ fn lower_errors_reach_their_caller_with_their_errno_and_lose_nothing_else() -> T
         Ok(())
     };
     check(&m)?;
-    run_ok(&["sync", s(&m.mnt)])?;
+    run_ok(&["sync", path_str(&m.mnt)])?;
     check(&m)?;
     m.umount()?;
     mount_without_dac(&mut m, &lower)?;

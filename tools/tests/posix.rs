@@ -78,7 +78,7 @@ fn reads_and_listings_update_atime_as_the_mount_says() -> TestResult {
     fs::create_dir(&d)?;
 
     // relatime: a read after a write, of whole pages the write left in the page cache.
-    let data = pattern(1, 0, 16384);
+    let data = pattern(1, 16384);
     fs::write(&f, &data)?;
     let before = atime(&f)?;
     assert_eq!(read_all(&f)?, data);

@@ -15,10 +15,6 @@ use std::time::{Duration, Instant};
 
 const NOBODY: u32 = 65534;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap_or("<non-utf8>")
-}
-
 fn mode(p: &Path) -> std::io::Result<u32> {
     Ok(fs::symlink_metadata(p)?.permissions().mode() & 0o7777)
 }
@@ -55,7 +51,7 @@ fn stderr(o: &Output) -> String {
 
 /// `cowfs mount STORE MNT` expected to fail; its stderr.
 fn mount_fails(m: &Mount) -> Result<String, Box<dyn std::error::Error>> {
-    let out = cowfs(&["mount", s(&m.store), s(&m.mnt)])?;
+    let out = cowfs(&["mount", path_str(&m.store), path_str(&m.mnt)])?;
     if out.status.success() {
         // Do not leave it mounted.
         lazy_umount(&m.mnt);
@@ -90,7 +86,7 @@ fn store_is_private_after_mkfs_and_mount() -> TestResult {
     let secret = m.path("secret");
     fs::write(&secret, b"the secret bytes of a private file")?;
     chmod(&secret, 0o600)?;
-    run_ok(&["sync", s(&m.mnt)])?;
+    run_ok(&["sync", path_str(&m.mnt)])?;
     assert_eq!(mode(&m.store)?, 0o700, "store directory while mounted");
     for f in STORE_FILES {
         assert_eq!(mode(&m.store.join(f))?, 0o600, "{f} while mounted");
@@ -99,12 +95,16 @@ fn store_is_private_after_mkfs_and_mount() -> TestResult {
     let control = m.dir.path().join("readable");
     fs::write(&control, b"x")?;
     chmod(&control, 0o644)?;
-    assert!(as_nobody("cat", &[s(&control)], &[])?.status.success());
+    assert!(as_nobody("cat", &[path_str(&control)], &[])?
+        .status
+        .success());
     for f in ["pool", "meta.redb", "cowfs.log"] {
-        let out = as_nobody("cat", &[s(&m.store.join(f))], &[])?;
+        let out = as_nobody("cat", &[path_str(&m.store.join(f))], &[])?;
         assert!(!out.status.success(), "nobody read STORE/{f}");
     }
-    assert!(!as_nobody("ls", &[s(&m.store)], &[])?.status.success());
+    assert!(!as_nobody("ls", &[path_str(&m.store)], &[])?
+        .status
+        .success());
     m.umount()?;
 
     // A store made by an older version (0755/0644) is tightened by the next mount.
@@ -151,8 +151,8 @@ fn symlinked_store_files_are_refused() -> TestResult {
     fs::write(&victim, b"precious contents")?;
     let link = m.dir.path().join("log-link");
     std::os::unix::fs::symlink(&victim, &link)?;
-    let opt = format!("log={}", s(&link));
-    let out = cowfs(&["mount", s(&m.store), s(&m.mnt), "-o", &opt])?;
+    let opt = format!("log={}", path_str(&link));
+    let out = cowfs(&["mount", path_str(&m.store), path_str(&m.mnt), "-o", &opt])?;
     if out.status.success() {
         lazy_umount(&m.mnt);
     }
@@ -170,7 +170,7 @@ fn untrusted_store_directory_is_refused() -> TestResult {
     chown(&m.store, NOBODY)?;
     let err = mount_fails(&m)?;
     assert!(
-        err.contains(s(&m.store)) && err.contains("owned by uid 65534"),
+        err.contains(path_str(&m.store)) && err.contains("owned by uid 65534"),
         "{err}"
     );
     chown(&m.store, 0)?;
@@ -181,7 +181,7 @@ fn untrusted_store_directory_is_refused() -> TestResult {
         assert_eq!(mode(&m.store)?, m_, "a refused directory is not changed");
     }
     // fsck refuses it too (operational error).
-    let out = cowfs(&["fsck", s(&m.store)])?;
+    let out = cowfs(&["fsck", path_str(&m.store)])?;
     assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("writable by others"),
@@ -192,7 +192,7 @@ fn untrusted_store_directory_is_refused() -> TestResult {
     chmod(&m.store, 0o700)?;
     let link = m.dir.path().join("store-link");
     std::os::unix::fs::symlink(&m.store, &link)?;
-    let out = cowfs(&["mount", s(&link), s(&m.mnt)])?;
+    let out = cowfs(&["mount", path_str(&link), path_str(&m.mnt)])?;
     if out.status.success() {
         lazy_umount(&m.mnt);
     }
@@ -236,7 +236,11 @@ fn control_socket_directory_is_private() -> TestResult {
     let planted = xdg.join("cowfs");
     fs::create_dir(&planted)?;
     chmod(&planted, 0o755)?;
-    let out = as_nobody(COWFS, &["stats", "/"], &[("XDG_RUNTIME_DIR", s(&xdg))])?;
+    let stats_as_nobody = || {
+        let env = [("XDG_RUNTIME_DIR", path_str(&xdg))];
+        as_nobody(COWFS, &["stats", "/"], &env)
+    };
+    let out = stats_as_nobody()?;
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -246,7 +250,7 @@ fn control_socket_directory_is_private() -> TestResult {
     // ... and so is one of theirs that others may write.
     chown(&planted, NOBODY)?;
     chmod(&planted, 0o777)?;
-    let out = as_nobody(COWFS, &["stats", "/"], &[("XDG_RUNTIME_DIR", s(&xdg))])?;
+    let out = stats_as_nobody()?;
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("writable by others"),
@@ -255,7 +259,7 @@ fn control_socket_directory_is_private() -> TestResult {
     );
     // A private one of theirs is accepted (there is just no mount to find).
     chmod(&planted, 0o700)?;
-    let out = as_nobody(COWFS, &["stats", "/"], &[("XDG_RUNTIME_DIR", s(&xdg))])?;
+    let out = stats_as_nobody()?;
     assert!(
         stderr(&out).contains("is not a cowfs mount"),
         "{}",

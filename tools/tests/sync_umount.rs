@@ -9,10 +9,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap_or("<non-utf8>")
-}
-
 /// SIGKILL the daemon, reap it, and detach what is left of its mount.
 fn kill_daemon(m: &mut Mount) -> TestResult {
     let pid = m.pid.take().ok_or("no daemon pid")?;
@@ -31,10 +27,10 @@ fn cowfs_sync_commits() -> TestResult {
     // FUSE_SYNCFS only to virtiofs), and there was no other way to commit a mount on demand.
     // commit=0: nothing but fsync, `cowfs sync` and unmount commits.
     let mut m = Mount::new(&["commit=0"])?;
-    let data = pattern(7, 0, 300_000);
+    let data = pattern(7, 300_000);
     fs::write(m.path("synced"), &data)?; // no fsync
     let commits = m.counter("commits")?;
-    let out = cowfs(&["sync", s(&m.mnt)])?;
+    let out = cowfs(&["sync", path_str(&m.mnt)])?;
     assert!(
         out.status.success(),
         "{}",
@@ -91,7 +87,7 @@ fn umount_then_mount_at_once_succeeds() -> TestResult {
         let st = Command::new("umount").arg(&m.mnt).status()?;
         assert!(st.success(), "round {round}: umount");
         let t = Instant::now();
-        let out = cowfs(&["mount", s(&m.store), s(&m.mnt)])?;
+        let out = cowfs(&["mount", path_str(&m.store), path_str(&m.mnt)])?;
         assert!(
             out.status.success(),
             "round {round}: mount right after umount failed: {}",
@@ -109,7 +105,7 @@ fn umount_then_mount_at_once_succeeds() -> TestResult {
 }
 
 fn write_pattern_nosync(path: &Path, seed: u64, size: u64) -> std::io::Result<()> {
-    fs::write(path, pattern(seed, 0, size as usize))
+    fs::write(path, pattern(seed, size as usize))
 }
 
 #[test]
@@ -120,7 +116,7 @@ fn mount_of_a_store_mounted_elsewhere_fails_at_once() -> TestResult {
     let other = m.dir.path().join("mnt2");
     fs::create_dir(&other)?;
     let t = Instant::now();
-    let out = cowfs(&["mount", s(&m.store), s(&other)])?;
+    let out = cowfs(&["mount", path_str(&m.store), path_str(&other)])?;
     if out.status.success() {
         lazy_umount(&other);
     }

@@ -8,6 +8,7 @@
 //! ```
 
 mod engine;
+#[cfg(feature = "testing")]
 mod mem;
 mod redb;
 mod schema;
@@ -15,6 +16,7 @@ mod table;
 
 pub(crate) use self::redb::RedbEngine;
 pub(crate) use engine::{Delta, Engine, Layers, Snapshot};
+#[cfg(feature = "testing")]
 pub(crate) use mem::{MemEngine, MEM_META_FILE};
 pub(crate) use schema::{key, BytesValue, IntKey, IntValue, NamedKey, PairKey, TableId, UnitValue};
 pub(crate) use table::Table;

@@ -6,9 +6,9 @@ use super::txn::{Inner, TxnState};
 use crate::codec::{decode, encode, StateRecord};
 use crate::error::{Error, Result};
 use crate::io::{DirEnv, Env, FileIo, ScratchFile, SpaceReserve, RESERVE_FILE};
-use crate::meta::{
-    key, Delta, Engine, IntKey, MemEngine, RedbEngine, Snapshot, TableId, MEM_META_FILE,
-};
+use crate::meta::{key, Delta, Engine, IntKey, RedbEngine, Snapshot, TableId};
+#[cfg(feature = "testing")]
+use crate::meta::{MemEngine, MEM_META_FILE};
 use crate::ns::new_inode_record;
 use crate::overlay::LowerTree;
 use crate::store::ctx::{state_delta, TxnMem, STATE_KEY};
@@ -52,7 +52,8 @@ pub enum EngineKind {
     #[default]
     Redb,
     /// Ordered maps in memory over an append-only log, `meta.log`: the second implementation
-    /// of the seam, which the test suite runs the store on as well.
+    /// of the seam, which the test suite runs the store on as well (`testing` feature only).
+    #[cfg(feature = "testing")]
     Mem,
 }
 
@@ -61,6 +62,7 @@ impl EngineKind {
     pub fn meta_file(self) -> &'static str {
         match self {
             EngineKind::Redb => META_FILE,
+            #[cfg(feature = "testing")]
             EngineKind::Mem => MEM_META_FILE,
         }
     }
@@ -77,6 +79,7 @@ fn open_engine(
     let kind = match kind {
         Some(k) => k,
         None if env.exists(META_FILE) => EngineKind::Redb,
+        #[cfg(feature = "testing")]
         None if env.exists(MEM_META_FILE) => EngineKind::Mem,
         None => {
             return Err(Error::NotAStore {
@@ -103,6 +106,7 @@ fn open_engine(
             opts.cache_bytes,
             opts.verify && !create,
         )?),
+        #[cfg(feature = "testing")]
         EngineKind::Mem => Arc::new(MemEngine::open(file(MEM_META_FILE)?, reserve)?),
     })
 }

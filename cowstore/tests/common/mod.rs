@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub use cowfs_test_support::{first_difference, pattern, write_into};
 use cowstore::io::MemEnv;
 use cowstore::*;
 use std::collections::BTreeMap;
@@ -89,19 +90,6 @@ pub enum Act {
     RemoveXattr(String, Vec<u8>),
     Commit,
     Reopen,
-}
-
-/// Bytes that differ from write to write and from offset to offset.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x as u8) | 1
-        })
-        .collect()
 }
 
 impl Model {
@@ -271,15 +259,6 @@ impl Model {
         self.move_tree(src, dst);
         Ok(())
     }
-}
-
-/// Write `data` into `buf` at `off`, growing it with zeros.
-pub fn splice_into(buf: &mut Vec<u8>, off: u64, data: &[u8]) {
-    let end = off as usize + data.len();
-    if buf.len() < end {
-        buf.resize(end, 0);
-    }
-    buf[off as usize..end].copy_from_slice(data);
 }
 
 /// Told the log position before and after a commit, and the state it made durable.
@@ -518,7 +497,7 @@ impl Harness {
                 if self.agree(act, &got, Ok(()))? {
                     assert_eq!(got.as_ref().ok(), Some(&data.len()), "{act:?}");
                     if !data.is_empty() {
-                        splice_into(self.model.file_mut(ino), *off, data);
+                        write_into(self.model.file_mut(ino), *off, data);
                     }
                 }
                 got.map(|_| ())
@@ -592,7 +571,7 @@ impl Harness {
                     assert_eq!(got.as_ref().ok(), Some(&n), "{act:?}: bytes cloned");
                     if n > 0 {
                         let bytes = src_data[*so as usize..(so + n) as usize].to_vec();
-                        splice_into(self.model.file_mut(dst), *doff, &bytes);
+                        write_into(self.model.file_mut(dst), *doff, &bytes);
                     }
                 }
                 got.map(|_| ())
@@ -776,14 +755,14 @@ impl Harness {
                 let got = s
                     .read_to_vec(InodeNo(ino), 0, data.len() as u64 + 3 * self.bs)
                     .expect("read");
-                if got != *data {
-                    let at = got.iter().zip(data.iter()).position(|(a, b)| a != b);
+                if let Some(at) = first_difference(&got, data) {
                     panic!(
                         "contents of /{path} (inode {ino}, {} bytes) differ from the model, \
-                         first at byte {at:?} (got {:?}, want {:?})",
+                         first at byte {at} (got {} bytes: {:?}, want {:?})",
                         data.len(),
-                        at.map(|i| got[i]),
-                        at.map(|i| data[i])
+                        got.len(),
+                        got.get(at),
+                        data.get(at)
                     );
                 }
                 // An unaligned read in the middle.
@@ -976,11 +955,7 @@ pub fn snapshot_diff(got: &Snapshot, want: &Snapshot) -> String {
         match want.get(p) {
             None => out.push(format!("extra /{p}")),
             Some(w) if w != g => {
-                let at = g
-                    .bytes
-                    .iter()
-                    .zip(&w.bytes)
-                    .position(|(a, b)| a != b)
+                let at = first_difference(&g.bytes, &w.bytes)
                     .map_or(String::new(), |i| format!(", first differing byte {i}"));
                 out.push(format!(
                     "/{p}: got ino {} {:?} nlink {} {} bytes, want ino {} {:?} nlink {} {} bytes{at}",

@@ -9,7 +9,7 @@
 //! whole right after `cp` as its model; a later difference means one side's change leaked
 //! into the other.
 
-use crate::util::{compare, cp, errno, io_fail, model_write, Res, Rng};
+use crate::util::{compare, cp, errno, io_fail, write_into, write_range, Res, Rng};
 use std::collections::VecDeque;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -69,14 +69,14 @@ pub fn run(a: &Args) -> Res {
             4..=7 if !live.is_empty() => {
                 let i = rng.below(live.len() as u64) as usize;
                 let (p, m) = &mut live[i];
-                let (off, len) = rng.write_range(m.len() as u64, 2 << 20);
+                let (off, len) = write_range(&mut rng, m.len() as u64, 2 << 20);
                 let data = rng.bytes(len as usize);
                 OpenOptions::new()
                     .write(true)
                     .open(&*p)
                     .and_then(|f| f.write_all_at(&data, off))
                     .map_err(|e| fail(format!("write {}", p.display()), &e))?;
-                model_write(m, off, &data);
+                write_into(m, off, &data);
                 writes += 1;
             }
             _ if !live.is_empty() => {

@@ -1,5 +1,6 @@
-//! What every workload shares: a seeded PRNG, a content hash, failures with exit codes, `cp`,
-//! and the model-vs-file comparison that reports the first differing byte.
+//! What every workload shares: failures with exit codes, `cp`, the mix of write sizes, and the
+//! model-vs-file comparison that reports the first differing byte. The generator, the content
+//! hash and the model write come from `cowfs-test-support`.
 
 use std::fmt::Display;
 use std::fs::File;
@@ -7,6 +8,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
+
+use cowfs_test_support::first_difference;
+pub use cowfs_test_support::{hash, write_into, Rng};
 
 /// A failure with the process exit code it maps to (see main.rs).
 #[derive(Debug)]
@@ -51,70 +55,21 @@ pub fn io_fail(what: impl Display, e: &io::Error, probe: &Path) -> Fail {
     }
 }
 
-/// splitmix64: small, seedable, reproducible.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..n (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-
-    /// An offset and length for a write into a file of `size` bytes that may grow to `max`:
-    /// a mix of tiny unaligned, medium and large block-aligned writes, some past EOF (holes).
-    pub fn write_range(&mut self, size: u64, max: u64) -> (u64, u64) {
-        let (mut off, mut len) = match self.below(10) {
-            0..=3 => (self.below(size + 1), 1 + self.below(600)),
-            4..=6 => (self.below(size + 1), 1 + self.below(40_000)),
-            7 => (size + self.below(70_000), 1 + self.below(9_000)),
-            _ => (
-                self.below(size / 4096 + 2) * 4096,
-                4096 * (1 + self.below(64)),
-            ),
-        };
-        off = off.min(max.saturating_sub(1));
-        len = len.min(max - off);
-        (off, len)
-    }
-}
-
-/// 64-bit content hash (word-wise multiply-rotate with a final avalanche; not cryptographic,
-/// but any real corruption, stale block or zeroed range changes it).
-pub fn hash(data: &[u8]) -> u64 {
-    let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ data.len() as u64;
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        h = (h.rotate_left(23) ^ u64::from_le_bytes(w)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    for &b in chunks.remainder() {
-        h = (h.rotate_left(23) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^ (h >> 33)
+/// An offset and length for a write into a file of `size` bytes that may grow to `max`:
+/// a mix of tiny unaligned, medium and large block-aligned writes, some past EOF (holes).
+pub fn write_range(rng: &mut Rng, size: u64, max: u64) -> (u64, u64) {
+    let (mut off, mut len) = match rng.below(10) {
+        0..=3 => (rng.below(size + 1), 1 + rng.below(600)),
+        4..=6 => (rng.below(size + 1), 1 + rng.below(40_000)),
+        7 => (size + rng.below(70_000), 1 + rng.below(9_000)),
+        _ => (
+            rng.below(size / 4096 + 2) * 4096,
+            4096 * (1 + rng.below(64)),
+        ),
+    };
+    off = off.min(max.saturating_sub(1));
+    len = len.min(max - off);
+    (off, len)
 }
 
 pub fn hex(h: Option<u64>) -> String {
@@ -130,35 +85,26 @@ pub fn parse_hex(s: &str) -> Result<Option<u64>, String> {
         .map_err(|e| format!("bad hash {s:?}: {e}"))
 }
 
-/// Apply a write to a model buffer (zero-filling a hole before `off`).
-pub fn model_write(m: &mut Vec<u8>, off: u64, data: &[u8]) {
-    let off = off as usize;
-    if m.len() < off + data.len() {
-        m.resize(off + data.len(), 0);
-    }
-    m[off..off + data.len()].copy_from_slice(data);
-}
-
 /// Compare what was read with the model; the message names the first differing byte.
 pub fn compare(what: &str, got: &[u8], want: &[u8]) -> Res {
-    if got == want {
+    let Some(i) = first_difference(got, want) else {
         return Ok(());
-    }
-    let first = got.iter().zip(want).position(|(a, b)| a != b);
-    Err(mismatch(match first {
-        Some(i) => format!(
+    };
+    Err(mismatch(if i < got.len().min(want.len()) {
+        format!(
             "{what}: content differs from the model at byte {i} (read {:#04x}, expected {:#04x}); \
              read {} bytes, expected {}",
             got[i],
             want[i],
             got.len(),
             want.len()
-        ),
-        None => format!(
+        )
+    } else {
+        format!(
             "{what}: read {} bytes, expected {} (the common prefix is equal)",
             got.len(),
             want.len()
-        ),
+        )
     }))
 }
 
@@ -243,26 +189,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hash_sees_length_and_every_byte() {
-        let a = vec![0u8; 4096];
-        let mut b = a.clone();
-        assert_ne!(hash(&a), hash(&a[..4095]));
-        for i in [0, 7, 8, 4095] {
-            b[i] = 1;
-            assert_ne!(hash(&a), hash(&b), "byte {i}");
-            b[i] = 0;
-        }
-        assert_eq!(parse_hex(&hex(Some(hash(&a)))), Ok(Some(hash(&a))));
+    fn hashes_round_trip_through_hex() {
+        let h = hash(&[0u8; 4096]);
+        assert_eq!(parse_hex(&hex(Some(h))), Ok(Some(h)));
         assert_eq!(parse_hex("-"), Ok(None));
-    }
-
-    #[test]
-    fn model_write_fills_holes_with_zeros() {
-        let mut m = vec![1u8; 2];
-        model_write(&mut m, 4, &[9, 9]);
-        assert_eq!(m, [1, 1, 0, 0, 9, 9]);
-        model_write(&mut m, 1, &[5]);
-        assert_eq!(m, [1, 5, 0, 0, 9, 9]);
     }
 
     #[test]
@@ -270,7 +200,7 @@ mod tests {
         let mut r = Rng::new(7);
         for _ in 0..10_000 {
             let size = r.below(1 << 20);
-            let (off, len) = r.write_range(size, 1 << 20);
+            let (off, len) = write_range(&mut r, size, 1 << 20);
             assert!(len >= 1 && off + len <= 1 << 20, "{off}+{len}");
         }
     }

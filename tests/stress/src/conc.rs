@@ -11,8 +11,8 @@
 //! remount).
 
 use crate::util::{
-    compare, cp, errno, hash, hex, io_fail, mismatch, model_write, parse_hex, read_at_exact, usage,
-    Fail, Res, Rng,
+    compare, cp, errno, hash, hex, io_fail, mismatch, parse_hex, read_at_exact, usage, write_into,
+    write_range, Fail, Res, Rng,
 };
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -160,12 +160,12 @@ impl Worker<'_> {
 
     fn private_write(&mut self) -> Res {
         let p = self.own("p");
-        let (off, len) = self.rng.write_range(self.private.len() as u64, PRIVATE_MAX);
+        let (off, len) = write_range(&mut self.rng, self.private.len() as u64, PRIVATE_MAX);
         let data = self.rng.bytes(len as usize);
         let f = self.open_rw(&p)?;
         f.write_all_at(&data, off)
             .map_err(|e| self.fail(format!("write {}", p.display()), &e))?;
-        model_write(&mut self.private, off, &data);
+        write_into(&mut self.private, off, &data);
         self.count("private-write");
         self.check_whole(&p, &self.private)
     }
@@ -176,12 +176,12 @@ impl Worker<'_> {
         cp(&src, &dst).map_err(|e| self.fail(format!("cp {}", src.display()), &e))?;
         let mut m = self.private.clone();
         self.check_whole(&dst, &m)?;
-        let (off, len) = self.rng.write_range(m.len() as u64, PRIVATE_MAX);
+        let (off, len) = write_range(&mut self.rng, m.len() as u64, PRIVATE_MAX);
         let data = self.rng.bytes(len as usize);
         let f = self.open_rw(&dst)?;
         f.write_all_at(&data, off)
             .map_err(|e| self.fail(format!("write {}", dst.display()), &e))?;
-        model_write(&mut m, off, &data);
+        write_into(&mut m, off, &data);
         self.check_whole(&dst, &m)?;
         self.clone = Some(m);
         self.count("private-clone");

@@ -15,8 +15,8 @@
 //! killed between fsync and the log write only makes the check weaker, never wrong.
 
 use crate::util::{
-    compare, cp, hash, hex, io_fail, log_line, mismatch, model_write, parse_hex, read_at_exact,
-    usage, Fail, Res, Rng, IO,
+    compare, cp, hash, hex, io_fail, log_line, mismatch, parse_hex, read_at_exact, usage,
+    write_into, write_range, Fail, Res, Rng, IO,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -110,7 +110,7 @@ impl Load<'_> {
     fn write(&mut self) -> Res {
         let name = self.pick_any();
         let size = self.model.get(&name).map_or(0, |m| m.len() as u64);
-        let (off, len) = self.rng.write_range(size, MAX_SIZE);
+        let (off, len) = write_range(&mut self.rng, size, MAX_SIZE);
         let data = self.rng.bytes(len as usize);
         self.log(&format!("M {name}"))?;
         let p = self.path(&name);
@@ -122,7 +122,7 @@ impl Load<'_> {
             .map_err(|e| self.fail(format!("open {}", p.display()), &e))?;
         f.write_all_at(&data, off)
             .map_err(|e| self.fail(format!("write {}", p.display()), &e))?;
-        model_write(self.model.entry(name.clone()).or_default(), off, &data);
+        write_into(self.model.entry(name.clone()).or_default(), off, &data);
         self.count("write");
         self.changed(&name)
     }

@@ -1,5 +1,5 @@
 //! fsck's two halves: the read-only check of the last commit and the repair, both over the
-//! metadata seam (the typed tables of [`crate::store::ctx::Ctx`]), one function per pass.
+//! metadata seam (the typed tables of `store::ctx::Ctx`), one function per pass.
 
 mod check;
 mod repair;

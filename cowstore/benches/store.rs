@@ -34,12 +34,7 @@ fn open_store(dir: &std::path::Path) -> Store {
 }
 
 fn regular() -> NewInode {
-    NewInode {
-        kind: FileKind::Regular,
-        perm: 0o644,
-        rdev: 0,
-        symlink_target: None,
-    }
+    NewInode::regular(0o644)
 }
 
 /// Fill a new file with `size` bytes written 8 MiB at a time, and commit.

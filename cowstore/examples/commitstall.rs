@@ -17,12 +17,7 @@ fn main() -> Result<()> {
             ..Default::default()
         },
     )?);
-    let reg = NewInode {
-        kind: FileKind::Regular,
-        perm: 0o644,
-        rdev: 0,
-        symlink_target: None,
-    };
+    let reg = NewInode::regular(0o644);
     let f = s.create(InodeNo::ROOT, b"f", &reg, Caller::ROOT)?.ino;
     let buf = vec![7u8; 1 << 20];
     for i in 0..256u64 {

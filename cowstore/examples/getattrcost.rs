@@ -13,12 +13,7 @@ fn main() -> Result<()> {
             ..Default::default()
         },
     )?;
-    let reg = NewInode {
-        kind: FileKind::Regular,
-        perm: 0o644,
-        rdev: 0,
-        symlink_target: None,
-    };
+    let reg = NewInode::regular(0o644);
     let f = s.create(InodeNo::ROOT, b"f", &reg, Caller::ROOT)?.ino;
     s.write(f, 0, &vec![1u8; 1 << 20])?;
     s.commit()?;

@@ -14,12 +14,7 @@ fn main() -> Result<()> {
         },
     )?;
     let me = Caller { uid: 0, gid: 0 };
-    let reg = NewInode {
-        kind: FileKind::Regular,
-        perm: 0o644,
-        rdev: 0,
-        symlink_target: None,
-    };
+    let reg = NewInode::regular(0o644);
     let n = 5000;
     let t = Instant::now();
     for i in 0..n {

@@ -309,6 +309,18 @@ pub struct NewInode {
     pub symlink_target: Option<Vec<u8>>,
 }
 
+impl NewInode {
+    /// A regular file with permission bits `perm`.
+    pub fn regular(perm: u32) -> NewInode {
+        NewInode {
+            kind: FileKind::Regular,
+            perm,
+            rdev: 0,
+            symlink_target: None,
+        }
+    }
+}
+
 /// Flags of `rename(2)`/`renameat2(2)`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RenameFlags {

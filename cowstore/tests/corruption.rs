@@ -30,12 +30,7 @@ fn build_store(dir: &Path) {
         },
     )
     .expect("open");
-    let reg = NewInode {
-        kind: FileKind::Regular,
-        perm: 0o644,
-        rdev: 0,
-        symlink_target: None,
-    };
+    let reg = NewInode::regular(0o644);
     let d = s
         .mkdir(InodeNo::ROOT, b"dir", 0o755, ME)
         .expect("mkdir")

@@ -175,17 +175,7 @@ fn verify_image(files: Files, allowed: &[&CommitPoint], what: &str) {
     }
     // The recovered store takes new data and commits it.
     let f = store
-        .create(
-            InodeNo::ROOT,
-            b"after-crash",
-            &NewInode {
-                kind: FileKind::Regular,
-                perm: 0o644,
-                rdev: 0,
-                symlink_target: None,
-            },
-            ME,
-        )
+        .create(InodeNo::ROOT, b"after-crash", &NewInode::regular(0o644), ME)
         .unwrap_or_else(|e| panic!("{what}: create after recovery: {e}"));
     let data = pattern(99, 10_000);
     store.write(f.ino, 10, &data).expect("write after recovery");
@@ -416,12 +406,7 @@ fn enospc_at(n: u64) -> bool {
             .create(
                 InodeNo::ROOT,
                 b"after-enospc",
-                &NewInode {
-                    kind: FileKind::Regular,
-                    perm: 0o644,
-                    rdev: 0,
-                    symlink_target: None,
-                },
+                &NewInode::regular(0o644),
                 ME,
             )
             .expect("create after ENOSPC");

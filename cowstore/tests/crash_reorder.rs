@@ -345,17 +345,7 @@ fn verify_image(files: Files, allowed: &[&CommitPoint], deep: bool) -> Result<Ou
     // (unpunched, or torn writes of a lost commit): none of them may show, in a new file or past
     // the end of an old one.
     let f = store
-        .create(
-            InodeNo::ROOT,
-            b"after-crash",
-            &NewInode {
-                kind: FileKind::Regular,
-                perm: 0o644,
-                rdev: 0,
-                symlink_target: None,
-            },
-            ME,
-        )
+        .create(InodeNo::ROOT, b"after-crash", &NewInode::regular(0o644), ME)
         .map_err(|e| format!("create after recovery: {e}"))?;
     let mut want_new = vec![0u8; 40_000];
     let data = pattern(99, 10_000);
@@ -711,17 +701,7 @@ fn recovery_sweep(bs: u32) {
         // New data, an overwrite of existing data, an xattr; then a deletion.
         let c0 = env.log_len();
         let f = store
-            .create(
-                InodeNo::ROOT,
-                b"r",
-                &NewInode {
-                    kind: FileKind::Regular,
-                    perm: 0o644,
-                    rdev: 0,
-                    symlink_target: None,
-                },
-                ME,
-            )
+            .create(InodeNo::ROOT, b"r", &NewInode::regular(0o644), ME)
             .expect("create");
         store
             .write(f.ino, 0, &pattern(50, 3 * bs as usize / 2))

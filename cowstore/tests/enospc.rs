@@ -55,12 +55,7 @@ fn filling_the_host_gives_enospc_and_deleting_recovers() {
         },
     )
     .expect("open");
-    let reg = NewInode {
-        kind: FileKind::Regular,
-        perm: 0o644,
-        rdev: 0,
-        symlink_target: None,
-    };
+    let reg = NewInode::regular(0o644);
     let chunk = vec![0x5Au8; 256 << 10];
     let mut files = Vec::new();
     let mut hit = None;
@@ -189,12 +184,7 @@ fn fallocate_beyond_the_host_is_enospc() {
     let dir = fs.path().join("store");
     Store::mkfs(&dir, &engines::mkfs_opts(4096)).expect("mkfs");
     let s = Store::open(&dir, &OpenOptions::default()).expect("open");
-    let reg = NewInode {
-        kind: FileKind::Regular,
-        perm: 0o644,
-        rdev: 0,
-        symlink_target: None,
-    };
+    let reg = NewInode::regular(0o644);
     let f = s.create(InodeNo::ROOT, b"f", &reg, ME).expect("create").ino;
     let r = s.fallocate(f, 0, 64 << 20, FallocMode::Allocate { keep_size: false });
     assert!(matches!(r, Err(Error::NoSpace)), "{r:?}");

@@ -223,17 +223,7 @@ fn writes_copy_up_only_the_blocks_written() -> Result<()> {
     assert_eq!(s.read_to_vec(big, 0, BIG as u64)?, want);
     // Truncate, punch and a reflink of a lower file work like any other file.
     let copy = s
-        .create(
-            InodeNo::ROOT,
-            b"copy",
-            &NewInode {
-                kind: FileKind::Regular,
-                perm: 0o644,
-                rdev: 0,
-                symlink_target: None,
-            },
-            ME,
-        )?
+        .create(InodeNo::ROOT, b"copy", &NewInode::regular(0o644), ME)?
         .ino;
     assert_eq!(s.clone_range(big, 0, copy, 0, u64::MAX)?, BIG as u64);
     assert!(
@@ -502,17 +492,7 @@ fn lower_errors_keep_their_errno() -> Result<()> {
     std::fs::create_dir(lower.join("file-dir"))?;
     let s = Store::open(&store, &opts(Some(&lower)))?;
     let made = s
-        .create(
-            InodeNo::ROOT,
-            b"made",
-            &NewInode {
-                kind: FileKind::Regular,
-                perm: 0o644,
-                rdev: 0,
-                symlink_target: None,
-            },
-            ME,
-        )?
+        .create(InodeNo::ROOT, b"made", &NewInode::regular(0o644), ME)?
         .ino;
     s.write(made, 0, b"mine")?;
     // Both still to be imported when they change below.

@@ -34,17 +34,7 @@ const OTHER: Caller = Caller {
 };
 
 fn file(s: &Store, dir: InodeNo, name: &str, who: Caller) -> Result<InodeAttr> {
-    s.create(
-        dir,
-        name.as_bytes(),
-        &NewInode {
-            kind: FileKind::Regular,
-            perm: 0o644,
-            rdev: 0,
-            symlink_target: None,
-        },
-        who,
-    )
+    s.create(dir, name.as_bytes(), &NewInode::regular(0o644), who)
 }
 
 fn at(sec: i64) -> TimeSet {

@@ -53,12 +53,7 @@ fn fixture() -> Fixture {
 }
 
 fn regular() -> NewInode {
-    NewInode {
-        kind: FileKind::Regular,
-        perm: 0o644,
-        rdev: 0,
-        symlink_target: None,
-    }
+    NewInode::regular(0o644)
 }
 
 fn damage_detect_repair(f: &Fixture, damage: Damage, expect: ProblemKind) -> RepairSummary {

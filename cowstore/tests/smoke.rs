@@ -57,17 +57,7 @@ fn namespace_basics() -> Result<()> {
     let (_dir, s) = fresh(4096);
     let d = s.mkdir(InodeNo::ROOT, b"d", 0o755, ME)?;
     assert_eq!(s.getattr(InodeNo::ROOT)?.nlink, 3);
-    let f = s.create(
-        d.ino,
-        b"f",
-        &NewInode {
-            kind: FileKind::Regular,
-            perm: 0o600,
-            rdev: 0,
-            symlink_target: None,
-        },
-        ME,
-    )?;
+    let f = s.create(d.ino, b"f", &NewInode::regular(0o600), ME)?;
     assert!(matches!(s.rmdir(InodeNo::ROOT, b"d"), Err(Error::NotEmpty)));
     s.link(f.ino, InodeNo::ROOT, b"hard")?;
     assert_eq!(s.getattr(f.ino)?.nlink, 2);

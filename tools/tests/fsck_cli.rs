@@ -27,12 +27,7 @@ fn text(o: &Output) -> String {
 }
 
 fn regular() -> NewInode {
-    NewInode {
-        kind: FileKind::Regular,
-        perm: 0o644,
-        rdev: 0,
-        symlink_target: None,
-    }
+    NewInode::regular(0o644)
 }
 
 /// /a (256 blocks), /dir/b (a reflink of a with one block rewritten), /dir/small.

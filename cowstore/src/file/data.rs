@@ -747,12 +747,7 @@ mod tests {
     }
 
     fn file(s: &Store, name: &str) -> InodeNo {
-        let new = NewInode {
-            kind: FileKind::Regular,
-            perm: 0o644,
-            rdev: 0,
-            symlink_target: None,
-        };
+        let new = NewInode::regular(0o644);
         s.create(InodeNo::ROOT, name.as_bytes(), &new, Caller::ROOT)
             .expect("create")
             .ino

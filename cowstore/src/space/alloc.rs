@@ -474,7 +474,7 @@ mod tests {
     use crate::error::Error;
     use crate::io::MemEnv;
     use crate::store::{MkfsOptions, OpenOptions, Store};
-    use crate::types::{Caller, FileKind, InodeNo, NewInode, SetAttr};
+    use crate::types::{Caller, InodeNo, NewInode, SetAttr};
     use std::sync::Arc;
 
     fn store() -> (MemEnv, Store) {
@@ -661,17 +661,7 @@ mod tests {
     fn committed_blocks_freed_wait_for_the_commit() {
         let (_env, s) = store();
         let f = s
-            .create(
-                InodeNo::ROOT,
-                b"f",
-                &NewInode {
-                    kind: FileKind::Regular,
-                    perm: 0o644,
-                    rdev: 0,
-                    symlink_target: None,
-                },
-                Caller::ROOT,
-            )
+            .create(InodeNo::ROOT, b"f", &NewInode::regular(0o644), Caller::ROOT)
             .expect("create")
             .ino;
         s.write(f, 0, &[1; 8192]).expect("write");
@@ -699,17 +689,7 @@ mod tests {
         // count not updated) and the next commit stored the inconsistency.
         let (env, s) = store();
         let f = s
-            .create(
-                InodeNo::ROOT,
-                b"f",
-                &NewInode {
-                    kind: FileKind::Regular,
-                    perm: 0o644,
-                    rdev: 0,
-                    symlink_target: None,
-                },
-                Caller::ROOT,
-            )
+            .create(InodeNo::ROOT, b"f", &NewInode::regular(0o644), Caller::ROOT)
             .expect("create")
             .ino;
         s.write(f, 0, &[1; 3 * 4096]).expect("write");

@@ -961,12 +961,7 @@ mod tests {
     }
 
     fn regular() -> NewInode {
-        NewInode {
-            kind: FileKind::Regular,
-            perm: 0o644,
-            rdev: 0,
-            symlink_target: None,
-        }
+        NewInode::regular(0o644)
     }
 
     type Hook = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;

@@ -372,17 +372,7 @@ impl Harness {
                 let parent = self.ino_of(parent_of(p))?;
                 let name = name_of(p).as_bytes();
                 let got = match act {
-                    Act::Create(_) => s.create(
-                        parent,
-                        name,
-                        &NewInode {
-                            kind: FileKind::Regular,
-                            perm: 0o644,
-                            rdev: 0,
-                            symlink_target: None,
-                        },
-                        ME,
-                    ),
+                    Act::Create(_) => s.create(parent, name, &NewInode::regular(0o644), ME),
                     Act::Mkdir(_) => s.mkdir(parent, name, 0o755, ME),
                     Act::Symlink(_, t) => s.symlink(parent, name, t, ME),
                     _ => unreachable!(),

@@ -439,8 +439,10 @@ impl Env for DirEnv {
 
     fn lock(&self) -> Result<Box<dyn Send + Sync + Debug>> {
         let mut file = self.open_file(LOCK_FILE, OFlags::RDWR, true)?;
-        // A lock recorded by this very process can be one we just released whose descriptor a
-        // concurrently forked child still holds until its exec closes it: wait that out briefly.
+        // The lock can be held a moment longer than its holder holds it: a process that just
+        // released it may have forked a child that inherited the descriptor and keeps it (and
+        // the flock) until its exec closes it. So when the recorded holder is this process, or
+        // no longer has the lock file open at all, wait that out briefly.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while !sys::try_lock_exclusive(&file)? {
             let mut s = String::new();
@@ -449,7 +451,10 @@ impl Env for DirEnv {
                 .read_to_string(&mut s)
                 .ok()
                 .and_then(|_| s.trim().parse().ok());
-            if holder != Some(std::process::id()) || std::time::Instant::now() > deadline {
+            let transient = holder.is_some_and(|pid| {
+                pid == std::process::id() || !holds_open(pid, &self.dir.join(LOCK_FILE))
+            });
+            if !transient || std::time::Instant::now() > deadline {
                 return Err(Error::InUse {
                     path: self.dir.clone(),
                     holder,
@@ -466,6 +471,19 @@ impl Env for DirEnv {
     fn path(&self) -> PathBuf {
         self.dir.clone()
     }
+}
+
+/// Whether process `pid` has `path` open (by its /proc fd links). A process that is gone does
+/// not; one that cannot be examined counts as holding it, so that its lock is reported, never
+/// waited on.
+fn holds_open(pid: u32, path: &Path) -> bool {
+    let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(fds) => fds,
+        Err(e) => return e.kind() != io::ErrorKind::NotFound,
+    };
+    let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == want))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -777,6 +795,22 @@ mod tests {
         f.read_at(&mut buf, 0)?;
         assert!(buf[..4096].iter().all(|&b| b == 9) && buf[4096..].iter().all(|&b| b == 0));
         std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_lock_holder_is_known_by_its_open_descriptors() -> Result<()> {
+        // Regression (flaky fsck tests): a lock released by its recorded holder but still held
+        // through a descriptor a forked child inherited made fsck report "in use".
+        let dir = tempfile::tempdir()?;
+        let env = DirEnv::create(dir.path())?;
+        let _held = env.lock()?;
+        let lock = dir.path().join(LOCK_FILE);
+        assert!(holds_open(std::process::id(), &lock));
+        assert!(
+            !holds_open(u32::MAX - 1, &lock),
+            "a process that is gone holds nothing"
+        );
         Ok(())
     }
 

@@ -296,6 +296,48 @@ impl Store {
         self.inner.read(|cx| cx.readdir(dir.0, offset, end, limit))
     }
 
+    /// [`Store::readdir_until`] with each entry's attributes, read in the same store operation
+    /// (FUSE readdirplus: one call per batch instead of a getattr per entry).
+    ///
+    /// Only `dir` is imported, never its subdirectories: a subdirectory still pending import
+    /// reports the link count its record has so far (2, plus any subdirectories imported into
+    /// it), exactly as [`Store::lookup`] does; its exact count needs its lower entries, which
+    /// only [`Store::getattr`] (and any look into it) brings in. The kernel re-asks with getattr
+    /// once the attributes it was given expire, and on every access to the directory.
+    ///
+    /// An entry whose inode is gone is left out: ".." of a removed directory still open whose
+    /// parent was freed since, or a dangling entry (corruption, logged, which `check` reports),
+    /// so that one bad entry does not make the whole directory unlistable.
+    pub fn readdir_plus(
+        &self,
+        dir: InodeNo,
+        offset: u64,
+        end: u64,
+        limit: usize,
+    ) -> Result<Vec<(DirEntry, InodeAttr)>> {
+        self.import(dir)?;
+        self.inner.read(|cx| {
+            let entries = cx.readdir(dir.0, offset, end, limit)?;
+            let mut out = Vec::with_capacity(entries.len());
+            for e in entries {
+                match cx.try_inode(e.ino.0)? {
+                    Some(rec) => {
+                        let a = self.attr(e.ino.0, &rec);
+                        out.push((e, a));
+                    }
+                    None if e.name == b".." => {}
+                    None => log::warn!(
+                        "directory {}: entry {:?} names inode {}, which does not exist",
+                        dir.0,
+                        String::from_utf8_lossy(&e.name),
+                        e.ino.0
+                    ),
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Where a directory stream that begins now ends: the cookie the directory's next entry
     /// will get.
     pub fn dir_end(&self, dir: InodeNo) -> Result<u64> {

@@ -136,10 +136,12 @@ fn readdir_plus_imports_the_directory_listed_but_not_its_subdirectories() -> Res
     };
     assert_eq!(attr(b".").nlink, 4, "top itself is imported: one, two");
     assert_eq!(attr(b"file").size, 1);
-    // "one" is still pending: its record counts no subdirectory yet, as lookup reports it.
+    // "one" is still pending: its subdirectories are not counted yet, which a link count of 1
+    // says (2 would say "no subdirectories"); lookup reports it the same way.
     let one = attr(b"one");
-    assert_eq!(one.nlink, 2);
-    assert_eq!(s.lookup(top, b"one")?.nlink, 2);
+    assert_eq!(one.nlink, 1);
+    assert_eq!(s.lookup(top, b"one")?.nlink, 1);
+    assert_eq!(attr(b"two").nlink, 1);
     // getattr imports it, and from then on every listing has its exact count.
     assert_eq!(s.getattr(one.ino)?.nlink, 4);
     let again = s.readdir_plus(top, 0, u64::MAX, usize::MAX)?;

@@ -429,13 +429,10 @@ impl Filesystem for CowFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (from, to) = (
-            (ino(parent), name.as_bytes()),
-            (ino(newparent), newname.as_bytes()),
-        );
+        let (from, to) = (name.as_bytes(), newname.as_bytes());
         let (flags, who) = (flags.bits(), caller(req));
         let r = self.run("rename", |c| {
-            c.rename(from.0, from.1, to.0, to.1, flags, who)
+            c.rename(ino(parent), from, ino(newparent), to, flags, who)
         });
         Self::empty(reply, r);
     }
@@ -731,13 +728,9 @@ impl Filesystem for CowFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let (src, dst, flags) = (
-            (ino(ino_in), offset_in),
-            (ino(ino_out), offset_out),
-            flags.bits(),
-        );
+        let (src, dst, flags) = (ino(ino_in), ino(ino_out), flags.bits());
         let r = self.run("copy_file_range", |c| {
-            c.copy_file_range(src.0, src.1, dst.0, dst.1, len, flags)
+            c.copy_file_range(src, offset_in, dst, offset_out, len, flags)
         });
         Self::written(reply, r);
     }

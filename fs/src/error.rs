@@ -14,6 +14,9 @@ pub enum FsError {
     /// The store is closed (after `destroy`); no request should arrive then.
     #[error("the store is closed")]
     Closed,
+    /// /dev/fuse refused a reply written to it directly (a spliced read).
+    #[error("/dev/fuse refused a spliced reply: {0}")]
+    Device(std::io::Error),
 }
 
 impl FsError {
@@ -26,7 +29,9 @@ impl FsError {
     pub fn is_fault(&self) -> bool {
         matches!(
             self,
-            FsError::Store(StoreError::Io(_) | StoreError::Corrupted(_)) | FsError::Closed
+            FsError::Store(StoreError::Io(_) | StoreError::Corrupted(_))
+                | FsError::Closed
+                | FsError::Device(_)
         )
     }
 }
@@ -47,7 +52,7 @@ impl ToErrno for FsError {
         match self {
             FsError::Store(e) => e.to_errno(),
             FsError::Refused { errno, .. } => *errno,
-            FsError::Closed => libc::EIO,
+            FsError::Closed | FsError::Device(_) => libc::EIO,
         }
     }
 }
@@ -68,6 +73,8 @@ mod tests {
         let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
         assert_eq!(FsError::from(StoreError::Io(io)).to_errno(), libc::ENOSPC);
         assert!(FsError::Closed.is_fault());
+        let refused = std::io::Error::from_raw_os_error(libc::EINVAL);
+        assert_eq!(FsError::Device(refused).to_errno(), libc::EIO);
         assert!(!FsError::from(StoreError::Exists).is_fault());
     }
 }

@@ -1,96 +1,30 @@
-//! The fuser adapter: each FUSE callback decodes its arguments, calls the store, replies on
-//! `Ok` and sends `Err` through [`CowFs::fail`], the one place that logs, counts and maps errors
-//! to an errno. Filesystem logic lives in cowstore; nothing here decides semantics.
+//! The fuser adapter. Every callback has one shape: convert fuser's arguments, call one
+//! method of the fuser-free [`Core`] through [`CowFs::run`], reply on `Ok`; an `Err` goes
+//! through [`Core::fail`], the one place that logs, counts and maps errors to an errno. What a
+//! request means and every decision about it live in `crate::core`; here are only the
+//! conversions between fuser's types and the core's.
 
+use crate::core::{Core, DirSink, Kernel, Opened, ReadReply, XattrReply};
 use crate::cred::RequestCred;
-use crate::error::{FsError, ToErrno};
-use crate::handles::Handles;
-use crate::splice::{self, SpliceError};
+use crate::error::FsError;
 use crate::stats::{CounterSnapshot, Counters};
-use crate::sys;
-use cowstore::io::FileIo;
-use cowstore::{
-    AtimePolicy, Caller, DirEntry, FallocMode, FileKind, InodeAttr, InodeFlags, InodeNo, NewInode,
-    RenameFlags as StoreRenameFlags, SeekWhence, Segment, SetAttr, Store, TimeSet, Timespec,
-};
+use cowstore::{Caller, DirEntry, FileKind, InodeAttr, InodeNo, SetAttr, Store, TimeSet, Timespec};
 use fuser::{
     CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use log::{debug, error, info, warn};
-use parking_lot::{Mutex, MutexGuard};
-use std::collections::HashMap;
+use log::{debug, info};
+use parking_lot::Mutex;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-/// `FS_IOC_GETFLAGS`/`FS_IOC_SETFLAGS` (`lsattr`/`chattr`): the kernel sends them (as
-/// FUSE_IOCTL, with a 4-byte argument) for its `fileattr_get`/`fileattr_set`.
-const FS_IOC_GETFLAGS: u32 = libc::FS_IOC_GETFLAGS as u32;
-const FS_IOC_SETFLAGS: u32 = libc::FS_IOC_SETFLAGS as u32;
-/// `FS_IOC_FSGETXATTR` (`_IOR('X', 31, struct fsxattr)`, 28 bytes): the kernel asks it for the
-/// current flags before every FS_IOC_SETFLAGS.
-const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
-const FSXATTR_LEN: usize = 28;
-/// `FS_XFLAG_*` bits of `struct fsxattr` and the `FS_*_FL` flags they stand for.
-const XFLAGS: [(u32, InodeFlags); 4] = [
-    (0x08, InodeFlags::IMMUTABLE),
-    (0x10, InodeFlags::APPEND),
-    (0x40, InodeFlags::NOATIME),
-    (0x80, InodeFlags::NODUMP),
-];
-
-/// How read replies carry file bytes to the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CopyMode {
-    /// Splice from the pool file through a pipe into /dev/fuse (no userspace copy).
-    Splice,
-    /// `pread` into a buffer and write it (for comparison).
-    Buffered,
-}
-
-impl CopyMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            CopyMode::Splice => "splice",
-            CopyMode::Buffered => "buffered",
-        }
-    }
-}
-
-/// Settings of the adapter (the mount options that reach it).
-#[derive(Clone, Debug)]
-pub struct FsConfig {
-    pub copy_mode: CopyMode,
-    /// How long the kernel may cache attributes and directory entries. Every change goes through
-    /// this mount, and the kernel invalidates what its own operations change, so long is safe.
-    pub ttl: Duration,
-    /// Let the kernel cache writes and send them in large batches (`FUSE_WRITEBACK_CACHE`).
-    pub writeback_cache: bool,
-    /// Largest write request to ask the kernel for.
-    pub max_write: u32,
-    /// When reads and listings update access times (`relatime`, `strictatime`, `noatime`,
-    /// `nodiratime`).
-    pub atime: AtimePolicy,
-}
-
-impl Default for FsConfig {
-    fn default() -> Self {
-        FsConfig {
-            copy_mode: CopyMode::Splice,
-            ttl: Duration::from_secs(10),
-            writeback_cache: false,
-            max_write: 1 << 20,
-            atime: AtimePolicy::default(),
-        }
-    }
-}
+pub use crate::core::{CopyMode, FsConfig};
 
 /// What the kernel agreed to at INIT.
 #[derive(Clone, Debug, Default)]
@@ -104,7 +38,7 @@ pub struct KernelInfo {
 /// session setup).
 #[derive(Debug, Default)]
 pub struct Shared {
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
     /// A duplicate of the session's /dev/fuse descriptor, for spliced replies. Set before the
     /// session runs; replies must go to the descriptor the request came from (no clone_fd).
     pub dev: OnceLock<OwnedFd>,
@@ -120,59 +54,27 @@ impl Shared {
     }
 }
 
-/// The open directory streams, by file handle: the cookie each one ends at (see
-/// `Store::readdir_until`), taken at opendir and again at every rewind (offset 0).
-#[derive(Debug, Default)]
-struct DirStreams {
-    next: AtomicU64,
-    ends: Mutex<HashMap<u64, u64>>,
-}
-
-impl DirStreams {
-    fn ends(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
-        self.ends.lock()
+impl Kernel for Shared {
+    fn device(&self) -> Option<BorrowedFd<'_>> {
+        self.dev.get().map(AsFd::as_fd)
     }
 
-    fn open(&self, end: u64) -> FileHandle {
-        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        self.ends().insert(fh, end);
-        FileHandle(fh)
-    }
-
-    /// Where the stream `fh` ends; unknown handles list everything.
-    fn end(&self, fh: FileHandle) -> u64 {
-        self.ends().get(&fh.0).copied().unwrap_or(u64::MAX)
-    }
-
-    fn rewound(&self, fh: FileHandle, end: u64) {
-        if let Some(e) = self.ends().get_mut(&fh.0) {
-            *e = end;
+    /// Only attributes (offset -1): no page-cache locks are taken, so this is safe while the
+    /// request is being served.
+    fn attrs_changed(&self, ino: InodeNo) {
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(INodeNo(ino.0), -1, 0) {
+                debug!("invalidating the attributes of inode {}: {e}", ino.0);
+            }
         }
     }
-
-    fn close(&self, fh: FileHandle) {
-        self.ends().remove(&fh.0);
-    }
 }
 
-/// The filesystem fuser serves: a [`Store`] plus the adapter's settings and counters.
+/// The filesystem fuser serves: the [`Core`] and the state shared with the daemon.
+#[derive(Debug)]
 pub struct CowFs {
-    store: Option<Arc<Store>>,
-    pool: Arc<dyn FileIo>,
-    block_size: u64,
-    cfg: FsConfig,
+    core: Core,
     shared: Arc<Shared>,
-    handles: Handles,
-    dirs: DirStreams,
-}
-
-impl std::fmt::Debug for CowFs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CowFs")
-            .field("store", &self.store)
-            .field("cfg", &self.cfg)
-            .finish()
-    }
 }
 
 fn ino(i: INodeNo) -> InodeNo {
@@ -231,6 +133,76 @@ fn time_set(t: TimeOrNow) -> TimeSet {
     }
 }
 
+fn fopen_flags(o: &Opened) -> FopenFlags {
+    let mut f = FopenFlags::empty();
+    for (on, flag) in [
+        (o.keep_cache, FopenFlags::FOPEN_KEEP_CACHE),
+        (o.cache_dir, FopenFlags::FOPEN_CACHE_DIR),
+        (o.noflush, FopenFlags::FOPEN_NOFLUSH),
+    ] {
+        if on {
+            f |= flag;
+        }
+    }
+    f
+}
+
+/// What cowfs asks of the kernel at INIT. POSIX_ACL: the kernel enforces ACLs (and turns
+/// default_permissions on); the store keeps modes and ACLs in step and inherits default ACLs.
+/// DONT_MASK: create, mknod and mkdir carry the mode before the umask, which the store applies
+/// only where no default ACL is inherited, as ext4 does. EXPORT_SUPPORT: file handles
+/// (name_to_handle_at/open_by_handle_at, NFS export) are (node id, generation); the kernel
+/// resolves one it no longer caches by looking up "." (and ".." for a parent) of the bare node
+/// id. Inode numbers are never reused and the generation is the commit generation at creation,
+/// so a stale handle gets ESTALE.
+fn wanted_capabilities(cfg: &FsConfig) -> InitFlags {
+    let mut want = InitFlags::FUSE_DO_READDIRPLUS
+        | InitFlags::FUSE_READDIRPLUS_AUTO
+        | InitFlags::FUSE_PARALLEL_DIROPS
+        | InitFlags::FUSE_CACHE_SYMLINKS
+        | InitFlags::FUSE_POSIX_ACL
+        | InitFlags::FUSE_DONT_MASK
+        | InitFlags::FUSE_EXPORT_SUPPORT;
+    if cfg.writeback_cache {
+        want |= InitFlags::FUSE_WRITEBACK_CACHE;
+    }
+    want
+}
+
+/// INIT: ask for `want_write` (or the nearest the kernel takes) and the capabilities of
+/// [`wanted_capabilities`]; log and return what was agreed.
+fn negotiate(config: &mut KernelConfig, cfg: &FsConfig, want_write: u32) -> KernelInfo {
+    let max_write = match config.set_max_write(want_write) {
+        Ok(_) => want_write,
+        Err(nearest) => {
+            let _ = config.set_max_write(nearest);
+            nearest
+        }
+    };
+    let _ = config.set_max_background(64);
+    let _ = config.set_congestion_threshold(48);
+    for flag in wanted_capabilities(cfg).iter() {
+        if let Err(missing) = config.add_capabilities(flag) {
+            info!("kernel does not offer {missing:?}");
+        }
+    }
+    let (abi, caps) = (config.kernel_abi(), config.capabilities());
+    info!(
+        "FUSE protocol {}.{}, max_write {max_write}, copy_mode {}, writeback_cache {}, \
+         posix_acl {}",
+        abi.0,
+        abi.1,
+        cfg.copy_mode.name(),
+        cfg.writeback_cache && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE),
+        caps.contains(InitFlags::FUSE_POSIX_ACL),
+    );
+    KernelInfo {
+        protocol: (abi.0, abi.1),
+        max_write,
+        capabilities: caps.bits(),
+    }
+}
+
 /// A read reply was written to /dev/fuse by splice, so fuser's `ReplyData` must not answer the
 /// request again. Dropping it would: `ReplyRaw::drop` sends EIO for an unanswered reply. It holds
 /// only the request id and a clone of the session channel's `Arc`, so forgetting it allocates
@@ -240,148 +212,64 @@ fn answered_by_splice(reply: ReplyData) {
     std::mem::forget(reply);
 }
 
+/// A readdir reply as the core's [`DirSink`].
+struct Names<'a>(&'a mut ReplyDirectory);
+
+impl DirSink<DirEntry> for Names<'_> {
+    fn add(&mut self, e: &DirEntry) -> bool {
+        let name = OsStr::from_bytes(&e.name);
+        !self
+            .0
+            .add(INodeNo(e.ino.0), e.cookie, file_type(e.kind), name)
+    }
+}
+
+/// A readdirplus reply as the core's [`DirSink`]; `ttl` covers the entry and its attributes.
+struct NamesPlus<'a>(&'a mut ReplyDirectoryPlus, Duration);
+
+impl DirSink<(DirEntry, InodeAttr)> for NamesPlus<'_> {
+    fn add(&mut self, (e, a): &(DirEntry, InodeAttr)) -> bool {
+        let (name, generation) = (OsStr::from_bytes(&e.name), Generation(a.generation));
+        !self.0.add(
+            INodeNo(e.ino.0),
+            e.cookie,
+            name,
+            &self.1,
+            &file_attr(a),
+            generation,
+        )
+    }
+}
+
 impl CowFs {
     pub fn new(store: Arc<Store>, cfg: FsConfig, shared: Arc<Shared>) -> CowFs {
-        CowFs {
-            pool: store.pool(),
-            block_size: u64::from(store.block_size()),
-            store: Some(store),
-            cfg,
-            shared,
-            handles: Handles::default(),
-            dirs: DirStreams::default(),
-        }
+        let core = Core::new(store, cfg, shared.counters.clone(), shared.clone());
+        CowFs { core, shared }
     }
 
-    fn counters(&self) -> &Counters {
-        &self.shared.counters
+    fn ttl(&self) -> Duration {
+        self.core.config().ttl
     }
 
-    /// A read or listing of `i` happened: update its access time as the mount's policy says.
-    /// A failure fails nothing (the access itself succeeded); it is logged.
-    fn accessed(&self, s: &Store, i: INodeNo) {
-        if let Err(e) = s.touch_atime(ino(i), self.cfg.atime) {
-            if e.is_fault() {
-                warn!("atime of inode {}: {e}", i.0);
-            } else {
-                debug!("atime of inode {}: {e}", i.0);
-            }
-        }
-    }
-
-    /// The entries of directory stream `fh` after `offset` (0: a rewind, which moves where
-    /// the stream ends to the directory's current end).
-    fn listing(
-        &self,
-        s: &Store,
-        i: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        limit: usize,
-    ) -> Result<Vec<DirEntry>, FsError> {
-        let end = if offset == 0 {
-            let end = s.dir_end(ino(i))?;
-            self.dirs.rewound(fh, end);
-            end
-        } else {
-            self.dirs.end(fh)
-        };
-        let entries = s.readdir_until(ino(i), offset, end, limit)?;
-        self.accessed(s, i);
-        Ok(entries)
-    }
-
-    /// The reply to FS_IOC_GETFLAGS, SETFLAGS and FSGETXATTR; `None`: not one of ours.
-    fn flags_ioctl(
-        s: &Store,
-        req: &Request,
-        i: INodeNo,
-        cmd: u32,
-        in_data: &[u8],
-    ) -> Option<Result<Vec<u8>, FsError>> {
-        let r = match cmd {
-            FS_IOC_GETFLAGS => s
-                .getattr(ino(i))
-                .map(|a| a.flags.0.to_ne_bytes().to_vec())
-                .map_err(FsError::from),
-            FS_IOC_SETFLAGS => match in_data.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
-                Some(b) => s
-                    .set_flags(ino(i), InodeFlags(u32::from_ne_bytes(b)), caller(req))
-                    .map(|a| a.flags.0.to_ne_bytes().to_vec())
-                    .map_err(FsError::from),
-                None => Err(FsError::refused(
-                    libc::EINVAL,
-                    "FS_IOC_SETFLAGS: no argument",
-                )),
-            },
-            FS_IOC_FSGETXATTR => s.getattr(ino(i)).map_err(FsError::from).map(|a| {
-                let xflags = XFLAGS
-                    .iter()
-                    .filter(|(_, f)| a.flags.contains(*f))
-                    .fold(0u32, |x, (bit, _)| x | bit);
-                let mut out = vec![0u8; FSXATTR_LEN];
-                out[..4].copy_from_slice(&xflags.to_ne_bytes());
-                out
-            }),
-            _ => return None,
-        };
-        Some(r)
-    }
-
-    /// Run one request against the store; failures go through [`CowFs::fail`].
+    /// Run one request in the core; failures go through [`Core::fail`].
     fn run<T>(
         &self,
         op: &'static str,
-        f: impl FnOnce(&Store) -> Result<T, FsError>,
+        f: impl FnOnce(&Core) -> Result<T, FsError>,
     ) -> Result<T, Errno> {
-        let store = self.store.as_deref().ok_or(FsError::Closed);
-        store.and_then(f).map_err(|e| self.fail(op, e))
-    }
-
-    /// fsync: commit, and fail if this commit or any since the handle last reported failed
-    /// (data written through it may be lost; see `handles`).
-    fn sync_handle(&self, s: &Store, fh: FileHandle) -> Result<(), FsError> {
-        let committed = s.commit();
-        if self.handles.take_error(fh.0, s.error_seq()) && committed.is_ok() {
-            return Err(FsError::refused(
-                libc::EIO,
-                "fsync: an earlier commit failed while this file was open; its data may be lost",
-            ));
-        }
-        Ok(committed?)
-    }
-
-    fn store_error_seq(&self) -> u64 {
-        self.store.as_deref().map_or(0, Store::error_seq)
-    }
-
-    /// The one place errors become errnos: log (loudly for faults), count, map.
-    fn fail(&self, op: &'static str, e: FsError) -> Errno {
-        Counters::add(&self.counters().errors, 1);
-        if e.is_fault() {
-            Counters::add(&self.counters().io_errors, 1);
-            error!("{op}: {e}");
-        } else {
-            debug!("{op}: {e}");
-        }
-        Errno::from_i32(e.to_errno())
-    }
-
-    /// The store changed the attributes of `i` (its mode) in a request whose reply carries no
-    /// attributes: drop the kernel's cached copy, so that stat and exec see the new mode. Only
-    /// attributes (offset -1): no page-cache locks are taken, so this is safe while the
-    /// request is being served.
-    fn attrs_changed(&self, i: INodeNo) {
-        if let Some(n) = self.shared.notifier.get() {
-            if let Err(e) = n.inval_inode(i, -1, 0) {
-                debug!("invalidating the attributes of inode {}: {e}", i.0);
-            }
-        }
+        f(&self.core).map_err(|e| Errno::from_i32(self.core.fail(op, e)))
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<InodeAttr, Errno>) {
         match r {
-            Ok(a) => reply.entry(&self.cfg.ttl, &file_attr(&a), Generation(a.generation)),
+            Ok(a) => reply.entry(&self.ttl(), &file_attr(&a), Generation(a.generation)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn attr(&self, reply: ReplyAttr, r: Result<InodeAttr, Errno>) {
+        match r {
+            Ok(a) => reply.attr(&self.ttl(), &file_attr(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -393,178 +281,42 @@ impl CowFs {
         }
     }
 
-    fn xattr_reply(reply: ReplyXattr, size: u32, value: Result<Vec<u8>, Errno>) {
-        match value {
-            Ok(v) if size == 0 => match u32::try_from(v.len()) {
-                Ok(n) => reply.size(n),
-                Err(_) => reply.error(Errno::E2BIG),
-            },
-            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
-            Ok(v) => reply.data(&v),
+    fn opened(reply: ReplyOpen, r: Result<Opened, Errno>) {
+        match r {
+            Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
             Err(e) => reply.error(e),
         }
     }
 
-    /// The buffered read path: the bytes pass through a userspace buffer.
-    fn read_buffered(&self, segs: &cowstore::PinnedRead) -> Result<Vec<u8>, FsError> {
-        let total: u64 = segs.iter().map(Segment::len).sum();
-        let mut buf = vec![0u8; total as usize];
-        let mut at = 0usize;
-        for s in segs.iter() {
-            let n = s.len() as usize;
-            match *s {
-                Segment::Pool { pos, .. } => self
-                    .pool
-                    .read_at(&mut buf[at..at + n], pos)
-                    .map_err(cowstore::Error::Io)?,
-                Segment::Lower { file, pos, .. } => {
-                    use std::os::unix::fs::FileExt;
-                    let f = segs.lower_file(file).ok_or_else(|| {
-                        cowstore::Error::Io(std::io::Error::other(
-                            "lower file of a read is not open",
-                        ))
-                    })?;
-                    f.read_exact_at(&mut buf[at..at + n], pos)
-                        .map_err(cowstore::Error::Io)?;
-                }
-                Segment::Hole { .. } => {}
-            }
-            at += n;
+    fn xattr(reply: ReplyXattr, r: Result<XattrReply, Errno>) {
+        match r {
+            Ok(XattrReply::Size(n)) => reply.size(n),
+            Ok(XattrReply::Data(v)) => reply.data(&v),
+            Err(e) => reply.error(e),
         }
-        Ok(buf)
     }
 
-    /// Try the zero-copy reply. `Ok(None)`: answered; `Ok(Some(reply))`: not sent, answer
-    /// another way.
-    fn read_spliced(
-        &self,
-        req: &Request,
-        segs: &cowstore::PinnedRead,
-        reply: ReplyData,
-    ) -> Option<ReplyData> {
-        let (Some(dev), Some(pool)) = (self.shared.dev.get(), sys::file_fd(self.pool.as_ref()))
-        else {
-            return Some(reply);
-        };
-        match splice::fits(segs) {
-            Ok(true) => {}
-            Ok(false) => {
-                Counters::add(&self.counters().splice_fallbacks, 1);
-                return Some(reply);
-            }
-            Err(e) => {
-                warn!("read: no splice pipe: {e}");
-                Counters::add(&self.counters().splice_fallbacks, 1);
-                return Some(reply);
-            }
-        }
-        match splice::reply(dev.as_fd(), req.unique().0, pool, segs) {
-            Ok(n) => {
-                Counters::add(&self.counters().read_bytes_spliced, n);
-                answered_by_splice(reply);
-                None
-            }
-            Err(SpliceError::NotSent(e)) => {
-                warn!("read: splice failed, answering from a buffer: {e}");
-                Counters::add(&self.counters().splice_fallbacks, 1);
-                Some(reply)
-            }
-            Err(SpliceError::Device(e)) => {
-                Counters::add(&self.counters().errors, 1);
-                if e.raw_os_error() == Some(libc::ENOENT) {
-                    // The request is gone (interrupted); there is nobody left to answer.
-                    debug!("read: request {} gone before its reply", req.unique().0);
-                    answered_by_splice(reply);
-                } else {
-                    error!("read: /dev/fuse refused a spliced reply: {e}");
-                    reply.error(Errno::EIO);
-                }
-                None
-            }
+    fn written(reply: ReplyWrite, r: Result<u32, Errno>) {
+        match r {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
         }
     }
 }
 
 impl Filesystem for CowFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let abi = config.kernel_abi();
-        // The kernel's largest read is max_pages pages, derived from max_write: keep it within
-        // what one splice pipe holds, so every read reply can be spliced.
-        let mut want_write = self.cfg.max_write;
-        if self.cfg.copy_mode == CopyMode::Splice {
-            match splice::max_reply_data() {
-                Ok(n) => want_write = want_write.min(u32::try_from(n).unwrap_or(u32::MAX)),
-                Err(e) => warn!("cannot size a splice pipe: {e}"),
-            }
-        }
-        let max_write = match config.set_max_write(want_write) {
-            Ok(_) => want_write,
-            Err(nearest) => {
-                let _ = config.set_max_write(nearest);
-                nearest
-            }
-        };
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
-        // POSIX_ACL: the kernel enforces ACLs (and turns default_permissions on); the store
-        // keeps modes and ACLs in step and inherits default ACLs. DONT_MASK: create, mknod and
-        // mkdir carry the mode before the umask, which the store applies only where no default
-        // ACL is inherited, as ext4 does.
-        // EXPORT_SUPPORT: file handles (name_to_handle_at/open_by_handle_at, NFS export) are
-        // (node id, generation); the kernel resolves one it no longer caches by looking up "."
-        // (and ".." for a parent) of the bare node id. Inode numbers are never reused and the
-        // generation is the commit generation at creation, so a stale handle gets ESTALE.
-        let mut want = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_POSIX_ACL
-            | InitFlags::FUSE_DONT_MASK
-            | InitFlags::FUSE_EXPORT_SUPPORT;
-        if self.cfg.writeback_cache {
-            want |= InitFlags::FUSE_WRITEBACK_CACHE;
-        }
-        for flag in want.iter() {
-            if let Err(missing) = config.add_capabilities(flag) {
-                info!("kernel does not offer {missing:?}");
-            }
-        }
-        let caps = config.capabilities();
-        info!(
-            "FUSE protocol {}.{}, max_write {max_write}, copy_mode {}, writeback_cache {}, \
-             posix_acl {}",
-            abi.0,
-            abi.1,
-            self.cfg.copy_mode.name(),
-            self.cfg.writeback_cache && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE),
-            caps.contains(InitFlags::FUSE_POSIX_ACL),
-        );
-        *self.shared.kernel.lock() = KernelInfo {
-            protocol: (abi.0, abi.1),
-            max_write,
-            capabilities: caps.bits(),
-        };
+        let agreed = negotiate(config, self.core.config(), self.core.max_write());
+        *self.shared.kernel.lock() = agreed;
         Ok(())
     }
 
     fn destroy(&mut self) {
-        let Some(store) = self.store.take() else {
-            return;
-        };
-        let result = match Arc::try_unwrap(store) {
-            Ok(store) => store.close(),
-            // Someone (a stats request) holds the store for a moment: commit now; the last
-            // holder's drop closes it cleanly.
-            Err(store) => store.commit(),
-        };
-        match result {
-            Ok(()) => info!("store committed and closed"),
-            Err(e) => error!("closing the store: {e}"),
-        }
+        self.core.close();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.run("lookup", |s| Ok(s.lookup(ino(parent), name.as_bytes())?));
+        let r = self.run("lookup", |c| c.lookup(ino(parent), name.as_bytes()));
         self.entry(reply, r);
     }
 
@@ -574,10 +326,7 @@ impl Filesystem for CowFs {
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.run("getattr", |s| Ok(s.getattr(ino(i))?)) {
-            Ok(a) => reply.attr(&self.cfg.ttl, &file_attr(&a)),
-            Err(e) => reply.error(e),
-        }
+        self.attr(reply, self.run("getattr", |c| c.getattr(ino(i))));
     }
 
     fn setattr(
@@ -599,7 +348,7 @@ impl Filesystem for CowFs {
         reply: ReplyAttr,
     ) {
         let set = SetAttr {
-            mode: mode.map(|m| m & 0o7777),
+            mode,
             uid,
             gid,
             size,
@@ -607,14 +356,11 @@ impl Filesystem for CowFs {
             mtime: mtime.map(time_set),
             ctime: ctime.map(Timespec::from),
         };
-        match self.run("setattr", |s| Ok(s.setattr(ino(i), &set)?)) {
-            Ok(a) => reply.attr(&self.cfg.ttl, &file_attr(&a)),
-            Err(e) => reply.error(e),
-        }
+        self.attr(reply, self.run("setattr", |c| c.setattr(ino(i), set)));
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
-        match self.run("readlink", |s| Ok(s.readlink(ino(i))?)) {
+        match self.run("readlink", |c| c.readlink(ino(i))) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
@@ -630,25 +376,8 @@ impl Filesystem for CowFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.run("mknod", |s| {
-            let kind = FileKind::from_mode(mode)
-                .filter(|k| !matches!(k, FileKind::Directory | FileKind::Symlink))
-                .ok_or(FsError::refused(libc::EINVAL, "mknod: bad file type"))?;
-            let new = NewInode {
-                kind,
-                perm: mode & 0o7777,
-                rdev,
-                symlink_target: None,
-            };
-            Ok(s.create_unmasked(
-                ino(parent),
-                name.as_bytes(),
-                &new,
-                caller(req),
-                umask,
-                false,
-            )?)
-        });
+        let (parent, name, who) = (ino(parent), name.as_bytes(), caller(req));
+        let r = self.run("mknod", |c| c.mknod(parent, name, mode, umask, rdev, who));
         self.entry(reply, r);
     }
 
@@ -661,37 +390,19 @@ impl Filesystem for CowFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.run("mkdir", |s| {
-            let new = NewInode {
-                kind: FileKind::Directory,
-                perm: mode & 0o7777,
-                rdev: 0,
-                symlink_target: None,
-            };
-            Ok(s.create_unmasked(
-                ino(parent),
-                name.as_bytes(),
-                &new,
-                caller(req),
-                umask,
-                false,
-            )?)
-        });
+        let (parent, name, who) = (ino(parent), name.as_bytes(), caller(req));
+        let r = self.run("mkdir", |c| c.mkdir(parent, name, mode, umask, who));
         self.entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(
-            reply,
-            self.run("unlink", |s| Ok(s.unlink(ino(parent), name.as_bytes())?)),
-        );
+        let r = self.run("unlink", |c| c.unlink(ino(parent), name.as_bytes()));
+        Self::empty(reply, r);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(
-            reply,
-            self.run("rmdir", |s| Ok(s.rmdir(ino(parent), name.as_bytes())?)),
-        );
+        let r = self.run("rmdir", |c| c.rmdir(ino(parent), name.as_bytes()));
+        Self::empty(reply, r);
     }
 
     fn symlink(
@@ -702,14 +413,9 @@ impl Filesystem for CowFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.run("symlink", |s| {
-            Ok(s.symlink(
-                ino(parent),
-                link_name.as_bytes(),
-                target.as_os_str().as_bytes(),
-                caller(req),
-            )?)
-        });
+        let (parent, name, who) = (ino(parent), link_name.as_bytes(), caller(req));
+        let target = target.as_os_str().as_bytes();
+        let r = self.run("symlink", |c| c.symlink(parent, name, target, who));
         self.entry(reply, r);
     }
 
@@ -723,31 +429,10 @@ impl Filesystem for CowFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self.run("rename", |s| {
-            let known = RenameFlags::RENAME_NOREPLACE
-                | RenameFlags::RENAME_EXCHANGE
-                | RenameFlags::RENAME_WHITEOUT;
-            let exchange = RenameFlags::RENAME_EXCHANGE;
-            if !known.contains(flags) || (flags.contains(exchange) && flags != exchange) {
-                return Err(FsError::refused(libc::EINVAL, "rename: unsupported flags"));
-            }
-            let f = StoreRenameFlags {
-                noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
-                exchange: flags.contains(exchange),
-            };
-            let (from, to) = (name.as_bytes(), newname.as_bytes());
-            if flags.contains(RenameFlags::RENAME_WHITEOUT) {
-                // The kernel has checked CAP_MKNOD; the whiteout belongs to the caller.
-                return Ok(s.rename_whiteout(
-                    ino(parent),
-                    from,
-                    ino(newparent),
-                    to,
-                    f,
-                    caller(req),
-                )?);
-            }
-            Ok(s.rename(ino(parent), from, ino(newparent), to, f)?)
+        let (from, to) = (name.as_bytes(), newname.as_bytes());
+        let (flags, who) = (flags.bits(), caller(req));
+        let r = self.run("rename", |c| {
+            c.rename(ino(parent), from, ino(newparent), to, flags, who)
         });
         Self::empty(reply, r);
     }
@@ -760,33 +445,14 @@ impl Filesystem for CowFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self.run("link", |s| {
-            Ok(s.link(ino(i), ino(newparent), newname.as_bytes())?)
+        let r = self.run("link", |c| {
+            c.link(ino(i), ino(newparent), newname.as_bytes())
         });
         self.entry(reply, r);
     }
 
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let access = flags.0 & libc::O_ACCMODE;
-        let write = access != libc::O_RDONLY;
-        let append = flags.0 & libc::O_APPEND != 0;
-        match self.run("open", |s| {
-            Ok((s.open_file(ino(i), write, append)?, s.error_seq()))
-        }) {
-            Ok((a, seq)) => {
-                // KEEP_CACHE: nothing changes a file's bytes behind the kernel's back, so the
-                // page cache stays valid across opens. Except when the next read must update
-                // the access time (relatime: the first read since the file changed): reads
-                // from the page cache never reach us, so this open drops it.
-                // NOFLUSH: flush has nothing to do.
-                let mut f = FopenFlags::FOPEN_NOFLUSH;
-                if access == libc::O_WRONLY || !self.cfg.atime.due(&a, Timespec::now()) {
-                    f |= FopenFlags::FOPEN_KEEP_CACHE;
-                }
-                reply.opened(FileHandle(self.handles.open(seq)), f)
-            }
-            Err(e) => reply.error(e),
-        }
+        Self::opened(reply, self.run("open", |c| c.open(ino(i), flags.0)));
     }
 
     fn read(
@@ -800,29 +466,10 @@ impl Filesystem for CowFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        Counters::add(&self.counters().reads, 1);
-        let segs = match self.run("read", |s| {
-            let segs = s.read(ino(i), offset, u64::from(size))?;
-            // Before the reply: a stat that follows the read must see the new atime.
-            self.accessed(s, i);
-            Ok(segs)
-        }) {
-            Ok(segs) => segs,
-            Err(e) => return reply.error(e),
-        };
-        let reply = if self.cfg.copy_mode == CopyMode::Splice {
-            match self.read_spliced(req, &segs, reply) {
-                None => return,
-                Some(reply) => reply,
-            }
-        } else {
-            reply
-        };
-        match self.run("read", |_| self.read_buffered(&segs)) {
-            Ok(buf) => {
-                Counters::add(&self.counters().read_bytes_buffered, buf.len() as u64);
-                reply.data(&buf);
-            }
+        let unique = req.unique().0;
+        match self.run("read", |c| c.read(ino(i), offset, size, unique)) {
+            Ok(ReadReply::Sent) => answered_by_splice(reply),
+            Ok(ReadReply::Data(buf)) => reply.data(&buf),
             Err(e) => reply.error(e),
         }
     }
@@ -839,23 +486,11 @@ impl Filesystem for CowFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        Counters::add(&self.counters().writes, 1);
-        let r = self.run("write", |s| {
-            let (n, dropped) = s.write_as(ino(i), offset, data, &cred(req))?;
-            let n =
-                u32::try_from(n).map_err(|_| FsError::refused(libc::EINVAL, "write: too large"))?;
-            Ok((n, dropped))
-        });
-        match r {
-            Ok((n, dropped)) => {
-                if dropped {
-                    self.attrs_changed(i);
-                }
-                Counters::add(&self.counters().write_bytes, u64::from(n));
-                reply.written(n);
-            }
-            Err(e) => reply.error(e),
-        }
+        let who = cred(req);
+        Self::written(
+            reply,
+            self.run("write", |c| c.write(ino(i), offset, data, &who)),
+        );
     }
 
     fn flush(
@@ -866,7 +501,8 @@ impl Filesystem for CowFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes reach the store as they arrive; nothing is buffered here.
+        // Writes reach the store as they arrive; nothing is buffered here (and opens ask for
+        // FOPEN_NOFLUSH, so this rarely comes).
         reply.ok();
     }
 
@@ -880,8 +516,7 @@ impl Filesystem for CowFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.close(fh.0);
-        Self::empty(reply, self.run("release", |s| Ok(s.release(ino(i))?)));
+        Self::empty(reply, self.run("release", |c| c.release(ino(i), fh.0)));
     }
 
     fn fsync(
@@ -892,28 +527,11 @@ impl Filesystem for CowFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Counters::add(&self.counters().fsyncs, 1);
-        Self::empty(reply, self.run("fsync", |s| self.sync_handle(s, fh)));
+        Self::empty(reply, self.run("fsync", |c| c.fsync(fh.0)));
     }
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Counted open like a file: removed while open, the directory keeps answering getattr
-        // (nlink 0) until releasedir.
-        match self.run("opendir", |s| Ok(s.opendir(ino(i))?)) {
-            Ok((end, a)) => {
-                // CACHE_DIR: the kernel keeps listings in its page cache and drops them itself
-                // when an operation through this mount changes the directory; but a listing
-                // served from that cache never reaches us, so not when it should update the
-                // access time.
-                let flags = if self.cfg.atime.due(&a, Timespec::now()) {
-                    FopenFlags::empty()
-                } else {
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-                };
-                reply.opened(self.dirs.open(end), flags);
-            }
-            Err(e) => reply.error(e),
-        }
+        Self::opened(reply, self.run("opendir", |c| c.opendir(ino(i))));
     }
 
     fn readdir(
@@ -924,20 +542,9 @@ impl Filesystem for CowFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.run("readdir", |s| self.listing(s, i, fh, offset, 256)) {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(
-                        INodeNo(e.ino.0),
-                        e.cookie,
-                        file_type(e.kind),
-                        OsStr::from_bytes(&e.name),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let mut sink = Names(&mut reply);
+        match self.run("readdir", |c| c.readdir(ino(i), fh.0, offset, &mut sink)) {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
@@ -950,36 +557,11 @@ impl Filesystem for CowFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let r = self.run("readdirplus", |s| {
-            let entries = self.listing(s, i, fh, offset, 128)?;
-            let mut out = Vec::with_capacity(entries.len());
-            for e in entries {
-                match s.getattr(e.ino) {
-                    Ok(a) => out.push((e, a)),
-                    // Removed since the listing was taken: leave it out.
-                    Err(cowstore::Error::NotFound) => {}
-                    Err(err) => return Err(err.into()),
-                }
-            }
-            Ok(out)
-        });
-        match r {
-            Ok(entries) => {
-                for (e, a) in entries {
-                    let full = reply.add(
-                        INodeNo(e.ino.0),
-                        e.cookie,
-                        OsStr::from_bytes(&e.name),
-                        &self.cfg.ttl,
-                        &file_attr(&a),
-                        Generation(a.generation),
-                    );
-                    if full {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let mut sink = NamesPlus(&mut reply, self.ttl());
+        match self.run("readdirplus", |c| {
+            c.readdirplus(ino(i), fh.0, offset, &mut sink)
+        }) {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
@@ -992,8 +574,10 @@ impl Filesystem for CowFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs.close(fh);
-        Self::empty(reply, self.run("releasedir", |s| Ok(s.releasedir(ino(i))?)));
+        Self::empty(
+            reply,
+            self.run("releasedir", |c| c.releasedir(ino(i), fh.0)),
+        );
     }
 
     fn fsyncdir(
@@ -1004,12 +588,11 @@ impl Filesystem for CowFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Counters::add(&self.counters().fsyncs, 1);
-        Self::empty(reply, self.run("fsyncdir", |s| self.sync_handle(s, fh)));
+        Self::empty(reply, self.run("fsyncdir", |c| c.fsync(fh.0)));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.run("statfs", |s| Ok(s.statfs()?)) {
+        match self.run("statfs", Core::statfs) {
             Ok(st) => reply.statfs(
                 st.total_blocks,
                 st.free_blocks,
@@ -1034,42 +617,29 @@ impl Filesystem for CowFs {
         position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = self.run("setxattr", |s| {
-            if position != 0 {
-                return Err(FsError::refused(
-                    libc::EINVAL,
-                    "setxattr: position is macOS-only",
-                ));
-            }
-            Ok(s.setxattr_as(ino(i), name.as_bytes(), value, flags, &cred(req))?)
+        let (i, name, who) = (ino(i), name.as_bytes(), cred(req));
+        let r = self.run("setxattr", |c| {
+            c.setxattr(i, name, value, flags, position, &who)
         });
         Self::empty(reply, r);
     }
 
     fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let v = self.run("getxattr", |s| Ok(s.getxattr(ino(i), name.as_bytes())?));
-        Self::xattr_reply(reply, size, v);
+        let r = self.run("getxattr", |c| c.getxattr(ino(i), name.as_bytes(), size));
+        Self::xattr(reply, r);
     }
 
     fn listxattr(&self, req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
-        let v = self.run("listxattr", |s| {
-            let mut out = Vec::new();
-            for n in s.listxattr_as(ino(i), &cred(req))? {
-                out.extend_from_slice(&n);
-                out.push(0);
-            }
-            Ok(out)
-        });
-        Self::xattr_reply(reply, size, v);
+        let who = cred(req);
+        Self::xattr(
+            reply,
+            self.run("listxattr", |c| c.listxattr(ino(i), size, &who)),
+        );
     }
 
     fn removexattr(&self, _req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(
-            reply,
-            self.run("removexattr", |s| {
-                Ok(s.removexattr(ino(i), name.as_bytes())?)
-            }),
-        );
+        let r = self.run("removexattr", |c| c.removexattr(ino(i), name.as_bytes()));
+        Self::empty(reply, r);
     }
 
     fn create(
@@ -1082,22 +652,14 @@ impl Filesystem for CowFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = self.run("create", |s| {
-            let new = NewInode {
-                kind: FileKind::Regular,
-                perm: mode & 0o7777,
-                rdev: 0,
-                symlink_target: None,
-            };
-            Ok(s.create_unmasked(ino(parent), name.as_bytes(), &new, caller(req), umask, true)?)
-        });
-        match r {
-            Ok(a) => reply.created(
-                &self.cfg.ttl,
+        let (parent, name, who) = (ino(parent), name.as_bytes(), caller(req));
+        match self.run("create", |c| c.create(parent, name, mode, umask, who)) {
+            Ok((a, o)) => reply.created(
+                &self.ttl(),
                 &file_attr(&a),
                 Generation(a.generation),
-                FileHandle(self.handles.open(self.store_error_seq())),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                FileHandle(o.fh),
+                fopen_flags(&o),
             ),
             Err(e) => reply.error(e),
         }
@@ -1113,29 +675,11 @@ impl Filesystem for CowFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = self.run("fallocate", |s| {
-            const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
-            const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;
-            const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
-            let m = match mode {
-                0 => FallocMode::Allocate { keep_size: false },
-                KEEP => FallocMode::Allocate { keep_size: true },
-                x if x == PUNCH | KEEP => FallocMode::PunchHole,
-                ZERO => FallocMode::ZeroRange { keep_size: false },
-                x if x == ZERO | KEEP => FallocMode::ZeroRange { keep_size: true },
-                _ => {
-                    return Err(FsError::refused(
-                        libc::EOPNOTSUPP,
-                        "fallocate: unsupported mode",
-                    ))
-                }
-            };
-            Ok(s.fallocate_as(ino(i), offset, length, m, &cred(req))?)
+        let who = cred(req);
+        let r = self.run("fallocate", |c| {
+            c.fallocate(ino(i), offset, length, mode, &who)
         });
-        if r == Ok(true) {
-            self.attrs_changed(i);
-        }
-        Self::empty(reply, r.map(|_| ()));
+        Self::empty(reply, r);
     }
 
     fn lseek(
@@ -1147,25 +691,7 @@ impl Filesystem for CowFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let r = self.run("lseek", |s| {
-            let w = match whence {
-                libc::SEEK_DATA => SeekWhence::Data,
-                libc::SEEK_HOLE => SeekWhence::Hole,
-                // The kernel answers SEEK_SET/CUR/END itself.
-                _ => {
-                    return Err(FsError::refused(
-                        libc::EINVAL,
-                        "lseek: only SEEK_DATA/SEEK_HOLE",
-                    ))
-                }
-            };
-            let off = u64::try_from(offset)
-                .map_err(|_| FsError::refused(libc::ENXIO, "lseek: negative offset"))?;
-            let at = s.seek(ino(i), off, w)?;
-            i64::try_from(at)
-                .map_err(|_| FsError::refused(libc::EOVERFLOW, "lseek: offset too large"))
-        });
-        match r {
+        match self.run("lseek", |c| c.lseek(ino(i), offset, whence)) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e),
         }
@@ -1182,16 +708,9 @@ impl Filesystem for CowFs {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
-        let r = self.run("ioctl", |s| {
-            Self::flags_ioctl(s, req, i, cmd, in_data)
-                .unwrap_or(Err(FsError::refused(libc::ENOTTY, "ioctl: not supported")))
-        });
-        match r {
-            // The kernel expects exactly out_size bytes back.
-            Ok(mut out) => {
-                out.resize(out_size as usize, 0);
-                reply.ioctl(0, &out);
-            }
+        let who = caller(req);
+        match self.run("ioctl", |c| c.ioctl(ino(i), cmd, in_data, out_size, who)) {
+            Ok(out) => reply.ioctl(0, &out),
             Err(e) => reply.error(e),
         }
     }
@@ -1209,30 +728,10 @@ impl Filesystem for CowFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let r = self.run("copy_file_range", |s| {
-            if !flags.is_empty() {
-                return Err(FsError::refused(libc::EINVAL, "copy_file_range: flags"));
-            }
-            // The reply carries a u32 byte count; stay block-aligned so the next call of a
-            // long copy starts on a block boundary and keeps sharing blocks.
-            let max = u64::from(u32::MAX) / self.block_size * self.block_size;
-            let n = s.clone_range(
-                ino(ino_in),
-                offset_in,
-                ino(ino_out),
-                offset_out,
-                len.min(max),
-            )?;
-            u32::try_from(n)
-                .map_err(|_| FsError::refused(libc::EOVERFLOW, "copy_file_range: count"))
+        let (src, dst, flags) = (ino(ino_in), ino(ino_out), flags.bits());
+        let r = self.run("copy_file_range", |c| {
+            c.copy_file_range(src, offset_in, dst, offset_out, len, flags)
         });
-        match r {
-            Ok(n) => {
-                Counters::add(&self.counters().reflinks, 1);
-                Counters::add(&self.counters().reflink_bytes, u64::from(n));
-                reply.written(n);
-            }
-            Err(e) => reply.error(e),
-        }
+        Self::written(reply, r);
     }
 }

@@ -1,5 +1,6 @@
 //! cowfs-fs: serves a cowstore [`Store`](cowstore::Store) through the kernel with fuser. The
-//! adapter (`fuse`) is thin: it decodes requests, calls the store and maps errors in one place;
+//! filesystem logic is a fuser-free core (`core`) that tests drive directly; the adapter
+//! (`fuse`) only converts fuser's types to the core's and back, and maps errors in one place;
 //! reads are answered by splicing pool bytes straight into /dev/fuse (`splice`).
 
 #![deny(clippy::unwrap_used)]
@@ -7,6 +8,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod control;
+pub mod core;
 pub mod cred;
 pub mod error;
 pub mod fuse;

@@ -114,11 +114,13 @@ impl Store {
             .read(|cx| Ok(self.attr(ino.0, &cx.get_inode(ino.0)?)))
     }
 
+    /// The attributes of entry `name` of `parent` (which is imported first; the entry itself
+    /// is not: see [`Store::readdir_plus`] for the link count of a directory still pending).
     pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> Result<InodeAttr> {
         self.import(parent)?;
         self.inner.read(|cx| {
             let ino = cx.lookup(parent.0, name)?;
-            Ok(self.attr(ino, &cx.get_inode(ino)?))
+            self.listed_attr(cx, ino, &cx.get_inode(ino)?)
         })
     }
 
@@ -294,6 +296,51 @@ impl Store {
     ) -> Result<Vec<DirEntry>> {
         self.import(dir)?;
         self.inner.read(|cx| cx.readdir(dir.0, offset, end, limit))
+    }
+
+    /// [`Store::readdir_until`] with each entry's attributes, read in the same store operation
+    /// (FUSE readdirplus: one call per batch instead of a getattr per entry).
+    ///
+    /// Only `dir` is imported, never its subdirectories. A subdirectory still pending import
+    /// has none of its own subdirectories counted yet, so its link count is not known without
+    /// reading its lower directory: it is reported as 1, as [`Store::lookup`] reports it, the
+    /// convention for "subdirectories not counted" (btrfs reports 1 for every directory), which
+    /// tools that infer the number of subdirectories from the link count (`nlink - 2`, the
+    /// "leaf optimization" of find and fts) take as "unknown" rather than as "none". Its exact
+    /// count comes with [`Store::getattr`], which imports it: the kernel asks for that once the
+    /// attributes it was given expire, and on any look into the directory.
+    ///
+    /// An entry whose inode is gone is left out: ".." of a removed directory still open whose
+    /// parent was freed since, or a dangling entry (corruption, logged, which `check` reports),
+    /// so that one bad entry does not make the whole directory unlistable.
+    pub fn readdir_plus(
+        &self,
+        dir: InodeNo,
+        offset: u64,
+        end: u64,
+        limit: usize,
+    ) -> Result<Vec<(DirEntry, InodeAttr)>> {
+        self.import(dir)?;
+        self.inner.read(|cx| {
+            let entries = cx.readdir(dir.0, offset, end, limit)?;
+            let mut out = Vec::with_capacity(entries.len());
+            for e in entries {
+                match cx.try_inode(e.ino.0)? {
+                    Some(rec) => {
+                        let a = self.listed_attr(cx, e.ino.0, &rec)?;
+                        out.push((e, a));
+                    }
+                    None if e.name == b".." => {}
+                    None => log::warn!(
+                        "directory {}: entry {:?} names inode {}, which does not exist",
+                        dir.0,
+                        String::from_utf8_lossy(&e.name),
+                        e.ino.0
+                    ),
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// Where a directory stream that begins now ends: the cookie the directory's next entry
@@ -890,6 +937,17 @@ impl Store {
     }
 
     /// Fill in the attributes of an inode record.
+    /// [`Store::attr`] for an inode reached without importing it (lookup, readdirplus): a
+    /// directory whose lower entries are still pending reports link count 1, "subdirectories
+    /// not counted" (see [`Store::readdir_plus`]).
+    fn listed_attr(&self, cx: &Ctx<'_>, ino: u64, rec: &InodeRecord) -> Result<InodeAttr> {
+        let mut a = self.attr(ino, rec);
+        if rec.kind == FileKind::Directory && cx.import_pending(ino)?.is_some() {
+            a.nlink = 1;
+        }
+        Ok(a)
+    }
+
     fn attr(&self, ino: u64, rec: &InodeRecord) -> InodeAttr {
         InodeAttr {
             ino: InodeNo(ino),

@@ -1,0 +1,133 @@
+//! Attributes: getattr, setattr, readlink, and the inode-flag ioctls of `lsattr`/`chattr`.
+
+use super::filesystem::Core;
+use crate::error::FsError;
+use cowstore::{Caller, InodeAttr, InodeFlags, InodeNo, SetAttr};
+
+/// `FS_IOC_GETFLAGS`/`FS_IOC_SETFLAGS` (`lsattr`/`chattr`): the kernel sends them (as
+/// FUSE_IOCTL, with a 4-byte argument) for its `fileattr_get`/`fileattr_set`.
+const FS_IOC_GETFLAGS: u32 = libc::FS_IOC_GETFLAGS as u32;
+const FS_IOC_SETFLAGS: u32 = libc::FS_IOC_SETFLAGS as u32;
+/// `FS_IOC_FSGETXATTR` (`_IOR('X', 31, struct fsxattr)`, 28 bytes): the kernel asks it for the
+/// current flags before every FS_IOC_SETFLAGS.
+const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+const FSXATTR_LEN: usize = 28;
+/// `FS_XFLAG_*` bits of `struct fsxattr` and the `FS_*_FL` flags they stand for.
+const XFLAGS: [(u32, InodeFlags); 4] = [
+    (0x08, InodeFlags::IMMUTABLE),
+    (0x10, InodeFlags::APPEND),
+    (0x40, InodeFlags::NOATIME),
+    (0x80, InodeFlags::NODUMP),
+];
+
+/// `struct fsxattr` for `flags`: `fsx_xflags` first, every other field 0.
+fn fsxattr(flags: InodeFlags) -> Vec<u8> {
+    let xflags = XFLAGS
+        .iter()
+        .filter(|(_, f)| flags.contains(*f))
+        .fold(0u32, |x, (bit, _)| x | bit);
+    let mut out = vec![0u8; FSXATTR_LEN];
+    out[..4].copy_from_slice(&xflags.to_ne_bytes());
+    out
+}
+
+impl Core {
+    pub fn getattr(&self, ino: InodeNo) -> Result<InodeAttr, FsError> {
+        Ok(self.store()?.getattr(ino)?)
+    }
+
+    /// `set.mode` may carry the file type bits the kernel sends; only the permission bits
+    /// (with setuid, setgid, sticky) are set.
+    pub fn setattr(&self, ino: InodeNo, mut set: SetAttr) -> Result<InodeAttr, FsError> {
+        set.mode = set.mode.map(|m| m & 0o7777);
+        Ok(self.store()?.setattr(ino, &set)?)
+    }
+
+    pub fn readlink(&self, ino: InodeNo) -> Result<Vec<u8>, FsError> {
+        Ok(self.store()?.readlink(ino)?)
+    }
+
+    /// FS_IOC_GETFLAGS, SETFLAGS and FSGETXATTR; ENOTTY for any other command. The answer is
+    /// exactly `out_size` bytes, as the kernel expects.
+    pub fn ioctl(
+        &self,
+        ino: InodeNo,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        caller: Caller,
+    ) -> Result<Vec<u8>, FsError> {
+        let s = self.store()?;
+        let mut out = match cmd {
+            FS_IOC_GETFLAGS => s.getattr(ino)?.flags.0.to_ne_bytes().to_vec(),
+            FS_IOC_SETFLAGS => {
+                let arg = in_data
+                    .get(..4)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .ok_or(FsError::refused(
+                        libc::EINVAL,
+                        "FS_IOC_SETFLAGS: no argument",
+                    ))?;
+                let a = s.set_flags(ino, InodeFlags(u32::from_ne_bytes(arg)), caller)?;
+                a.flags.0.to_ne_bytes().to_vec()
+            }
+            FS_IOC_FSGETXATTR => fsxattr(s.getattr(ino)?.flags),
+            _ => return Err(FsError::refused(libc::ENOTTY, "ioctl: not supported")),
+        };
+        out.resize(out_size as usize, 0);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::fixture;
+    use super::*;
+    use crate::core::FsConfig;
+    use crate::error::ToErrno;
+
+    const ROOT: Caller = Caller { uid: 0, gid: 0 };
+
+    #[test]
+    fn fsxattr_carries_the_xflag_of_each_inode_flag() {
+        let x = fsxattr(InodeFlags(InodeFlags::APPEND.0 | InodeFlags::NODUMP.0));
+        assert_eq!(x.len(), FSXATTR_LEN);
+        assert_eq!(x[..4], (0x10u32 | 0x80).to_ne_bytes());
+        assert!(x[4..].iter().all(|b| *b == 0));
+        assert_eq!(fsxattr(InodeFlags(0))[..4], [0; 4]);
+    }
+
+    #[test]
+    fn flag_ioctls_answer_out_size_bytes_and_refuse_the_rest() {
+        let f = fixture(FsConfig::default());
+        let c = &f.core;
+        let root = InodeNo::ROOT;
+        let nodump = InodeFlags::NODUMP.0.to_ne_bytes();
+        let set = c.ioctl(root, FS_IOC_SETFLAGS, &nodump, 4, ROOT);
+        assert_eq!(set.expect("setflags"), nodump);
+        let got = c
+            .ioctl(root, FS_IOC_GETFLAGS, &[], 8, ROOT)
+            .expect("getflags");
+        assert_eq!(got[..4], nodump);
+        assert_eq!(got.len(), 8, "resized to what the kernel asked for");
+        let x = c
+            .ioctl(root, FS_IOC_FSGETXATTR, &[], 28, ROOT)
+            .expect("fsx");
+        assert_eq!(x[..4], 0x80u32.to_ne_bytes());
+        let short = c.ioctl(root, FS_IOC_SETFLAGS, &[1, 0], 4, ROOT);
+        assert_eq!(short.expect_err("short").to_errno(), libc::EINVAL);
+        let other = c.ioctl(root, 0x5401, &[], 0, ROOT);
+        assert_eq!(other.expect_err("TCGETS").to_errno(), libc::ENOTTY);
+    }
+
+    #[test]
+    fn setattr_keeps_only_permission_bits_of_the_mode() {
+        let f = fixture(FsConfig::default());
+        let set = SetAttr {
+            mode: Some(libc::S_IFDIR | 0o1750),
+            ..SetAttr::default()
+        };
+        let a = f.core.setattr(InodeNo::ROOT, set).expect("setattr");
+        assert_eq!(a.perm, 0o1750);
+    }
+}

@@ -1,0 +1,378 @@
+//! File data: read (spliced from the pool, or through a buffer), write, fallocate, lseek
+//! (SEEK_DATA/SEEK_HOLE) and copy_file_range (a reflink in the store).
+//!
+//! A read reply takes the zero-copy path when the mount splices, the session's device and the
+//! pool's descriptor are at hand, and the reply fits this thread's pipe; otherwise, or when a
+//! splice fails before anything reached the device, the bytes go through a buffer.
+
+use super::config::CopyMode;
+use super::filesystem::Core;
+use crate::error::FsError;
+use crate::splice::{self, SpliceError};
+use crate::stats::Counters;
+use crate::sys;
+use cowstore::acl::Cred;
+use cowstore::{FallocMode, InodeNo, PinnedRead, SeekWhence, Segment};
+use log::{debug, warn};
+use std::io;
+
+/// The answer to a read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadReply {
+    /// The reply went to the device by splice (or its request is gone): nothing more to send.
+    Sent,
+    /// The bytes, to send as an ordinary reply.
+    Data(Vec<u8>),
+}
+
+/// Which way a read reply goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadPath {
+    Splice,
+    /// `fallback`: splice was wanted and is not possible for this reply (counted).
+    Buffered {
+        fallback: bool,
+    },
+}
+
+/// The splice-or-buffer choice: `mode` of the mount, whether the device and the pool's
+/// descriptor are at hand, and (asked only when both are) whether the reply fits the pipe.
+pub(crate) fn read_path(
+    mode: CopyMode,
+    have_fds: bool,
+    fits: impl FnOnce() -> io::Result<bool>,
+) -> ReadPath {
+    if mode != CopyMode::Splice || !have_fds {
+        return ReadPath::Buffered { fallback: false };
+    }
+    match fits() {
+        Ok(true) => ReadPath::Splice,
+        Ok(false) => ReadPath::Buffered { fallback: true },
+        Err(e) => {
+            warn!("read: no splice pipe: {e}");
+            ReadPath::Buffered { fallback: true }
+        }
+    }
+}
+
+/// What became of a spliced reply.
+#[derive(Debug)]
+pub(crate) enum Spliced {
+    /// Sent, with this many data bytes.
+    Sent(u64),
+    /// The request was interrupted and is gone: there is nobody left to answer.
+    Gone,
+    /// Nothing reached the device: answer from a buffer instead.
+    Fallback(io::Error),
+    /// The device refused the reply; the request gets an error.
+    Failed(io::Error),
+}
+
+impl Spliced {
+    pub(crate) fn from_result(r: Result<u64, SpliceError>) -> Spliced {
+        match r {
+            Ok(n) => Spliced::Sent(n),
+            Err(SpliceError::NotSent(e)) => Spliced::Fallback(e),
+            Err(SpliceError::Device(e)) if e.raw_os_error() == Some(libc::ENOENT) => Spliced::Gone,
+            Err(SpliceError::Device(e)) => Spliced::Failed(e),
+        }
+    }
+}
+
+/// The `fallocate(2)` modes the store implements; EOPNOTSUPP for the others.
+pub(crate) fn falloc_mode(mode: i32) -> Result<FallocMode, FsError> {
+    const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+    const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+    const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
+    Ok(match mode {
+        0 => FallocMode::Allocate { keep_size: false },
+        KEEP => FallocMode::Allocate { keep_size: true },
+        x if x == PUNCH | KEEP => FallocMode::PunchHole,
+        ZERO => FallocMode::ZeroRange { keep_size: false },
+        x if x == ZERO | KEEP => FallocMode::ZeroRange { keep_size: true },
+        _ => {
+            return Err(FsError::refused(
+                libc::EOPNOTSUPP,
+                "fallocate: unsupported mode",
+            ))
+        }
+    })
+}
+
+/// The `lseek(2)` whences that reach the daemon: the kernel answers SEEK_SET/CUR/END itself.
+pub(crate) fn seek_whence(whence: i32) -> Result<SeekWhence, FsError> {
+    match whence {
+        libc::SEEK_DATA => Ok(SeekWhence::Data),
+        libc::SEEK_HOLE => Ok(SeekWhence::Hole),
+        _ => Err(FsError::refused(
+            libc::EINVAL,
+            "lseek: only SEEK_DATA/SEEK_HOLE",
+        )),
+    }
+}
+
+/// The most one copy_file_range request moves: the reply carries a u32 byte count, and it
+/// stays block-aligned so that the next request of a long copy starts on a block boundary and
+/// keeps sharing blocks.
+pub(crate) fn clone_len(len: u64, block_size: u64) -> u64 {
+    len.min(u64::from(u32::MAX) / block_size * block_size)
+}
+
+impl Core {
+    /// READ of `size` bytes at `offset`; `unique` is the request's id, which a spliced reply
+    /// carries. The read counts as an access (atime), recorded before the reply so that a stat
+    /// after the read sees it.
+    pub fn read(
+        &self,
+        ino: InodeNo,
+        offset: u64,
+        size: u32,
+        unique: u64,
+    ) -> Result<ReadReply, FsError> {
+        Counters::add(&self.counters.reads, 1);
+        let s = self.store()?;
+        let segs = s.read(ino, offset, u64::from(size))?;
+        self.accessed(s, ino);
+        let dev = self.kernel.device();
+        let pool = sys::file_fd(self.pool.as_ref());
+        let path = read_path(self.cfg.copy_mode, dev.is_some() && pool.is_some(), || {
+            splice::fits(&segs)
+        });
+        if let (ReadPath::Splice, Some(dev), Some(pool)) = (path, dev, pool) {
+            match Spliced::from_result(splice::reply(dev, unique, pool, &segs)) {
+                Spliced::Sent(n) => {
+                    Counters::add(&self.counters.read_bytes_spliced, n);
+                    return Ok(ReadReply::Sent);
+                }
+                Spliced::Gone => {
+                    Counters::add(&self.counters.errors, 1);
+                    debug!("read: request {unique} gone before its reply");
+                    return Ok(ReadReply::Sent);
+                }
+                Spliced::Failed(e) => return Err(FsError::Device(e)),
+                Spliced::Fallback(e) => {
+                    warn!("read: splice failed, answering from a buffer: {e}");
+                    Counters::add(&self.counters.splice_fallbacks, 1);
+                }
+            }
+        } else if path == (ReadPath::Buffered { fallback: true }) {
+            Counters::add(&self.counters.splice_fallbacks, 1);
+        }
+        let buf = self.read_buffered(&segs)?;
+        Counters::add(&self.counters.read_bytes_buffered, buf.len() as u64);
+        Ok(ReadReply::Data(buf))
+    }
+
+    /// The buffered read path: the bytes pass through a userspace buffer.
+    fn read_buffered(&self, segs: &PinnedRead) -> Result<Vec<u8>, FsError> {
+        use std::os::unix::fs::FileExt;
+        let total: u64 = segs.iter().map(Segment::len).sum();
+        let mut buf = vec![0u8; total as usize];
+        let mut at = 0usize;
+        for s in segs.iter() {
+            let n = s.len() as usize;
+            let dst = &mut buf[at..at + n];
+            match *s {
+                Segment::Pool { pos, .. } => self.pool.read_at(dst, pos).map_err(io_error)?,
+                Segment::Lower { file, pos, .. } => segs
+                    .lower_file(file)
+                    .ok_or_else(|| io_error(io::Error::other("lower file of a read is not open")))?
+                    .read_exact_at(dst, pos)
+                    .map_err(io_error)?,
+                Segment::Hole { .. } => {}
+            }
+            at += n;
+        }
+        Ok(buf)
+    }
+
+    /// WRITE by `cred`; a write that drops setuid/setgid tells the kernel (see
+    /// [`super::Kernel::attrs_changed`]).
+    pub fn write(
+        &self,
+        ino: InodeNo,
+        offset: u64,
+        data: &[u8],
+        cred: &dyn Cred,
+    ) -> Result<u32, FsError> {
+        Counters::add(&self.counters.writes, 1);
+        let (n, dropped) = self.store()?.write_as(ino, offset, data, cred)?;
+        let n = u32::try_from(n).map_err(|_| FsError::refused(libc::EINVAL, "write: too large"))?;
+        self.attrs_changed(ino, dropped);
+        Counters::add(&self.counters.write_bytes, u64::from(n));
+        Ok(n)
+    }
+
+    pub fn fallocate(
+        &self,
+        ino: InodeNo,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        cred: &dyn Cred,
+    ) -> Result<(), FsError> {
+        let m = falloc_mode(mode)?;
+        let dropped = self.store()?.fallocate_as(ino, offset, len, m, cred)?;
+        self.attrs_changed(ino, dropped);
+        Ok(())
+    }
+
+    /// SEEK_DATA/SEEK_HOLE from `offset`; ENXIO for a negative offset, EOVERFLOW for an answer
+    /// an `off_t` cannot hold.
+    pub fn lseek(&self, ino: InodeNo, offset: i64, whence: i32) -> Result<i64, FsError> {
+        let w = seek_whence(whence)?;
+        let off = u64::try_from(offset)
+            .map_err(|_| FsError::refused(libc::ENXIO, "lseek: negative offset"))?;
+        let at = self.store()?.seek(ino, off, w)?;
+        i64::try_from(at).map_err(|_| FsError::refused(libc::EOVERFLOW, "lseek: offset too large"))
+    }
+
+    /// copy_file_range: shares the blocks (a reflink) rather than copying them; no flags are
+    /// defined (EINVAL for any).
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_file_range(
+        &self,
+        ino_in: InodeNo,
+        offset_in: u64,
+        ino_out: InodeNo,
+        offset_out: u64,
+        len: u64,
+        flags: u64,
+    ) -> Result<u32, FsError> {
+        if flags != 0 {
+            return Err(FsError::refused(libc::EINVAL, "copy_file_range: flags"));
+        }
+        let len = clone_len(len, self.block_size);
+        let s = self.store()?;
+        let n = s.clone_range(ino_in, offset_in, ino_out, offset_out, len)?;
+        let n = u32::try_from(n)
+            .map_err(|_| FsError::refused(libc::EOVERFLOW, "copy_file_range: count"))?;
+        Counters::add(&self.counters.reflinks, 1);
+        Counters::add(&self.counters.reflink_bytes, u64::from(n));
+        Ok(n)
+    }
+}
+
+fn io_error(e: io::Error) -> FsError {
+    FsError::Store(cowstore::Error::Io(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::fixture;
+    use super::*;
+    use crate::core::FsConfig;
+    use crate::error::ToErrno;
+    use cowstore::Caller;
+
+    const ROOT: Caller = Caller { uid: 0, gid: 0 };
+
+    #[test]
+    fn splice_is_chosen_only_when_the_mount_splices_and_the_reply_fits() {
+        let never = || -> io::Result<bool> { panic!("fits asked although splice is out") };
+        let buffered = ReadPath::Buffered { fallback: false };
+        assert_eq!(read_path(CopyMode::Buffered, true, never), buffered);
+        assert_eq!(read_path(CopyMode::Splice, false, never), buffered);
+        assert_eq!(
+            read_path(CopyMode::Splice, true, || Ok(true)),
+            ReadPath::Splice
+        );
+        let fallback = ReadPath::Buffered { fallback: true };
+        assert_eq!(read_path(CopyMode::Splice, true, || Ok(false)), fallback);
+        let no_pipe = || Err(io::Error::from_raw_os_error(libc::EMFILE));
+        assert_eq!(read_path(CopyMode::Splice, true, no_pipe), fallback);
+    }
+
+    #[test]
+    fn a_failed_splice_falls_back_unless_the_device_refused_it() {
+        let e = |n| io::Error::from_raw_os_error(n);
+        assert!(matches!(Spliced::from_result(Ok(7)), Spliced::Sent(7)));
+        let not_sent = Spliced::from_result(Err(SpliceError::NotSent(e(libc::EAGAIN))));
+        assert!(matches!(not_sent, Spliced::Fallback(_)));
+        let gone = Spliced::from_result(Err(SpliceError::Device(e(libc::ENOENT))));
+        assert!(matches!(gone, Spliced::Gone));
+        let refused = Spliced::from_result(Err(SpliceError::Device(e(libc::EINVAL))));
+        assert!(matches!(refused, Spliced::Failed(_)));
+        let err = FsError::Device(e(libc::EINVAL));
+        assert_eq!(err.to_errno(), libc::EIO);
+        assert!(err.is_fault());
+    }
+
+    #[test]
+    fn without_a_device_reads_are_buffered_and_counted_so() {
+        let f = fixture(FsConfig::default());
+        let (a, o) = f
+            .core
+            .create(InodeNo::ROOT, b"f", 0o644, 0, ROOT)
+            .expect("create");
+        assert_eq!(f.core.write(a.ino, 4096, b"tail", &ROOT).expect("write"), 4);
+        let r = f.core.read(a.ino, 4090, 100, 1).expect("read");
+        let mut want = vec![0u8; 6];
+        want.extend_from_slice(b"tail");
+        assert_eq!(r, ReadReply::Data(want));
+        let c = f.core.counters.snapshot();
+        assert_eq!(
+            (c.reads, c.read_bytes_buffered, c.read_bytes_spliced),
+            (1, 10, 0)
+        );
+        assert_eq!(c.splice_fallbacks, 0, "no device is not a fallback");
+        assert_eq!((c.writes, c.write_bytes), (1, 4));
+        f.core.release(a.ino, o.fh).expect("release");
+    }
+
+    #[test]
+    fn a_write_that_drops_setuid_invalidates_the_cached_mode() {
+        let f = fixture(FsConfig::default());
+        let owner = Caller {
+            uid: 1000,
+            gid: 1000,
+        };
+        let (a, _) = f
+            .core
+            .create(InodeNo::ROOT, b"suid", 0o4777, 0, owner)
+            .expect("create");
+        f.core.write(a.ino, 0, b"x", &ROOT).expect("root keeps it");
+        assert!(f.kernel.invalidated.lock().is_empty());
+        let other = Caller {
+            uid: 2000,
+            gid: 2000,
+        };
+        f.core.write(a.ino, 0, b"y", &other).expect("write");
+        assert_eq!(*f.kernel.invalidated.lock(), vec![a.ino]);
+        assert_eq!(f.core.getattr(a.ino).expect("stat").perm & 0o4000, 0);
+    }
+
+    #[test]
+    fn fallocate_modes_and_seek_whences_decode_or_refuse() {
+        let keep = libc::FALLOC_FL_KEEP_SIZE;
+        assert_eq!(
+            falloc_mode(0).ok(),
+            Some(FallocMode::Allocate { keep_size: false })
+        );
+        assert_eq!(
+            falloc_mode(libc::FALLOC_FL_PUNCH_HOLE | keep).ok(),
+            Some(FallocMode::PunchHole)
+        );
+        assert_eq!(
+            falloc_mode(libc::FALLOC_FL_ZERO_RANGE | keep).ok(),
+            Some(FallocMode::ZeroRange { keep_size: true })
+        );
+        let punch_alone = falloc_mode(libc::FALLOC_FL_PUNCH_HOLE);
+        assert_eq!(punch_alone.expect_err("punch").to_errno(), libc::EOPNOTSUPP);
+        let collapse = falloc_mode(libc::FALLOC_FL_COLLAPSE_RANGE);
+        assert_eq!(collapse.expect_err("collapse").to_errno(), libc::EOPNOTSUPP);
+        assert_eq!(seek_whence(libc::SEEK_DATA).ok(), Some(SeekWhence::Data));
+        assert_eq!(seek_whence(libc::SEEK_HOLE).ok(), Some(SeekWhence::Hole));
+        let set = seek_whence(libc::SEEK_SET);
+        assert_eq!(set.expect_err("set").to_errno(), libc::EINVAL);
+    }
+
+    #[test]
+    fn one_clone_request_stays_block_aligned_below_four_gib() {
+        assert_eq!(clone_len(100, 4096), 100);
+        let max = clone_len(u64::MAX, 4096);
+        assert!(max <= u64::from(u32::MAX) && max % 4096 == 0);
+        assert_eq!(max + 4096, (u64::from(u32::MAX) + 1));
+        assert_eq!(clone_len(u64::MAX, 65536) % 65536, 0);
+    }
+}

@@ -167,3 +167,18 @@ pub fn decode_everything(bytes: &[u8]) -> usize {
     .filter(|ok| **ok)
     .count()
 }
+
+/// A fresh store in memory (default block size, no periodic commits, a small B-tree cache), for
+/// the unit tests of the layers.
+pub fn mem_store() -> Result<(crate::io::MemEnv, Store)> {
+    let env = crate::io::MemEnv::new();
+    let fresh = std::sync::Arc::new(env.clone());
+    Store::mkfs_env(fresh.clone(), &crate::store::MkfsOptions::default())?;
+    let opts = crate::store::OpenOptions {
+        commit_interval: None,
+        cache_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let s = Store::open_env(fresh, &opts)?;
+    Ok((env, s))
+}

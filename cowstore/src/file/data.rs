@@ -728,22 +728,13 @@ pub(crate) fn require_regular(rec: &InodeRecord) -> Result<()> {
 mod tests {
     use super::*;
     use crate::io::MemEnv;
-    use crate::store::{MkfsOptions, OpenOptions, Store};
+    use crate::store::Store;
     use crate::types::{Caller, FallocMode, InodeNo, NewInode, SetAttr};
-    use std::sync::Arc;
 
     const BS: u64 = 4096;
 
     fn store() -> (MemEnv, Store) {
-        let env = MemEnv::new();
-        Store::mkfs_env(Arc::new(env.clone()), &MkfsOptions::default()).expect("mkfs");
-        let opts = OpenOptions {
-            commit_interval: None,
-            cache_bytes: 1 << 20,
-            ..Default::default()
-        };
-        let s = Store::open_env(Arc::new(env.clone()), &opts).expect("open");
-        (env, s)
+        crate::testing::mem_store().expect("a store in memory")
     }
 
     fn file(s: &Store, name: &str) -> InodeNo {

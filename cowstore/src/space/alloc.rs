@@ -473,20 +473,11 @@ impl Ctx<'_> {
 mod tests {
     use crate::error::Error;
     use crate::io::MemEnv;
-    use crate::store::{MkfsOptions, OpenOptions, Store};
+    use crate::store::Store;
     use crate::types::{Caller, InodeNo, NewInode, SetAttr};
-    use std::sync::Arc;
 
     fn store() -> (MemEnv, Store) {
-        let env = MemEnv::new();
-        Store::mkfs_env(Arc::new(env.clone()), &MkfsOptions::default()).expect("mkfs");
-        let opts = OpenOptions {
-            commit_interval: None,
-            cache_bytes: 1 << 20,
-            ..Default::default()
-        };
-        let s = Store::open_env(Arc::new(env.clone()), &opts).expect("open");
-        (env, s)
+        crate::testing::mem_store().expect("a store in memory")
     }
 
     fn free_runs(s: &Store) -> Vec<(u64, u64)> {

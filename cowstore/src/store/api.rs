@@ -170,12 +170,7 @@ impl Store {
     ) -> Result<InodeAttr> {
         self.import(parent)?;
         self.inner.write(|cx| {
-            let new = NewInode {
-                kind: FileKind::Regular,
-                perm,
-                rdev: 0,
-                symlink_target: None,
-            };
+            let new = NewInode::regular(perm);
             let (ino, rec) = cx.create(parent.0, name, &new, caller, 0)?;
             *cx.mem.open_counts.entry(ino).or_insert(0) += 1;
             Ok(self.attr(ino, &rec))

@@ -310,14 +310,19 @@ pub struct NewInode {
 }
 
 impl NewInode {
-    /// A regular file with permission bits `perm`.
-    pub fn regular(perm: u32) -> NewInode {
+    /// An inode of `kind` (not a symlink, which needs its target) with permission bits `perm`.
+    pub fn new(kind: FileKind, perm: u32, rdev: u32) -> NewInode {
         NewInode {
-            kind: FileKind::Regular,
+            kind,
             perm,
-            rdev: 0,
+            rdev,
             symlink_target: None,
         }
+    }
+
+    /// A regular file with permission bits `perm`.
+    pub fn regular(perm: u32) -> NewInode {
+        NewInode::new(FileKind::Regular, perm, 0)
     }
 }
 

@@ -187,12 +187,7 @@ impl Store {
         self.create(
             parent,
             name,
-            &NewInode {
-                kind: FileKind::Directory,
-                perm,
-                rdev: 0,
-                symlink_target: None,
-            },
+            &NewInode::new(FileKind::Directory, perm, 0),
             caller,
         )
     }

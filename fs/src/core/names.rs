@@ -38,12 +38,7 @@ impl Rename {
 
 /// The inode `mode` asks for: its permission bits (with setuid, setgid, sticky) and `kind`.
 pub(crate) fn new_inode(kind: FileKind, mode: u32, rdev: u32) -> NewInode {
-    NewInode {
-        kind,
-        perm: mode & 0o7777,
-        rdev,
-        symlink_target: None,
-    }
+    NewInode::new(kind, mode & 0o7777, rdev)
 }
 
 /// The file type of a mknod: anything but a directory or a symlink (they have their own

@@ -11,7 +11,7 @@
 //! not parse is a `Corrupted` error naming the table and key.
 
 use crate::error::{Error, Result};
-use crate::types::{FileKind, Timespec};
+use crate::types::{BlockNo, BlockRun, FileKind, Timespec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -186,6 +186,13 @@ pub(crate) struct ExtentRecord {
 struct ExtentRecordV1 {
     phys: u64,
     len: u64,
+}
+
+impl ExtentRecord {
+    /// The pool blocks of a pool extent (`lower == 0`).
+    pub fn pool_run(&self) -> BlockRun {
+        BlockRun::new(BlockNo(self.phys), self.len)
+    }
 }
 
 impl Record for ExtentRecord {

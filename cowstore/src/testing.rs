@@ -5,7 +5,7 @@
 use crate::codec::{decode, encode, DirentRecord, ExtentRecord, RefcountRecord};
 use crate::error::{Error, Result};
 use crate::store::Store;
-use crate::types::{FileKind, InodeNo};
+use crate::types::{BlockRun, FileKind, InodeNo};
 
 /// One way to break a store.
 #[derive(Clone, Debug)]
@@ -54,7 +54,7 @@ impl Store {
                         .first()
                         .ok_or(Error::Invalid("file has no extents"))?;
                     cx.refcounts.insert(
-                        m.phys,
+                        m.pool_run().start,
                         encode(&RefcountRecord { len: 1, count: 3 }).as_slice(),
                     )?;
                 }
@@ -131,7 +131,7 @@ impl Store {
                         .mappings(ino.0, 0, u64::MAX)?
                         .first()
                         .ok_or(Error::Invalid("file has no extents"))?;
-                    cx.insert_free(m.phys, 1)?;
+                    cx.insert_free(BlockRun::new(m.pool_run().start, 1))?;
                 }
                 Damage::MissingInode(ino) => {
                     if !cx.inodes.remove(ino.0)? {

@@ -9,7 +9,7 @@ use crate::codec::{decode, encode, ExtentRecord, InodeRecord};
 use crate::error::{Error, Result};
 use crate::io::zero_range;
 use crate::store::ctx::Ctx;
-use crate::types::{FileKind, SeekWhence, Segment, Timespec};
+use crate::types::{BlockNo, BlockRun, FileKind, SeekWhence, Segment, Timespec};
 
 /// Largest file size: keeps every byte offset and block number well inside i64.
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
@@ -22,6 +22,14 @@ pub(crate) struct Mapping {
     pub phys: u64,
     pub len: u64,
     pub lower: u64,
+}
+
+impl Mapping {
+    /// The pool blocks of a pool mapping (`lower == 0`).
+    pub fn pool_run(&self) -> BlockRun {
+        debug_assert_eq!(self.lower, 0);
+        BlockRun::new(BlockNo(self.phys), self.len)
+    }
 }
 
 /// Where the bytes of a write come from.
@@ -137,7 +145,7 @@ impl Ctx<'_> {
     ) -> Result<()> {
         for m in self.unmap(ino, rec, fb, n)? {
             if m.lower == 0 {
-                self.decref(m.phys, m.len)?;
+                self.decref(m.pool_run())?;
             }
         }
         Ok(())
@@ -145,8 +153,15 @@ impl Ctx<'_> {
 
     /// Map `[fb, fb+len)` (which must be unmapped) to pool blocks from `phys`, merging with
     /// neighbouring extents that continue physically.
-    fn map(&mut self, ino: u64, rec: &mut InodeRecord, fb: u64, phys: u64, len: u64) -> Result<()> {
-        self.map_from(ino, rec, (fb, phys, len), 0)
+    fn map(
+        &mut self,
+        ino: u64,
+        rec: &mut InodeRecord,
+        fb: u64,
+        phys: BlockNo,
+        len: u64,
+    ) -> Result<()> {
+        self.map_from(ino, rec, (fb, phys.0, len), 0)
     }
 
     /// `map` for blocks of lower file `lower` (0: the pool).
@@ -244,11 +259,11 @@ impl Ctx<'_> {
 
     /// Copy the bytes `[from, to)` of a block (relative to the block) from its current content
     /// (`old`: (lower file or 0 for the pool, block), or a hole) into new pool block `new`.
-    fn carry_over(&self, old: Option<(u64, u64)>, new: u64, from: u64, to: u64) -> Result<()> {
+    fn carry_over(&self, old: Option<(u64, u64)>, new: BlockNo, from: u64, to: u64) -> Result<()> {
         if from >= to {
             return Ok(());
         }
-        let dst = new * self.bs + from;
+        let dst = new.pos(self.bs) + from;
         match old {
             Some((0, p)) => self
                 .pool
@@ -324,18 +339,18 @@ impl Ctx<'_> {
         let existing = self.mappings(ino, first, last_excl - first)?;
 
         // Split the block range into runs: reusable mapped pieces (in place) and runs needing new blocks.
-        let mut runs: Vec<(u64, u64, Option<u64>)> = Vec::new(); // (fb, len, Some(phys) if in place)
+        let mut runs: Vec<(u64, u64, Option<BlockNo>)> = Vec::new(); // (fb, len, Some(phys) if in place)
         let mut pos = first;
         for m in &existing {
             if m.fb > pos {
                 push_new_run(&mut runs, pos, m.fb - pos);
             }
             let in_place = m.lower == 0
-                && self.mem.txn_alloc().contains_all(m.phys, m.len)
-                && !self.mem.pins.overlaps(m.phys, m.len)
-                && !self.is_shared(m.phys, m.len)?;
+                && self.mem.txn_alloc().contains_all(m.pool_run())
+                && !self.mem.pins.overlaps(m.pool_run())
+                && !self.is_shared(m.pool_run())?;
             if in_place {
-                runs.push((m.fb, m.len, Some(m.phys)));
+                runs.push((m.fb, m.len, Some(BlockNo(m.phys))));
             } else {
                 push_new_run(&mut runs, m.fb, m.len);
             }
@@ -353,7 +368,7 @@ impl Ctx<'_> {
                     self.emit(
                         src,
                         byte_start - off,
-                        phys * bs + (byte_start - rfb * bs),
+                        phys.pos(bs) + (byte_start - rfb * bs),
                         byte_end - byte_start,
                     )?;
                 }
@@ -368,7 +383,7 @@ impl Ctx<'_> {
                         self.mappings(ino, rfb - 1, 1)?
                             .first()
                             .filter(|m| m.lower == 0)
-                            .map(|m| m.phys + 1)
+                            .map(|m| BlockNo(m.phys) + 1)
                     } else {
                         None
                     };
@@ -386,13 +401,13 @@ impl Ctx<'_> {
                             self.emit(
                                 src,
                                 byte_start - off,
-                                new * bs + head,
+                                new.pos(bs) + head,
                                 byte_end - byte_start,
                             )
                         });
                     if let Err(e) = filled {
                         // Nothing points at the new blocks yet: give them back (e.g. on ENOSPC).
-                        self.release_blocks(new, rlen)?;
+                        self.release_blocks(BlockRun::new(new, rlen))?;
                         return Err(e);
                     }
                     self.unmap_and_release(ino, rec, rfb, rlen)?;
@@ -491,7 +506,9 @@ impl Ctx<'_> {
         }
         for (fb, n) in holes {
             let hint = if fb > 0 {
-                self.mappings(ino, fb - 1, 1)?.first().map(|m| m.phys + 1)
+                self.mappings(ino, fb - 1, 1)?
+                    .first()
+                    .map(|m| BlockNo(m.phys) + 1)
             } else {
                 None
             };
@@ -499,14 +516,14 @@ impl Ctx<'_> {
             // Fresh blocks may have been freed in this transaction: make them read as zeros.
             // Then reserve their host space, so a full host answers ENOSPC here, not at a
             // later write into the preallocated range (posix_fallocate's promise).
-            let (pos, bytes) = (new * self.bs, n * self.bs);
+            let (pos, bytes) = (new.pos(self.bs), n * self.bs);
             let zeroed = self
                 .pool
                 .punch(pos, bytes)
                 .and_then(|()| self.pool.allocate(pos, bytes));
             if let Err(e) = zeroed {
                 // Nothing points at the new blocks yet: give them back (e.g. on ENOSPC).
-                self.release_blocks(new, n)?;
+                self.release_blocks(BlockRun::new(new, n))?;
                 return Err(Error::from_io(e));
             }
             self.map(ino, rec, fb, new, n)?;
@@ -677,7 +694,7 @@ impl Ctx<'_> {
             for m in self.mappings(src, src_fb, body_blocks)? {
                 // Lower data is immutable and uncounted: sharing it is copying the extent.
                 if m.lower == 0 {
-                    self.incref(m.phys, m.len)?;
+                    self.incref(m.pool_run())?;
                 }
                 self.map_from(
                     dst,
@@ -699,7 +716,7 @@ impl Ctx<'_> {
     }
 }
 
-fn push_new_run(runs: &mut Vec<(u64, u64, Option<u64>)>, fb: u64, len: u64) {
+fn push_new_run(runs: &mut Vec<(u64, u64, Option<BlockNo>)>, fb: u64, len: u64) {
     if let Some(last) = runs.last_mut() {
         if last.2.is_none() && last.0 + last.1 == fb {
             last.1 += len;
@@ -806,11 +823,8 @@ mod tests {
             maps(&s, b),
             "whole-file clone shares every block"
         );
-        let (phys, len) = (maps(&s, a)[0].phys, maps(&s, a)[0].len);
-        assert!(s
-            .inner()
-            .read(|cx| cx.is_shared(phys, len))
-            .expect("shared"));
+        let run = maps(&s, a)[0].pool_run();
+        assert!(s.inner().read(|cx| cx.is_shared(run)).expect("shared"));
         s.write(b, BS + 1, b"x").expect("write");
         assert_eq!(s.read_to_vec(a, BS + 1, 1).expect("read"), [7]);
         assert_eq!(s.read_to_vec(b, BS + 1, 1).expect("read"), *b"x");
@@ -833,7 +847,7 @@ mod tests {
             .inner()
             .read(|cx| {
                 let m = cx.mappings(b.0, 0, 2)?;
-                cx.is_shared(m[0].phys, 1)
+                cx.is_shared(BlockRun::new(m[0].pool_run().start, 1))
             })
             .expect("shared");
         assert!(!shared, "nothing lines up, nothing may be shared");

@@ -12,7 +12,7 @@ use crate::codec::{
 use crate::error::{Error, Result};
 use crate::store::ctx::Ctx;
 use crate::store::Store;
-use crate::types::{FileKind, InodeNo, SpaceStats};
+use crate::types::{BlockNo, BlockRun, FileKind, InodeNo, SpaceStats};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
@@ -191,7 +191,7 @@ impl Checker<'_> {
         &mut self,
         kind: ProblemKind,
         ino: Option<u64>,
-        blocks: Option<(u64, u64)>,
+        blocks: Option<BlockRun>,
         message: String,
     ) {
         // A badly damaged store could yield millions of problems; the first ones tell the story.
@@ -199,7 +199,7 @@ impl Checker<'_> {
             self.report.problems.push(Problem {
                 kind,
                 ino,
-                blocks,
+                blocks: blocks.map(|r| (r.start.0, r.len)),
                 message,
             });
         }
@@ -632,12 +632,12 @@ fn check_extents(
     inodes: &Inodes,
     lower_ids: &HashSet<u64>,
     state: &StateRecord,
-) -> Result<Vec<(u64, u64)>> {
+) -> Result<Vec<BlockRun>> {
     let bs = cx.bs;
     // Progress in blocks: the inodes' block counters say how many to expect.
     let expected_blocks: u64 = inodes.info.values().map(|i| i.blocks).sum();
     let mut blocks_seen = 0u64;
-    let mut refs: Vec<(u64, u64)> = Vec::new();
+    let mut refs: Vec<BlockRun> = Vec::new();
     let mut per_inode_blocks: HashMap<u64, u64> = HashMap::new();
     let mut last: Option<(u64, u64)> = None; // (ino, end block)
     for (n, item) in cx.extents.iter()?.enumerate() {
@@ -658,7 +658,7 @@ fn check_extents(
             c.problem(
                 ProblemKind::ExtentBounds,
                 Some(ino),
-                Some((e.phys, 0)),
+                Some(e.pool_run()),
                 format!("empty extent at file block {fb}"),
             );
             continue;
@@ -670,7 +670,7 @@ fn check_extents(
                     c.problem(
                         ProblemKind::ExtentBounds,
                         Some(ino),
-                        Some((e.phys, e.len)),
+                        Some(e.pool_run()),
                         format!("extent at file block {fb} (+{}) is past the end of the file ({} bytes)", e.len, i.size),
                     );
                 }
@@ -678,13 +678,13 @@ fn check_extents(
             None if inodes.damaged.contains(&ino) => c.problem(
                 ProblemKind::ExtentBounds,
                 Some(ino),
-                Some((e.phys, e.len)),
+                Some(e.pool_run()),
                 "extent of an inode whose record does not decode".into(),
             ),
             _ => c.problem(
                 ProblemKind::ExtentBounds,
                 Some(ino),
-                Some((e.phys, e.len)),
+                Some(e.pool_run()),
                 "extent of a missing or non-regular inode".into(),
             ),
         }
@@ -693,7 +693,7 @@ fn check_extents(
                 c.problem(
                     ProblemKind::ExtentBounds,
                     Some(ino),
-                    Some((e.phys, e.len)),
+                    Some(e.pool_run()),
                     format!("extent at file block {fb} overlaps the previous one"),
                 );
             }
@@ -724,7 +724,7 @@ fn check_extents(
             c.problem(
                 ProblemKind::ExtentBounds,
                 Some(ino),
-                Some((e.phys, e.len)),
+                Some(e.pool_run()),
                 format!(
                     "extent at file block {fb} lies outside the pool ({} blocks)",
                     state.pool_blocks
@@ -733,7 +733,7 @@ fn check_extents(
             continue;
         }
         *per_inode_blocks.entry(ino).or_default() += e.len;
-        refs.push((e.phys, e.len));
+        refs.push(e.pool_run());
     }
     let mut inos: Vec<u64> = inodes.info.keys().copied().collect();
     inos.sort_unstable();
@@ -766,44 +766,53 @@ fn check_refcounts(cx: &Ctx<'_>, c: &mut Checker<'_>, cover: &Runs) -> Result<()
                     c.problem(
                         ProblemKind::Refcount,
                         None,
-                        Some((start, r.len)),
+                        Some(BlockRun::new(start, r.len)),
                         format!(
                             "refcount record with count {} (records hold counts >= 2)",
                             r.count
                         ),
                     );
                 }
-                if let Some(&(ps, pl, _)) = recorded.last() {
-                    if ps + pl > start {
+                if let Some(&(p, _)) = recorded.last() {
+                    if p.end() > start {
                         c.problem(
                             ProblemKind::Refcount,
                             None,
-                            Some((start, r.len)),
+                            Some(BlockRun::new(start, r.len)),
                             "refcount records overlap".into(),
                         );
                         continue;
                     }
                 }
-                recorded.push((start, r.len, r.count));
+                recorded.push((BlockRun::new(start, r.len), r.count));
             }
-            Err(e) => c.problem(ProblemKind::Corrupt, None, Some((start, 0)), e.to_string()),
+            Err(e) => c.problem(
+                ProblemKind::Corrupt,
+                None,
+                Some(BlockRun::new(start, 0)),
+                e.to_string(),
+            ),
         }
     }
-    let expected: Runs = cover.iter().filter(|r| r.2 >= 2).copied().collect();
-    for (s, l, want, have) in pieces_where(&expected, &recorded, |want, have| want != have) {
-        let refs_found = if want == 0 { value_at(cover, s) } else { want };
+    let expected: Runs = cover.iter().filter(|r| r.1 >= 2).copied().collect();
+    for (run, want, have) in pieces_where(&expected, &recorded, |want, have| want != have) {
+        let refs_found = if want == 0 {
+            value_at(cover, run.start)
+        } else {
+            want
+        };
         if want >= 2 && have == 0 {
             c.problem(
                 ProblemKind::DoubleReference,
                 None,
-                Some((s, l)),
+                Some(run),
                 format!("referenced {want} times without a refcount record"),
             );
         } else {
             c.problem(
                 ProblemKind::Refcount,
                 None,
-                Some((s, l)),
+                Some(run),
                 format!("refcount {have} but {refs_found} references found"),
             );
         }
@@ -824,44 +833,49 @@ fn check_free_space(
         let (start, v) = item?;
         match decode::<FreeRecord>(&v, &start) {
             Ok(r) => {
-                if let Some(&(ps, pl, _)) = free.last() {
-                    if ps + pl > start {
+                if let Some(&(p, _)) = free.last() {
+                    if p.end() > start {
                         c.problem(
                             ProblemKind::FreeOverlap,
                             None,
-                            Some((start, r.len)),
+                            Some(BlockRun::new(start, r.len)),
                             "free runs overlap".into(),
                         );
                         continue;
                     }
                 }
-                if start + r.len > pool_blocks {
+                if start + r.len > BlockNo(pool_blocks) {
                     c.problem(
                         ProblemKind::FreeOverlap,
                         None,
-                        Some((start, r.len)),
+                        Some(BlockRun::new(start, r.len)),
                         format!("free run past the pool's end ({pool_blocks} blocks)"),
                     );
                 }
-                free.push((start, r.len, 1));
+                free.push((BlockRun::new(start, r.len), 1));
             }
-            Err(e) => c.problem(ProblemKind::Corrupt, None, Some((start, 0)), e.to_string()),
+            Err(e) => c.problem(
+                ProblemKind::Corrupt,
+                None,
+                Some(BlockRun::new(start, 0)),
+                e.to_string(),
+            ),
         }
     }
-    let used: Runs = cover.iter().map(|&(s, l, _)| (s, l, 1)).collect();
-    for (s, l, _, _) in pieces_where(&used, &free, |u, f| u == 1 && f == 1) {
+    let used: Runs = cover.iter().map(|&(r, _)| (r, 1)).collect();
+    for (run, _, _) in pieces_where(&used, &free, |u, f| u == 1 && f == 1) {
         c.problem(
             ProblemKind::FreeOverlap,
             None,
-            Some((s, l)),
+            Some(run),
             "blocks are both free and referenced".into(),
         );
     }
-    for (s, l) in unaccounted(&used, &free, pool_blocks) {
+    for run in unaccounted(&used, &free, pool_blocks) {
         c.problem(
             ProblemKind::LeakedBlock,
             None,
-            Some((s, l)),
+            Some(run),
             "blocks are neither free nor referenced".into(),
         );
     }

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::ns::new_inode_record;
 use crate::store::ctx::Ctx;
 use crate::store::Store;
-use crate::types::{Caller, FileKind, InodeNo};
+use crate::types::{BlockNo, BlockRun, Caller, FileKind, InodeNo};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub const LOST_FOUND: &[u8] = b"lost+found";
@@ -40,16 +40,16 @@ impl Store {
         self.commit()?;
         // Give the host back the space of whatever is free now.
         let bs = u64::from(self.block_size());
-        let free: Vec<(u64, u64)> = self.inner().read(|cx| {
+        let free: Vec<BlockRun> = self.inner().read(|cx| {
             let mut v = Vec::new();
             for item in cx.free.iter()? {
                 let (k, val) = item?;
-                v.push((k, decode::<FreeRecord>(&val, &k)?.len));
+                v.push(BlockRun::new(k, decode::<FreeRecord>(&val, &k)?.len));
             }
             Ok(v)
         })?;
-        for (s, l) in free {
-            self.pool().punch(s * bs, l * bs)?;
+        for r in free {
+            self.pool().punch(r.start.pos(bs), r.len * bs)?;
         }
         Ok(sum)
     }
@@ -582,12 +582,12 @@ fn repair_orphans(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Res
 }
 
 /// The pool blocks an extent references, if it is a pool extent inside the pool.
-fn pool_ref(e: &ExtentRecord, pool_blocks: u64) -> Option<(u64, u64)> {
+fn pool_ref(e: &ExtentRecord, pool_blocks: u64) -> Option<BlockRun> {
     let inside = e
         .phys
         .checked_add(e.len)
         .is_some_and(|end| end <= pool_blocks);
-    (e.lower == 0 && e.len > 0 && inside).then_some((e.phys, e.len))
+    (e.lower == 0 && e.len > 0 && inside).then_some(e.pool_run())
 }
 
 /// Extent maps of regular files: kept where they lie inside the pool (or a known lower file)
@@ -601,9 +601,9 @@ fn repair_extents(
     ns: &mut Ns,
     extents: Extents,
     sum: &mut RepairSummary,
-) -> Result<(Vec<(u64, u64)>, bool)> {
+) -> Result<(Vec<BlockRun>, bool)> {
     let (bs, pool_blocks) = (cx.bs, cx.mem.state.pool_blocks);
-    let mut refs: Vec<(u64, u64)> = Vec::new();
+    let mut refs: Vec<BlockRun> = Vec::new();
     let mut unreadable = false;
     let mut blocks: HashMap<u64, u64> = HashMap::new();
     let mut foreign: BTreeMap<u64, u64> = BTreeMap::new();
@@ -667,7 +667,7 @@ fn repair_extents(
         last_end = Some((ino, fb + len));
         *blocks.entry(ino).or_default() += len;
         if e.lower == 0 {
-            refs.push((e.phys, len));
+            refs.push(BlockRun::new(BlockNo(e.phys), len));
         }
     }
     for (ino, n) in foreign {
@@ -718,17 +718,17 @@ fn repair_refcounts(
     sum: &mut RepairSummary,
 ) -> Result<()> {
     let mut recorded: Runs = Vec::new();
-    let mut bad: Vec<(u64, String)> = Vec::new();
+    let mut bad: Vec<(BlockNo, String)> = Vec::new();
     for item in cx.refcounts.iter()? {
         let (start, v) = item?;
         match decode::<RefcountRecord>(&v, &start) {
             Ok(r) if r.count < 2 || r.len == 0 => {
                 bad.push((start, format!("with count {} of {} blocks", r.count, r.len)))
             }
-            Ok(_) if recorded.last().is_some_and(|&(ps, pl, _)| ps + pl > start) => {
+            Ok(_) if recorded.last().is_some_and(|&(p, _)| p.end() > start) => {
                 bad.push((start, "overlapping the one before".into()))
             }
-            Ok(r) => recorded.push((start, r.len, r.count)),
+            Ok(r) => recorded.push((BlockRun::new(start, r.len), r.count)),
             Err(_) => bad.push((start, "that does not decode".into())),
         }
     }
@@ -738,21 +738,19 @@ fn repair_refcounts(
             "removed the refcount record at block {start} {why}"
         ));
     }
-    let expected: Runs = cover.iter().filter(|r| r.2 >= 2).copied().collect();
-    for (s, l, want, have) in pieces_where(&expected, &recorded, |want, have| want != have) {
-        let found = value_at(cover, s);
+    let expected: Runs = cover.iter().filter(|r| r.1 >= 2).copied().collect();
+    for (run, want, have) in pieces_where(&expected, &recorded, |want, have| want != have) {
+        let found = value_at(cover, run.start);
         if unreadable && have > want {
             sum.unfixable.push(format!(
-                "blocks {s}..{}: refcount {have} kept, though readable extents hold {found} \
-                 references (an extent record that does not decode may hold the others)",
-                s + l
+                "blocks {run}: refcount {have} kept, though readable extents hold {found} \
+                 references (an extent record that does not decode may hold the others)"
             ));
             continue;
         }
-        cx.set_refcount(s, l, want)?;
+        cx.set_refcount(run, want)?;
         sum.actions.push(format!(
-            "blocks {s}..{}: refcount {have} corrected to the {found} references found",
-            s + l
+            "blocks {run}: refcount {have} corrected to the {found} references found"
         ));
     }
     Ok(())
@@ -769,22 +767,23 @@ fn repair_free_space(
 ) -> Result<()> {
     let pool_blocks = cx.mem.state.pool_blocks;
     let mut free: Runs = Vec::new();
-    let mut bad: Vec<(u64, &str)> = Vec::new();
-    let mut trimmed: Vec<(u64, u64)> = Vec::new();
+    let mut bad: Vec<(BlockNo, &str)> = Vec::new();
+    let mut trimmed: Vec<BlockRun> = Vec::new();
     for item in cx.free.iter()? {
         let (start, v) = item?;
         match decode::<FreeRecord>(&v, &start) {
-            Ok(_) if free.last().is_some_and(|&(ps, pl, _)| ps + pl > start) => {
+            Ok(_) if free.last().is_some_and(|&(p, _)| p.end() > start) => {
                 bad.push((start, "overlapping the one before"))
             }
-            Ok(r) if start.saturating_add(r.len) > pool_blocks => {
+            Ok(r) if start.saturating_add(r.len) > BlockNo(pool_blocks) => {
                 bad.push((start, "past the pool's end"));
-                if start < pool_blocks {
-                    trimmed.push((start, pool_blocks - start));
-                    free.push((start, pool_blocks - start, 1));
+                if start < BlockNo(pool_blocks) {
+                    let kept = BlockRun::between(start, BlockNo(pool_blocks));
+                    trimmed.push(kept);
+                    free.push((kept, 1));
                 }
             }
-            Ok(r) => free.push((start, r.len, 1)),
+            Ok(r) => free.push((BlockRun::new(start, r.len), 1)),
             Err(_) => bad.push((start, "that does not decode")),
         }
     }
@@ -793,29 +792,26 @@ fn repair_free_space(
         sum.actions
             .push(format!("removed the free record at block {start} {why}"));
     }
-    for (s, l) in trimmed {
-        cx.insert_free(s, l)?;
+    for r in trimmed {
+        cx.insert_free(r)?;
     }
-    let used: Runs = cover.iter().map(|&(s, l, _)| (s, l, 1)).collect();
-    for (s, l, _, _) in pieces_where(&used, &free, |u, f| u == 1 && f == 1) {
-        cx.remove_free(s, l)?;
+    let used: Runs = cover.iter().map(|&(r, _)| (r, 1)).collect();
+    for (run, _, _) in pieces_where(&used, &free, |u, f| u == 1 && f == 1) {
+        cx.remove_free(run)?;
         sum.actions.push(format!(
-            "blocks {s}..{} are referenced: taken off the free list",
-            s + l
+            "blocks {run} are referenced: taken off the free list"
         ));
     }
-    for (s, l) in unaccounted(&used, &free, pool_blocks) {
+    for run in unaccounted(&used, &free, pool_blocks) {
         if unreadable {
             sum.unfixable.push(format!(
-                "blocks {s}..{} are neither free nor referenced by a readable extent: kept \
-                 allocated (an extent record that does not decode may name them)",
-                s + l
+                "blocks {run} are neither free nor referenced by a readable extent: kept \
+                 allocated (an extent record that does not decode may name them)"
             ));
             continue;
         }
-        cx.insert_free(s, l)?;
-        sum.actions
-            .push(format!("blocks {s}..{} were leaked: freed", s + l));
+        cx.insert_free(run)?;
+        sum.actions.push(format!("blocks {run} were leaked: freed"));
     }
     Ok(())
 }

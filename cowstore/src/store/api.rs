@@ -643,9 +643,10 @@ impl Store {
             let runs = segments
                 .iter()
                 .filter_map(|s| match *s {
-                    Segment::Pool { pos, len } => {
-                        Some((pos / bs, (pos + len).div_ceil(bs) - pos / bs))
-                    }
+                    Segment::Pool { pos, len } => Some(BlockRun::between(
+                        BlockNo(pos / bs),
+                        BlockNo((pos + len).div_ceil(bs)),
+                    )),
                     _ => None,
                 })
                 .collect();

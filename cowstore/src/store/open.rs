@@ -336,19 +336,22 @@ impl Inner {
         // The commit below marks the store open (not clean) even when nothing was reclaimed.
         self.state.lock().mem.dirty = true;
         if unclean {
-            let (free, end): (Vec<(u64, u64)>, u64) = self.read(|cx| {
+            let (free, end): (Vec<BlockRun>, u64) = self.read(|cx| {
                 let mut v = Vec::new();
                 for item in cx.free.iter()? {
                     let (k, val) = item?;
-                    v.push((k, decode::<crate::codec::FreeRecord>(&val, &k)?.len));
+                    v.push(BlockRun::new(
+                        k,
+                        decode::<crate::codec::FreeRecord>(&val, &k)?.len,
+                    ));
                 }
                 Ok((v, cx.mem.state.pool_blocks))
             })?;
             // Only to give the host its space back (free blocks are never read): a full or
             // failing host must not keep the store from opening.
-            for (s, l) in free {
-                if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
-                    log::warn!("punching free pool blocks {s}..{}: {e}", s + l);
+            for r in free {
+                if let Err(e) = self.pool.punch(r.start.pos(self.bs), r.len * self.bs) {
+                    log::warn!("punching free pool blocks {r}: {e}");
                     break;
                 }
             }

@@ -11,7 +11,7 @@
 //! not parse is a `Corrupted` error naming the table and key.
 
 use crate::error::{Error, Result};
-use crate::types::{BlockNo, BlockRun, FileKind, Timespec};
+use crate::types::{BlockNo, BlockRun, FileKind, InodeNo, Timespec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -97,7 +97,7 @@ pub(crate) struct InodeRecord {
     /// Directories: the next readdir cookie to hand out (cookies 1 and 2 are "." and "..").
     pub next_cookie: u64,
     /// Directories: the parent directory (for "..").
-    pub parent: u64,
+    pub parent: InodeNo,
     /// Symlinks: the target.
     pub target: Vec<u8>,
     /// Regular files: blocks mapped by the extent map, pool and lower (shared ones in full).
@@ -122,7 +122,7 @@ struct InodeRecordV1 {
     rdev: u32,
     generation: u64,
     next_cookie: u64,
-    parent: u64,
+    parent: InodeNo,
     target: Vec<u8>,
     blocks: u64,
 }
@@ -161,7 +161,7 @@ impl Record for InodeRecord {
 /// A directory entry, keyed by (parent, name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct DirentRecord {
-    pub ino: u64,
+    pub ino: InodeNo,
     pub kind: FileKind,
     pub cookie: u64,
 }
@@ -295,7 +295,7 @@ impl Record for XattrRecord {
 pub(crate) struct StateRecord {
     /// Commit counter: incremented by every durable commit.
     pub generation: u64,
-    pub next_ino: u64,
+    pub next_ino: InodeNo,
     /// Pool blocks below this are either free or referenced; none above are used.
     pub pool_blocks: u64,
     /// Number of live inodes.
@@ -378,7 +378,7 @@ mod tests {
             rdev: 0,
             generation: 9,
             next_cookie: 3,
-            parent: 1,
+            parent: InodeNo(1),
             target: Vec::new(),
             blocks: 1,
             flags: 0,

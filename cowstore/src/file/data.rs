@@ -9,7 +9,7 @@ use crate::codec::{decode, encode, ExtentRecord, InodeRecord};
 use crate::error::{Error, Result};
 use crate::io::zero_range;
 use crate::store::ctx::Ctx;
-use crate::types::{BlockNo, BlockRun, FileKind, SeekWhence, Segment, Timespec};
+use crate::types::{BlockNo, BlockRun, FileKind, InodeNo, SeekWhence, Segment, Timespec};
 
 /// Largest file size: keeps every byte offset and block number well inside i64.
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
@@ -42,7 +42,7 @@ pub(crate) enum Source<'a> {
 
 impl Ctx<'_> {
     /// Mapped pieces of `[fb, fb+n)`, clipped to the range, in file order.
-    pub fn mappings(&self, ino: u64, fb: u64, n: u64) -> Result<Vec<Mapping>> {
+    pub fn mappings(&self, ino: InodeNo, fb: u64, n: u64) -> Result<Vec<Mapping>> {
         let end = fb.saturating_add(n);
         let mut out = Vec::new();
         if let Some(item) = self.extents.range_rev((ino, 0)..=(ino, fb))?.next() {
@@ -77,7 +77,13 @@ impl Ctx<'_> {
 
     /// Remove the mapping of `[fb, fb+n)`, splitting extents at the edges; returns what was removed.
     /// The caller owns the removed references (usually: `decref`).
-    fn unmap(&mut self, ino: u64, rec: &mut InodeRecord, fb: u64, n: u64) -> Result<Vec<Mapping>> {
+    fn unmap(
+        &mut self,
+        ino: InodeNo,
+        rec: &mut InodeRecord,
+        fb: u64,
+        n: u64,
+    ) -> Result<Vec<Mapping>> {
         let end = fb.saturating_add(n);
         let mut raw = Vec::new();
         if let Some(item) = self.extents.range_rev((ino, 0)..(ino, fb))?.next() {
@@ -138,7 +144,7 @@ impl Ctx<'_> {
     /// Unmap a range and drop the references it held.
     fn unmap_and_release(
         &mut self,
-        ino: u64,
+        ino: InodeNo,
         rec: &mut InodeRecord,
         fb: u64,
         n: u64,
@@ -155,7 +161,7 @@ impl Ctx<'_> {
     /// neighbouring extents that continue physically.
     fn map(
         &mut self,
-        ino: u64,
+        ino: InodeNo,
         rec: &mut InodeRecord,
         fb: u64,
         phys: BlockNo,
@@ -167,7 +173,7 @@ impl Ctx<'_> {
     /// `map` for blocks of lower file `lower` (0: the pool).
     fn map_from(
         &mut self,
-        ino: u64,
+        ino: InodeNo,
         rec: &mut InodeRecord,
         (mut fb, mut phys, mut len): (u64, u64, u64),
         lower: u64,
@@ -303,7 +309,7 @@ impl Ctx<'_> {
     /// The lower files (id, record) that blocks `[fb, fb+n)` of `ino` map.
     pub(crate) fn lower_files_in(
         &self,
-        ino: u64,
+        ino: InodeNo,
         fb: u64,
         n: u64,
     ) -> Result<Vec<(u64, crate::codec::LowerFileRecord)>> {
@@ -320,7 +326,7 @@ impl Ctx<'_> {
     /// transaction and not shared are rewritten in place; all others are redirected to new blocks.
     pub fn write_data(
         &mut self,
-        ino: u64,
+        ino: InodeNo,
         rec: &mut InodeRecord,
         off: u64,
         len: u64,
@@ -422,7 +428,13 @@ impl Ctx<'_> {
     }
 
     /// Zero `[off, off+len)` of a file where it is mapped (holes already read as zero).
-    fn zero_mapped(&mut self, ino: u64, rec: &mut InodeRecord, off: u64, len: u64) -> Result<()> {
+    fn zero_mapped(
+        &mut self,
+        ino: InodeNo,
+        rec: &mut InodeRecord,
+        off: u64,
+        len: u64,
+    ) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -441,7 +453,7 @@ impl Ctx<'_> {
     }
 
     /// Set a regular file's size: shrinking zeroes the tail of the new last block and frees the rest.
-    pub fn truncate(&mut self, ino: u64, rec: &mut InodeRecord, size: u64) -> Result<()> {
+    pub fn truncate(&mut self, ino: InodeNo, rec: &mut InodeRecord, size: u64) -> Result<()> {
         if size > MAX_FILE_SIZE {
             return Err(Error::FileTooBig);
         }
@@ -458,14 +470,14 @@ impl Ctx<'_> {
     }
 
     /// Remove every block of a file (it is being deleted).
-    pub fn free_all_data(&mut self, ino: u64, rec: &mut InodeRecord) -> Result<()> {
+    pub fn free_all_data(&mut self, ino: InodeNo, rec: &mut InodeRecord) -> Result<()> {
         self.unmap_and_release(ino, rec, 0, u64::MAX)
     }
 
     /// Deallocate `[off, off+len)`: whole blocks are unmapped, partial blocks zeroed.
     pub fn punch_hole(
         &mut self,
-        ino: u64,
+        ino: InodeNo,
         rec: &mut InodeRecord,
         off: u64,
         len: u64,
@@ -486,7 +498,13 @@ impl Ctx<'_> {
     }
 
     /// Give every hole in `[off, off+len)` freshly zeroed blocks.
-    pub fn allocate(&mut self, ino: u64, rec: &mut InodeRecord, off: u64, len: u64) -> Result<()> {
+    pub fn allocate(
+        &mut self,
+        ino: InodeNo,
+        rec: &mut InodeRecord,
+        off: u64,
+        len: u64,
+    ) -> Result<()> {
         let end = off
             .checked_add(len)
             .filter(|&e| e <= MAX_FILE_SIZE)
@@ -534,7 +552,7 @@ impl Ctx<'_> {
     /// The file's bytes `[off, off+len)` (clipped to its size) as pool segments and holes.
     pub fn read_segments(
         &self,
-        ino: u64,
+        ino: InodeNo,
         rec: &InodeRecord,
         off: u64,
         len: u64,
@@ -586,7 +604,8 @@ impl Ctx<'_> {
                     None => {
                         return Err(Error::corrupt(format!(
                             "inode {ino} maps unknown lower file {}",
-                            m.lower
+                            m.lower,
+                            ino = ino.0
                         )))
                     }
                 };
@@ -614,7 +633,13 @@ impl Ctx<'_> {
     }
 
     /// SEEK_DATA / SEEK_HOLE from `off`.
-    pub fn seek(&self, ino: u64, rec: &InodeRecord, off: u64, whence: SeekWhence) -> Result<u64> {
+    pub fn seek(
+        &self,
+        ino: InodeNo,
+        rec: &InodeRecord,
+        off: u64,
+        whence: SeekWhence,
+    ) -> Result<u64> {
         if off >= rec.size {
             return Err(Error::NoData);
         }
@@ -643,8 +668,8 @@ impl Ctx<'_> {
     /// Aligned blocks share extents; unaligned edges are copied inside the pool.
     pub fn clone_range(
         &mut self,
-        (src, src_rec, src_off): (u64, &InodeRecord, u64),
-        (dst, dst_rec, dst_off): (u64, &mut InodeRecord, u64),
+        (src, src_rec, src_off): (InodeNo, &InodeRecord, u64),
+        (dst, dst_rec, dst_off): (InodeNo, &mut InodeRecord, u64),
         len: u64,
     ) -> Result<u64> {
         if src_off >= src_rec.size || len == 0 {
@@ -763,7 +788,7 @@ mod tests {
 
     fn maps(s: &Store, ino: InodeNo) -> Vec<Mapping> {
         s.inner()
-            .read(|cx| cx.mappings(ino.0, 0, u64::MAX))
+            .read(|cx| cx.mappings(ino, 0, u64::MAX))
             .expect("mappings")
     }
 
@@ -846,7 +871,7 @@ mod tests {
         let shared = s
             .inner()
             .read(|cx| {
-                let m = cx.mappings(b.0, 0, 2)?;
+                let m = cx.mappings(b, 0, 2)?;
                 cx.is_shared(BlockRun::new(m[0].pool_run().start, 1))
             })
             .expect("shared");

@@ -126,7 +126,7 @@ impl Ctx<'_> {
         Ok(out)
     }
 
-    pub(crate) fn extent_infos(&self, ino: u64) -> Result<Vec<ExtentInfo>> {
+    pub(crate) fn extent_infos(&self, ino: InodeNo) -> Result<Vec<ExtentInfo>> {
         let bs = self.bs;
         let mut out = Vec::new();
         for m in self.mappings(ino, 0, u64::MAX)? {
@@ -170,8 +170,8 @@ impl Store {
     /// The extent map of a file, split where refcounts change.
     pub fn extents(&self, ino: InodeNo) -> Result<Vec<ExtentInfo>> {
         self.inner().read(|cx| {
-            cx.get_inode(ino.0)?;
-            cx.extent_infos(ino.0)
+            cx.get_inode(ino)?;
+            cx.extent_infos(ino)
         })
     }
 

@@ -23,7 +23,7 @@ use crate::meta::{
     BytesValue, Delta, IntKey, IntValue, Layers, NamedKey, PairKey, Table, TableId, UnitValue,
 };
 use crate::space::RangeSet;
-use crate::types::{BlockNo, BlockRun};
+use crate::types::{BlockNo, BlockRun, InodeNo};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,7 +63,7 @@ pub(crate) struct TxnMem {
     /// Next-fit allocation cursor.
     pub cursor: BlockNo,
     /// Open handles per inode (process state, survives commits).
-    pub open_counts: HashMap<u64, u32>,
+    pub open_counts: HashMap<InodeNo, u32>,
     /// The host is full and the metadata reserve is spent: refuse new data blocks.
     pub low_space: bool,
     /// Mutations since the last commit.
@@ -278,18 +278,18 @@ impl Drop for Pin {
 /// The tables one operation sees (through the layers below it) and changes (in its own changes,
 /// which `Inner::write` keeps if it succeeds), plus what a mutation needs.
 pub(crate) struct Ctx<'t> {
-    pub inodes: Table<'t, IntKey, BytesValue>,
-    pub dirents: Table<'t, NamedKey, BytesValue>,
-    pub cookies: Table<'t, PairKey, BytesValue>,
-    pub xattrs: Table<'t, NamedKey, BytesValue>,
-    pub extents: Table<'t, PairKey, BytesValue>,
+    pub inodes: Table<'t, IntKey<InodeNo>, BytesValue>,
+    pub dirents: Table<'t, NamedKey<InodeNo>, BytesValue>,
+    pub cookies: Table<'t, PairKey<InodeNo, u64>, BytesValue>,
+    pub xattrs: Table<'t, NamedKey<InodeNo>, BytesValue>,
+    pub extents: Table<'t, PairKey<InodeNo, u64>, BytesValue>,
     pub refcounts: Table<'t, IntKey<BlockNo>, BytesValue>,
     pub free: Table<'t, IntKey<BlockNo>, BytesValue>,
-    pub orphans: Table<'t, IntKey, UnitValue>,
+    pub orphans: Table<'t, IntKey<InodeNo>, UnitValue>,
     pub lower_root: Table<'t, IntKey, BytesValue>,
     pub lower_files: Table<'t, IntKey, BytesValue>,
-    pub lower_pending: Table<'t, IntKey, BytesValue>,
-    pub lower_inodes: Table<'t, PairKey, IntValue>,
+    pub lower_pending: Table<'t, IntKey<InodeNo>, BytesValue>,
+    pub lower_inodes: Table<'t, PairKey, IntValue<InodeNo>>,
     /// The overlay's lower tree, when the store has one.
     pub lower: Option<&'t crate::overlay::LowerTree>,
     pub mem: &'t mut TxnMem,
@@ -347,18 +347,18 @@ impl<'t> Ctx<'t> {
         d
     }
 
-    pub fn get_inode(&self, ino: u64) -> Result<InodeRecord> {
+    pub fn get_inode(&self, ino: InodeNo) -> Result<InodeRecord> {
         self.try_inode(ino)?.ok_or(Error::NotFound)
     }
 
-    pub fn try_inode(&self, ino: u64) -> Result<Option<InodeRecord>> {
+    pub fn try_inode(&self, ino: InodeNo) -> Result<Option<InodeRecord>> {
         match self.inodes.get(ino)? {
             Some(v) => Ok(Some(decode(&v, &ino)?)),
             None => Ok(None),
         }
     }
 
-    pub fn put_inode(&mut self, ino: u64, rec: &InodeRecord) -> Result<()> {
+    pub fn put_inode(&mut self, ino: InodeNo, rec: &InodeRecord) -> Result<()> {
         self.inodes.insert(ino, encode(rec).as_slice())?;
         self.mem.dirty = true;
         Ok(())

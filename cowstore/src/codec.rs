@@ -325,6 +325,30 @@ mod tests {
     }
 
     #[test]
+    fn typed_inode_numbers_are_the_bytes_of_a_u64() {
+        #[derive(Serialize)]
+        struct Plain {
+            ino: u64,
+            kind: FileKind,
+            cookie: u64,
+        }
+        let typed = DirentRecord {
+            ino: InodeNo(300),
+            kind: FileKind::Directory,
+            cookie: 7,
+        };
+        let plain = Plain {
+            ino: 300,
+            kind: FileKind::Directory,
+            cookie: 7,
+        };
+        assert_eq!(
+            postcard::to_stdvec(&typed).ok(),
+            postcard::to_stdvec(&plain).ok()
+        );
+    }
+
+    #[test]
     fn version_1_extents_still_decode() {
         #[derive(Serialize)]
         struct V1 {

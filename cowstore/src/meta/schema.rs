@@ -303,6 +303,75 @@ mod tests {
     }
 
     #[test]
+    fn table_names_and_shapes_are_the_format() {
+        // The names are the redb table names of format 1 and the shapes their key and value
+        // types: neither may follow a reordering of `TableId`.
+        let want = [
+            (TableId::State, "state", KeyShape::Int, ValueShape::Bytes),
+            (TableId::Inodes, "inodes", KeyShape::Int, ValueShape::Bytes),
+            (
+                TableId::Dirents,
+                "dirents",
+                KeyShape::Named,
+                ValueShape::Bytes,
+            ),
+            (
+                TableId::Cookies,
+                "cookies",
+                KeyShape::Pair,
+                ValueShape::Bytes,
+            ),
+            (
+                TableId::Xattrs,
+                "xattrs",
+                KeyShape::Named,
+                ValueShape::Bytes,
+            ),
+            (
+                TableId::Extents,
+                "extents",
+                KeyShape::Pair,
+                ValueShape::Bytes,
+            ),
+            (
+                TableId::Refcounts,
+                "refcounts",
+                KeyShape::Int,
+                ValueShape::Bytes,
+            ),
+            (TableId::Free, "free", KeyShape::Int, ValueShape::Bytes),
+            (TableId::Orphans, "orphans", KeyShape::Int, ValueShape::Unit),
+            (TableId::Lower, "lower", KeyShape::Int, ValueShape::Bytes),
+            (
+                TableId::LowerFiles,
+                "lower_files",
+                KeyShape::Int,
+                ValueShape::Bytes,
+            ),
+            (
+                TableId::LowerPending,
+                "lower_pending",
+                KeyShape::Int,
+                ValueShape::Bytes,
+            ),
+            (
+                TableId::LowerInodes,
+                "lower_inodes",
+                KeyShape::Pair,
+                ValueShape::Int,
+            ),
+        ];
+        assert_eq!(want.len(), N_TABLES);
+        for (t, name, k, v) in want {
+            assert_eq!(
+                (t.name(), t.key_shape(), t.value_shape()),
+                (name, k, v),
+                "{t:?}"
+            );
+        }
+    }
+
+    #[test]
     fn keys_round_trip_and_bad_lengths_are_errors() -> Result<()> {
         assert_eq!(
             IntKey::<u64>::decode(TableId::Inodes, &key::<IntKey>(77))?,

@@ -11,7 +11,7 @@
 //! not parse is a `Corrupted` error naming the table and key.
 
 use crate::error::{Error, Result};
-use crate::types::{FileKind, Timespec};
+use crate::types::{BlockNo, BlockRun, FileKind, InodeNo, Timespec};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -97,7 +97,7 @@ pub(crate) struct InodeRecord {
     /// Directories: the next readdir cookie to hand out (cookies 1 and 2 are "." and "..").
     pub next_cookie: u64,
     /// Directories: the parent directory (for "..").
-    pub parent: u64,
+    pub parent: InodeNo,
     /// Symlinks: the target.
     pub target: Vec<u8>,
     /// Regular files: blocks mapped by the extent map, pool and lower (shared ones in full).
@@ -122,7 +122,7 @@ struct InodeRecordV1 {
     rdev: u32,
     generation: u64,
     next_cookie: u64,
-    parent: u64,
+    parent: InodeNo,
     target: Vec<u8>,
     blocks: u64,
 }
@@ -161,7 +161,7 @@ impl Record for InodeRecord {
 /// A directory entry, keyed by (parent, name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct DirentRecord {
-    pub ino: u64,
+    pub ino: InodeNo,
     pub kind: FileKind,
     pub cookie: u64,
 }
@@ -186,6 +186,13 @@ pub(crate) struct ExtentRecord {
 struct ExtentRecordV1 {
     phys: u64,
     len: u64,
+}
+
+impl ExtentRecord {
+    /// The pool blocks of a pool extent (`lower == 0`).
+    pub fn pool_run(&self) -> BlockRun {
+        BlockRun::new(BlockNo(self.phys), self.len)
+    }
 }
 
 impl Record for ExtentRecord {
@@ -288,7 +295,7 @@ impl Record for XattrRecord {
 pub(crate) struct StateRecord {
     /// Commit counter: incremented by every durable commit.
     pub generation: u64,
-    pub next_ino: u64,
+    pub next_ino: InodeNo,
     /// Pool blocks below this are either free or referenced; none above are used.
     pub pool_blocks: u64,
     /// Number of live inodes.
@@ -315,6 +322,30 @@ mod tests {
         };
         let bytes = encode(&r);
         assert_eq!(decode::<ExtentRecord>(&bytes, &1u64).ok(), Some(r));
+    }
+
+    #[test]
+    fn typed_inode_numbers_are_the_bytes_of_a_u64() {
+        #[derive(Serialize)]
+        struct Plain {
+            ino: u64,
+            kind: FileKind,
+            cookie: u64,
+        }
+        let typed = DirentRecord {
+            ino: InodeNo(300),
+            kind: FileKind::Directory,
+            cookie: 7,
+        };
+        let plain = Plain {
+            ino: 300,
+            kind: FileKind::Directory,
+            cookie: 7,
+        };
+        assert_eq!(
+            postcard::to_stdvec(&typed).ok(),
+            postcard::to_stdvec(&plain).ok()
+        );
     }
 
     #[test]
@@ -371,7 +402,7 @@ mod tests {
             rdev: 0,
             generation: 9,
             next_cookie: 3,
-            parent: 1,
+            parent: InodeNo(1),
             target: Vec::new(),
             blocks: 1,
             flags: 0,

@@ -153,6 +153,14 @@ mod tests {
     }
 
     #[test]
+    fn format_versions_are_their_on_disk_numbers() {
+        assert_eq!(FormatVersion::V1 as u32, 1);
+        assert_eq!(FormatVersion::try_from(1), Ok(FormatVersion::V1));
+        assert_eq!(FormatVersion::try_from(0), Err(0));
+        assert_eq!(FormatVersion::try_from(2), Err(2));
+    }
+
+    #[test]
     fn rejects_bad_block_sizes() {
         for bs in [0, 512, 4095, 6000, 131072] {
             assert!(Superblock::new(bs).is_err(), "{bs}");

@@ -5,7 +5,7 @@
 use crate::codec::{decode, encode, DirentRecord, ExtentRecord, RefcountRecord};
 use crate::error::{Error, Result};
 use crate::store::Store;
-use crate::types::{FileKind, InodeNo};
+use crate::types::{BlockRun, FileKind, InodeNo};
 
 /// One way to break a store.
 #[derive(Clone, Debug)]
@@ -50,11 +50,11 @@ impl Store {
             match damage {
                 Damage::WrongRefcount(ino) => {
                     let m = *cx
-                        .mappings(ino.0, 0, u64::MAX)?
+                        .mappings(*ino, 0, u64::MAX)?
                         .first()
                         .ok_or(Error::Invalid("file has no extents"))?;
                     cx.refcounts.insert(
-                        m.phys,
+                        m.pool_run().start,
                         encode(&RefcountRecord { len: 1, count: 3 }).as_slice(),
                     )?;
                 }
@@ -62,11 +62,11 @@ impl Store {
                     cx.alloc(1, None)?;
                 }
                 Damage::DoubleReference { src, dst } => {
-                    let mut dst_rec = cx.get_inode(dst.0)?;
-                    let src_rec = cx.get_inode(src.0)?;
-                    for m in cx.mappings(src.0, 0, u64::MAX)? {
+                    let mut dst_rec = cx.get_inode(*dst)?;
+                    let src_rec = cx.get_inode(*src)?;
+                    for m in cx.mappings(*src, 0, u64::MAX)? {
                         cx.extents.insert(
-                            (dst.0, m.fb),
+                            (*dst, m.fb),
                             encode(&ExtentRecord {
                                 phys: m.phys,
                                 len: m.len,
@@ -77,35 +77,35 @@ impl Store {
                         dst_rec.blocks += m.len;
                     }
                     dst_rec.size = dst_rec.size.max(src_rec.size);
-                    cx.put_inode(dst.0, &dst_rec)?;
+                    cx.put_inode(*dst, &dst_rec)?;
                 }
                 Damage::WrongLinkCount(ino, n) => {
-                    let mut r = cx.get_inode(ino.0)?;
+                    let mut r = cx.get_inode(*ino)?;
                     r.nlink = *n;
-                    cx.put_inode(ino.0, &r)?;
+                    cx.put_inode(*ino, &r)?;
                 }
                 Damage::DanglingDirent { parent, name } => {
-                    let mut p = cx.get_dir(parent.0)?;
+                    let mut p = cx.get_dir(*parent)?;
                     let cookie = p.next_cookie;
                     p.next_cookie += 1;
                     let d = DirentRecord {
-                        ino: 999_999_999,
+                        ino: InodeNo(999_999_999),
                         kind: FileKind::Regular,
                         cookie,
                     };
                     cx.dirents
-                        .insert((parent.0, name.as_slice()), encode(&d).as_slice())?;
-                    cx.cookies.insert((parent.0, cookie), name.as_slice())?;
-                    cx.put_inode(parent.0, &p)?;
+                        .insert((*parent, name.as_slice()), encode(&d).as_slice())?;
+                    cx.cookies.insert((*parent, cookie), name.as_slice())?;
+                    cx.put_inode(*parent, &p)?;
                 }
                 Damage::Orphan { parent, name } | Damage::Disconnect { parent, name } => {
                     let v = cx
                         .dirents
-                        .get((parent.0, name.as_slice()))?
+                        .get((*parent, name.as_slice()))?
                         .ok_or(Error::NotFound)?;
-                    let d: DirentRecord = decode(&v, &parent.0)?;
-                    cx.dirents.remove((parent.0, name.as_slice()))?;
-                    cx.cookies.remove((parent.0, d.cookie))?;
+                    let d: DirentRecord = decode(&v, parent)?;
+                    cx.dirents.remove((*parent, name.as_slice()))?;
+                    cx.cookies.remove((*parent, d.cookie))?;
                     if matches!(damage, Damage::Orphan { .. }) {
                         let mut r = cx.get_inode(d.ino)?;
                         r.nlink = 0;
@@ -113,14 +113,14 @@ impl Store {
                     }
                 }
                 Damage::CorruptInode(ino) => {
-                    let mut v = cx.inodes.get(ino.0)?.ok_or(Error::NotFound)?;
+                    let mut v = cx.inodes.get(*ino)?.ok_or(Error::NotFound)?;
                     flip_payload_byte(&mut v)?;
-                    cx.inodes.insert(ino.0, v.as_slice())?;
+                    cx.inodes.insert(*ino, v.as_slice())?;
                 }
                 Damage::CorruptExtent(ino) => {
                     let (key, mut v) = cx
                         .extents
-                        .range((ino.0, 0)..=(ino.0, u64::MAX))?
+                        .range((*ino, 0)..=(*ino, u64::MAX))?
                         .next()
                         .ok_or(Error::Invalid("file has no extents"))??;
                     flip_payload_byte(&mut v)?;
@@ -128,13 +128,13 @@ impl Store {
                 }
                 Damage::FreeReferencedBlock(ino) => {
                     let m = *cx
-                        .mappings(ino.0, 0, u64::MAX)?
+                        .mappings(*ino, 0, u64::MAX)?
                         .first()
                         .ok_or(Error::Invalid("file has no extents"))?;
-                    cx.insert_free(m.phys, 1)?;
+                    cx.insert_free(BlockRun::new(m.pool_run().start, 1))?;
                 }
                 Damage::MissingInode(ino) => {
-                    if !cx.inodes.remove(ino.0)? {
+                    if !cx.inodes.remove(*ino)? {
                         return Err(Error::NotFound);
                     }
                 }

@@ -5,10 +5,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// An inode number. `InodeNo::ROOT` is the root directory (1, as FUSE expects).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[repr(transparent)]
 pub struct InodeNo(pub u64);
 
 impl InodeNo {
     pub const ROOT: InodeNo = InodeNo(1);
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
 }
 
 impl std::fmt::Display for InodeNo {
@@ -17,9 +22,117 @@ impl std::fmt::Display for InodeNo {
     }
 }
 
-/// A block number in the pool file (block `b` lives at byte `b * block_size`).
+/// A block number in the pool file (block `b` lives at byte `b * block_size`). Adding a count
+/// of blocks gives a block number; the difference of two block numbers is a count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[repr(transparent)]
 pub struct BlockNo(pub u64);
+
+impl BlockNo {
+    pub const ZERO: BlockNo = BlockNo(0);
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The byte of the pool file where this block starts, for blocks of `bs` bytes.
+    pub const fn pos(self, bs: u64) -> u64 {
+        self.0 * bs
+    }
+
+    pub fn checked_add(self, n: u64) -> Option<BlockNo> {
+        self.0.checked_add(n).map(BlockNo)
+    }
+
+    pub fn saturating_add(self, n: u64) -> BlockNo {
+        BlockNo(self.0.saturating_add(n))
+    }
+
+    pub fn saturating_sub(self, n: u64) -> BlockNo {
+        BlockNo(self.0.saturating_sub(n))
+    }
+}
+
+impl std::fmt::Display for BlockNo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::ops::Add<u64> for BlockNo {
+    type Output = BlockNo;
+    fn add(self, n: u64) -> BlockNo {
+        BlockNo(self.0 + n)
+    }
+}
+
+impl std::ops::AddAssign<u64> for BlockNo {
+    fn add_assign(&mut self, n: u64) {
+        self.0 += n;
+    }
+}
+
+impl std::ops::Sub<u64> for BlockNo {
+    type Output = BlockNo;
+    fn sub(self, n: u64) -> BlockNo {
+        BlockNo(self.0 - n)
+    }
+}
+
+/// The number of blocks from `other` up to `self`.
+impl std::ops::Sub<BlockNo> for BlockNo {
+    type Output = u64;
+    fn sub(self, other: BlockNo) -> u64 {
+        self.0 - other.0
+    }
+}
+
+/// `len` consecutive pool blocks from `start`: `[start, start + len)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlockRun {
+    pub start: BlockNo,
+    pub len: u64,
+}
+
+impl BlockRun {
+    pub const fn new(start: BlockNo, len: u64) -> BlockRun {
+        BlockRun { start, len }
+    }
+
+    /// The run `[start, end)`.
+    pub fn between(start: BlockNo, end: BlockNo) -> BlockRun {
+        BlockRun::new(start, end - start)
+    }
+
+    /// The first block after the run.
+    pub fn end(self) -> BlockNo {
+        self.start + self.len
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.len == 0
+    }
+
+    pub fn contains(self, b: BlockNo) -> bool {
+        self.start <= b && b < self.end()
+    }
+
+    /// Whether the two runs share a block.
+    pub fn overlaps(self, other: BlockRun) -> bool {
+        self.start < other.end() && other.start < self.end()
+    }
+
+    /// Every block of the run, in order.
+    pub fn blocks(self) -> impl Iterator<Item = BlockNo> {
+        (self.start.0..self.end().0).map(BlockNo)
+    }
+}
+
+impl std::fmt::Display for BlockRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..{}", self.start, self.end())
+    }
+}
 
 /// What an inode is. On disk (inode and dirent records) as one byte, the discriminant: the
 /// numbers are part of the format, so reordering the variants cannot change it.

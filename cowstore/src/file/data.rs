@@ -9,7 +9,7 @@ use crate::codec::{decode, encode, ExtentRecord, InodeRecord};
 use crate::error::{Error, Result};
 use crate::io::zero_range;
 use crate::store::ctx::Ctx;
-use crate::types::{FileKind, SeekWhence, Segment, Timespec};
+use crate::types::{BlockNo, BlockRun, FileKind, InodeNo, SeekWhence, Segment, Timespec};
 
 /// Largest file size: keeps every byte offset and block number well inside i64.
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
@@ -24,6 +24,14 @@ pub(crate) struct Mapping {
     pub lower: u64,
 }
 
+impl Mapping {
+    /// The pool blocks of a pool mapping (`lower == 0`).
+    pub fn pool_run(&self) -> BlockRun {
+        debug_assert_eq!(self.lower, 0);
+        BlockRun::new(BlockNo(self.phys), self.len)
+    }
+}
+
 /// Where the bytes of a write come from.
 pub(crate) enum Source<'a> {
     Bytes(&'a [u8]),
@@ -34,7 +42,7 @@ pub(crate) enum Source<'a> {
 
 impl Ctx<'_> {
     /// Mapped pieces of `[fb, fb+n)`, clipped to the range, in file order.
-    pub fn mappings(&self, ino: u64, fb: u64, n: u64) -> Result<Vec<Mapping>> {
+    pub fn mappings(&self, ino: InodeNo, fb: u64, n: u64) -> Result<Vec<Mapping>> {
         let end = fb.saturating_add(n);
         let mut out = Vec::new();
         if let Some(item) = self.extents.range_rev((ino, 0)..=(ino, fb))?.next() {
@@ -69,7 +77,13 @@ impl Ctx<'_> {
 
     /// Remove the mapping of `[fb, fb+n)`, splitting extents at the edges; returns what was removed.
     /// The caller owns the removed references (usually: `decref`).
-    fn unmap(&mut self, ino: u64, rec: &mut InodeRecord, fb: u64, n: u64) -> Result<Vec<Mapping>> {
+    fn unmap(
+        &mut self,
+        ino: InodeNo,
+        rec: &mut InodeRecord,
+        fb: u64,
+        n: u64,
+    ) -> Result<Vec<Mapping>> {
         let end = fb.saturating_add(n);
         let mut raw = Vec::new();
         if let Some(item) = self.extents.range_rev((ino, 0)..(ino, fb))?.next() {
@@ -130,14 +144,14 @@ impl Ctx<'_> {
     /// Unmap a range and drop the references it held.
     fn unmap_and_release(
         &mut self,
-        ino: u64,
+        ino: InodeNo,
         rec: &mut InodeRecord,
         fb: u64,
         n: u64,
     ) -> Result<()> {
         for m in self.unmap(ino, rec, fb, n)? {
             if m.lower == 0 {
-                self.decref(m.phys, m.len)?;
+                self.decref(m.pool_run())?;
             }
         }
         Ok(())
@@ -145,14 +159,21 @@ impl Ctx<'_> {
 
     /// Map `[fb, fb+len)` (which must be unmapped) to pool blocks from `phys`, merging with
     /// neighbouring extents that continue physically.
-    fn map(&mut self, ino: u64, rec: &mut InodeRecord, fb: u64, phys: u64, len: u64) -> Result<()> {
-        self.map_from(ino, rec, (fb, phys, len), 0)
+    fn map(
+        &mut self,
+        ino: InodeNo,
+        rec: &mut InodeRecord,
+        fb: u64,
+        phys: BlockNo,
+        len: u64,
+    ) -> Result<()> {
+        self.map_from(ino, rec, (fb, phys.0, len), 0)
     }
 
     /// `map` for blocks of lower file `lower` (0: the pool).
     fn map_from(
         &mut self,
-        ino: u64,
+        ino: InodeNo,
         rec: &mut InodeRecord,
         (mut fb, mut phys, mut len): (u64, u64, u64),
         lower: u64,
@@ -244,11 +265,11 @@ impl Ctx<'_> {
 
     /// Copy the bytes `[from, to)` of a block (relative to the block) from its current content
     /// (`old`: (lower file or 0 for the pool, block), or a hole) into new pool block `new`.
-    fn carry_over(&self, old: Option<(u64, u64)>, new: u64, from: u64, to: u64) -> Result<()> {
+    fn carry_over(&self, old: Option<(u64, u64)>, new: BlockNo, from: u64, to: u64) -> Result<()> {
         if from >= to {
             return Ok(());
         }
-        let dst = new * self.bs + from;
+        let dst = new.pos(self.bs) + from;
         match old {
             Some((0, p)) => self
                 .pool
@@ -288,7 +309,7 @@ impl Ctx<'_> {
     /// The lower files (id, record) that blocks `[fb, fb+n)` of `ino` map.
     pub(crate) fn lower_files_in(
         &self,
-        ino: u64,
+        ino: InodeNo,
         fb: u64,
         n: u64,
     ) -> Result<Vec<(u64, crate::codec::LowerFileRecord)>> {
@@ -305,7 +326,7 @@ impl Ctx<'_> {
     /// transaction and not shared are rewritten in place; all others are redirected to new blocks.
     pub fn write_data(
         &mut self,
-        ino: u64,
+        ino: InodeNo,
         rec: &mut InodeRecord,
         off: u64,
         len: u64,
@@ -324,18 +345,18 @@ impl Ctx<'_> {
         let existing = self.mappings(ino, first, last_excl - first)?;
 
         // Split the block range into runs: reusable mapped pieces (in place) and runs needing new blocks.
-        let mut runs: Vec<(u64, u64, Option<u64>)> = Vec::new(); // (fb, len, Some(phys) if in place)
+        let mut runs: Vec<(u64, u64, Option<BlockNo>)> = Vec::new(); // (fb, len, Some(phys) if in place)
         let mut pos = first;
         for m in &existing {
             if m.fb > pos {
                 push_new_run(&mut runs, pos, m.fb - pos);
             }
             let in_place = m.lower == 0
-                && self.mem.txn_alloc().contains_all(m.phys, m.len)
-                && !self.mem.pins.overlaps(m.phys, m.len)
-                && !self.is_shared(m.phys, m.len)?;
+                && self.mem.txn_alloc().contains_all(m.pool_run())
+                && !self.mem.pins.overlaps(m.pool_run())
+                && !self.is_shared(m.pool_run())?;
             if in_place {
-                runs.push((m.fb, m.len, Some(m.phys)));
+                runs.push((m.fb, m.len, Some(BlockNo(m.phys))));
             } else {
                 push_new_run(&mut runs, m.fb, m.len);
             }
@@ -353,7 +374,7 @@ impl Ctx<'_> {
                     self.emit(
                         src,
                         byte_start - off,
-                        phys * bs + (byte_start - rfb * bs),
+                        phys.pos(bs) + (byte_start - rfb * bs),
                         byte_end - byte_start,
                     )?;
                 }
@@ -368,7 +389,7 @@ impl Ctx<'_> {
                         self.mappings(ino, rfb - 1, 1)?
                             .first()
                             .filter(|m| m.lower == 0)
-                            .map(|m| m.phys + 1)
+                            .map(|m| BlockNo(m.phys) + 1)
                     } else {
                         None
                     };
@@ -386,13 +407,13 @@ impl Ctx<'_> {
                             self.emit(
                                 src,
                                 byte_start - off,
-                                new * bs + head,
+                                new.pos(bs) + head,
                                 byte_end - byte_start,
                             )
                         });
                     if let Err(e) = filled {
                         // Nothing points at the new blocks yet: give them back (e.g. on ENOSPC).
-                        self.release_blocks(new, rlen)?;
+                        self.release_blocks(BlockRun::new(new, rlen))?;
                         return Err(e);
                     }
                     self.unmap_and_release(ino, rec, rfb, rlen)?;
@@ -407,7 +428,13 @@ impl Ctx<'_> {
     }
 
     /// Zero `[off, off+len)` of a file where it is mapped (holes already read as zero).
-    fn zero_mapped(&mut self, ino: u64, rec: &mut InodeRecord, off: u64, len: u64) -> Result<()> {
+    fn zero_mapped(
+        &mut self,
+        ino: InodeNo,
+        rec: &mut InodeRecord,
+        off: u64,
+        len: u64,
+    ) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -426,7 +453,7 @@ impl Ctx<'_> {
     }
 
     /// Set a regular file's size: shrinking zeroes the tail of the new last block and frees the rest.
-    pub fn truncate(&mut self, ino: u64, rec: &mut InodeRecord, size: u64) -> Result<()> {
+    pub fn truncate(&mut self, ino: InodeNo, rec: &mut InodeRecord, size: u64) -> Result<()> {
         if size > MAX_FILE_SIZE {
             return Err(Error::FileTooBig);
         }
@@ -443,14 +470,14 @@ impl Ctx<'_> {
     }
 
     /// Remove every block of a file (it is being deleted).
-    pub fn free_all_data(&mut self, ino: u64, rec: &mut InodeRecord) -> Result<()> {
+    pub fn free_all_data(&mut self, ino: InodeNo, rec: &mut InodeRecord) -> Result<()> {
         self.unmap_and_release(ino, rec, 0, u64::MAX)
     }
 
     /// Deallocate `[off, off+len)`: whole blocks are unmapped, partial blocks zeroed.
     pub fn punch_hole(
         &mut self,
-        ino: u64,
+        ino: InodeNo,
         rec: &mut InodeRecord,
         off: u64,
         len: u64,
@@ -471,7 +498,13 @@ impl Ctx<'_> {
     }
 
     /// Give every hole in `[off, off+len)` freshly zeroed blocks.
-    pub fn allocate(&mut self, ino: u64, rec: &mut InodeRecord, off: u64, len: u64) -> Result<()> {
+    pub fn allocate(
+        &mut self,
+        ino: InodeNo,
+        rec: &mut InodeRecord,
+        off: u64,
+        len: u64,
+    ) -> Result<()> {
         let end = off
             .checked_add(len)
             .filter(|&e| e <= MAX_FILE_SIZE)
@@ -491,7 +524,9 @@ impl Ctx<'_> {
         }
         for (fb, n) in holes {
             let hint = if fb > 0 {
-                self.mappings(ino, fb - 1, 1)?.first().map(|m| m.phys + 1)
+                self.mappings(ino, fb - 1, 1)?
+                    .first()
+                    .map(|m| BlockNo(m.phys) + 1)
             } else {
                 None
             };
@@ -499,14 +534,14 @@ impl Ctx<'_> {
             // Fresh blocks may have been freed in this transaction: make them read as zeros.
             // Then reserve their host space, so a full host answers ENOSPC here, not at a
             // later write into the preallocated range (posix_fallocate's promise).
-            let (pos, bytes) = (new * self.bs, n * self.bs);
+            let (pos, bytes) = (new.pos(self.bs), n * self.bs);
             let zeroed = self
                 .pool
                 .punch(pos, bytes)
                 .and_then(|()| self.pool.allocate(pos, bytes));
             if let Err(e) = zeroed {
                 // Nothing points at the new blocks yet: give them back (e.g. on ENOSPC).
-                self.release_blocks(new, n)?;
+                self.release_blocks(BlockRun::new(new, n))?;
                 return Err(Error::from_io(e));
             }
             self.map(ino, rec, fb, new, n)?;
@@ -517,7 +552,7 @@ impl Ctx<'_> {
     /// The file's bytes `[off, off+len)` (clipped to its size) as pool segments and holes.
     pub fn read_segments(
         &self,
-        ino: u64,
+        ino: InodeNo,
         rec: &InodeRecord,
         off: u64,
         len: u64,
@@ -569,7 +604,8 @@ impl Ctx<'_> {
                     None => {
                         return Err(Error::corrupt(format!(
                             "inode {ino} maps unknown lower file {}",
-                            m.lower
+                            m.lower,
+                            ino = ino.0
                         )))
                     }
                 };
@@ -597,7 +633,13 @@ impl Ctx<'_> {
     }
 
     /// SEEK_DATA / SEEK_HOLE from `off`.
-    pub fn seek(&self, ino: u64, rec: &InodeRecord, off: u64, whence: SeekWhence) -> Result<u64> {
+    pub fn seek(
+        &self,
+        ino: InodeNo,
+        rec: &InodeRecord,
+        off: u64,
+        whence: SeekWhence,
+    ) -> Result<u64> {
         if off >= rec.size {
             return Err(Error::NoData);
         }
@@ -626,8 +668,8 @@ impl Ctx<'_> {
     /// Aligned blocks share extents; unaligned edges are copied inside the pool.
     pub fn clone_range(
         &mut self,
-        (src, src_rec, src_off): (u64, &InodeRecord, u64),
-        (dst, dst_rec, dst_off): (u64, &mut InodeRecord, u64),
+        (src, src_rec, src_off): (InodeNo, &InodeRecord, u64),
+        (dst, dst_rec, dst_off): (InodeNo, &mut InodeRecord, u64),
         len: u64,
     ) -> Result<u64> {
         if src_off >= src_rec.size || len == 0 {
@@ -677,7 +719,7 @@ impl Ctx<'_> {
             for m in self.mappings(src, src_fb, body_blocks)? {
                 // Lower data is immutable and uncounted: sharing it is copying the extent.
                 if m.lower == 0 {
-                    self.incref(m.phys, m.len)?;
+                    self.incref(m.pool_run())?;
                 }
                 self.map_from(
                     dst,
@@ -699,7 +741,7 @@ impl Ctx<'_> {
     }
 }
 
-fn push_new_run(runs: &mut Vec<(u64, u64, Option<u64>)>, fb: u64, len: u64) {
+fn push_new_run(runs: &mut Vec<(u64, u64, Option<BlockNo>)>, fb: u64, len: u64) {
     if let Some(last) = runs.last_mut() {
         if last.2.is_none() && last.0 + last.1 == fb {
             last.1 += len;
@@ -746,7 +788,7 @@ mod tests {
 
     fn maps(s: &Store, ino: InodeNo) -> Vec<Mapping> {
         s.inner()
-            .read(|cx| cx.mappings(ino.0, 0, u64::MAX))
+            .read(|cx| cx.mappings(ino, 0, u64::MAX))
             .expect("mappings")
     }
 
@@ -806,11 +848,8 @@ mod tests {
             maps(&s, b),
             "whole-file clone shares every block"
         );
-        let (phys, len) = (maps(&s, a)[0].phys, maps(&s, a)[0].len);
-        assert!(s
-            .inner()
-            .read(|cx| cx.is_shared(phys, len))
-            .expect("shared"));
+        let run = maps(&s, a)[0].pool_run();
+        assert!(s.inner().read(|cx| cx.is_shared(run)).expect("shared"));
         s.write(b, BS + 1, b"x").expect("write");
         assert_eq!(s.read_to_vec(a, BS + 1, 1).expect("read"), [7]);
         assert_eq!(s.read_to_vec(b, BS + 1, 1).expect("read"), *b"x");
@@ -832,8 +871,8 @@ mod tests {
         let shared = s
             .inner()
             .read(|cx| {
-                let m = cx.mappings(b.0, 0, 2)?;
-                cx.is_shared(m[0].phys, 1)
+                let m = cx.mappings(b, 0, 2)?;
+                cx.is_shared(BlockRun::new(m[0].pool_run().start, 1))
             })
             .expect("shared");
         assert!(!shared, "nothing lines up, nothing may be shared");

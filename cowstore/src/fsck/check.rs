@@ -12,7 +12,7 @@ use crate::codec::{
 use crate::error::{Error, Result};
 use crate::store::ctx::Ctx;
 use crate::store::Store;
-use crate::types::{FileKind, InodeNo, SpaceStats};
+use crate::types::{BlockNo, BlockRun, FileKind, InodeNo, SpaceStats};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
@@ -190,16 +190,16 @@ impl Checker<'_> {
     fn problem(
         &mut self,
         kind: ProblemKind,
-        ino: Option<u64>,
-        blocks: Option<(u64, u64)>,
+        ino: Option<InodeNo>,
+        blocks: Option<BlockRun>,
         message: String,
     ) {
         // A badly damaged store could yield millions of problems; the first ones tell the story.
         if self.report.problems.len() < 100_000 {
             self.report.problems.push(Problem {
                 kind,
-                ino,
-                blocks,
+                ino: ino.map(InodeNo::get),
+                blocks: blocks.map(|r| (r.start.0, r.len)),
                 message,
             });
         }
@@ -212,19 +212,19 @@ struct InodeInfo {
     nlink: u32,
     size: u64,
     blocks: u64,
-    parent: u64,
+    parent: InodeNo,
 }
 
 /// The inode table as the inode pass found it.
 struct Inodes {
     /// Records that decode.
-    info: HashMap<u64, InodeInfo>,
+    info: HashMap<InodeNo, InodeInfo>,
     /// Inode numbers whose record is there but does not decode.
-    damaged: HashSet<u64>,
+    damaged: HashSet<InodeNo>,
 }
 
 impl Inodes {
-    fn is_dir(&self, ino: u64) -> bool {
+    fn is_dir(&self, ino: InodeNo) -> bool {
         self.info
             .get(&ino)
             .is_some_and(|i| i.kind == FileKind::Directory)
@@ -232,11 +232,11 @@ impl Inodes {
 
     /// Whether `ino`'s link count counts the entries naming it (directories: their
     /// subdirectories too), the root's aside.
-    fn expected_links(&self, ino: u64, links: &Links) -> Option<(u32, u32)> {
+    fn expected_links(&self, ino: InodeNo, links: &Links) -> Option<(u32, u32)> {
         let i = self.info.get(&ino)?;
         let found = links.names.get(&ino).copied().unwrap_or(0);
         let expected = if i.kind == FileKind::Directory {
-            if found == 0 && ino != InodeNo::ROOT.0 {
+            if found == 0 && ino != InodeNo::ROOT {
                 0
             } else {
                 2 + links.subdirs.get(&ino).copied().unwrap_or(0)
@@ -248,11 +248,11 @@ impl Inodes {
     }
 
     /// An inode with no links or no names: it must be on the orphan list.
-    fn unlinked(&self, ino: u64, links: &Links) -> bool {
+    fn unlinked(&self, ino: InodeNo, links: &Links) -> bool {
         let found = links.names.get(&ino).copied().unwrap_or(0);
         self.info
             .get(&ino)
-            .is_some_and(|i| i.nlink == 0 || (found == 0 && ino != InodeNo::ROOT.0))
+            .is_some_and(|i| i.nlink == 0 || (found == 0 && ino != InodeNo::ROOT))
     }
 }
 
@@ -260,11 +260,11 @@ impl Inodes {
 #[derive(Default)]
 struct Links {
     /// Entries naming each inode.
-    names: HashMap<u64, u32>,
+    names: HashMap<InodeNo, u32>,
     /// Subdirectory entries of each directory.
-    subdirs: HashMap<u64, u32>,
+    subdirs: HashMap<InodeNo, u32>,
     /// Each directory's subdirectories (with a readable record).
-    children: HashMap<u64, Vec<u64>>,
+    children: HashMap<InodeNo, Vec<InodeNo>>,
 }
 
 /// Every pass in order, over one commit.
@@ -319,7 +319,7 @@ fn check_inodes(cx: &Ctx<'_>, c: &mut Checker<'_>, state: &StateRecord) -> Resul
                         ProblemKind::State,
                         Some(ino),
                         None,
-                        format!("inode number not below next_ino {}", state.next_ino),
+                        format!("inode number not below next_ino {}", state.next_ino.0),
                     );
                 }
                 inodes.info.insert(
@@ -356,17 +356,17 @@ fn check_inodes(cx: &Ctx<'_>, c: &mut Checker<'_>, state: &StateRecord) -> Resul
             ),
         );
     }
-    match inodes.info.get(&InodeNo::ROOT.0) {
+    match inodes.info.get(&InodeNo::ROOT) {
         Some(r) if r.kind == FileKind::Directory => {}
         Some(_) => c.problem(
             ProblemKind::Corrupt,
-            Some(1),
+            Some(InodeNo::ROOT),
             None,
             "root inode is not a directory".into(),
         ),
         None => c.problem(
             ProblemKind::Corrupt,
-            Some(1),
+            Some(InodeNo::ROOT),
             None,
             "root inode missing".into(),
         ),
@@ -395,7 +395,10 @@ fn check_dirents(cx: &Ctx<'_>, c: &mut Checker<'_>, inodes: &Inodes) -> Result<L
                 ProblemKind::DanglingDirent,
                 Some(parent),
                 None,
-                format!("entry {shown:?} is in inode {parent}, whose record does not decode"),
+                format!(
+                    "entry {shown:?} is in inode {parent}, whose record does not decode",
+                    parent = parent.0
+                ),
             );
         } else if !inodes.is_dir(parent) {
             c.problem(
@@ -427,7 +430,7 @@ fn check_dirents(cx: &Ctx<'_>, c: &mut Checker<'_>, inodes: &Inodes) -> Result<L
                     None,
                     format!(
                         "entry {shown:?} names inode {}, whose record does not decode",
-                        d.ino
+                        d.ino.0
                     ),
                 );
                 *links.names.entry(d.ino).or_default() += 1;
@@ -441,7 +444,7 @@ fn check_dirents(cx: &Ctx<'_>, c: &mut Checker<'_>, inodes: &Inodes) -> Result<L
                     ProblemKind::DanglingDirent,
                     Some(parent),
                     None,
-                    format!("entry {shown:?} names missing inode {}", d.ino),
+                    format!("entry {shown:?} names missing inode {}", d.ino.0),
                 );
                 continue;
             }
@@ -451,7 +454,7 @@ fn check_dirents(cx: &Ctx<'_>, c: &mut Checker<'_>, inodes: &Inodes) -> Result<L
                 None,
                 format!(
                     "entry {shown:?} says {:?}, inode {} is {:?}",
-                    d.kind, d.ino, t.kind
+                    d.kind, d.ino.0, t.kind
                 ),
             ),
             Some(t) if t.kind == FileKind::Directory && t.parent != parent => c.problem(
@@ -460,7 +463,8 @@ fn check_dirents(cx: &Ctx<'_>, c: &mut Checker<'_>, inodes: &Inodes) -> Result<L
                 None,
                 format!(
                     "directory is entry {shown:?} of {parent} but its parent says {}",
-                    t.parent
+                    t.parent.0,
+                    parent = parent.0
                 ),
             ),
             _ => {}
@@ -487,7 +491,7 @@ fn check_dirents(cx: &Ctx<'_>, c: &mut Checker<'_>, inodes: &Inodes) -> Result<L
 }
 
 /// The orphan list (inodes unlinked while open).
-fn orphan_list(cx: &Ctx<'_>) -> Result<HashSet<u64>> {
+fn orphan_list(cx: &Ctx<'_>) -> Result<HashSet<InodeNo>> {
     let mut orphans = HashSet::new();
     for item in cx.orphans.iter()? {
         orphans.insert(item?.0);
@@ -502,10 +506,10 @@ fn check_connectivity(
     c: &mut Checker<'_>,
     inodes: &Inodes,
     links: &Links,
-    orphans: &HashSet<u64>,
+    orphans: &HashSet<InodeNo>,
 ) -> Result<()> {
-    let mut reachable: HashSet<u64> = HashSet::new();
-    let mut stack = vec![InodeNo::ROOT.0];
+    let mut reachable: HashSet<InodeNo> = HashSet::new();
+    let mut stack = vec![InodeNo::ROOT];
     while let Some(d) = stack.pop() {
         if !reachable.insert(d) {
             c.problem(
@@ -520,7 +524,7 @@ fn check_connectivity(
             stack.extend(kids.iter().copied());
         }
     }
-    let mut named_in_reachable: HashSet<u64> = HashSet::new();
+    let mut named_in_reachable: HashSet<InodeNo> = HashSet::new();
     for item in cx.dirents.iter()? {
         let ((parent, _), v) = item?;
         if reachable.contains(&parent) {
@@ -529,10 +533,10 @@ fn check_connectivity(
             }
         }
     }
-    let mut inos: Vec<u64> = inodes.info.keys().copied().collect();
+    let mut inos: Vec<InodeNo> = inodes.info.keys().copied().collect();
     inos.sort_unstable();
     for ino in inos {
-        if ino != InodeNo::ROOT.0
+        if ino != InodeNo::ROOT
             && !inodes.unlinked(ino, links)
             && !orphans.contains(&ino)
             && !named_in_reachable.contains(&ino)
@@ -550,7 +554,7 @@ fn check_connectivity(
 
 /// Link counts: files count their entries, directories 2 plus their subdirectories.
 fn check_link_counts(c: &mut Checker<'_>, inodes: &Inodes, links: &Links) {
-    let mut inos: Vec<u64> = inodes.info.keys().copied().collect();
+    let mut inos: Vec<InodeNo> = inodes.info.keys().copied().collect();
     inos.sort_unstable();
     for ino in inos {
         let (Some(i), Some((_, expected))) =
@@ -570,8 +574,8 @@ fn check_link_counts(c: &mut Checker<'_>, inodes: &Inodes, links: &Links) {
 }
 
 /// The orphan list holds exactly the inodes with no links, and only inodes that exist.
-fn check_orphans(c: &mut Checker<'_>, inodes: &Inodes, links: &Links, orphans: &HashSet<u64>) {
-    let mut inos: Vec<u64> = inodes.info.keys().copied().collect();
+fn check_orphans(c: &mut Checker<'_>, inodes: &Inodes, links: &Links, orphans: &HashSet<InodeNo>) {
+    let mut inos: Vec<InodeNo> = inodes.info.keys().copied().collect();
     inos.sort_unstable();
     for ino in inos {
         let Some(i) = inodes.info.get(&ino) else {
@@ -595,7 +599,7 @@ fn check_orphans(c: &mut Checker<'_>, inodes: &Inodes, links: &Links, orphans: &
             );
         }
     }
-    let mut listed: Vec<u64> = orphans.iter().copied().collect();
+    let mut listed: Vec<InodeNo> = orphans.iter().copied().collect();
     listed.sort_unstable();
     for o in listed {
         if !inodes.info.contains_key(&o) && !inodes.damaged.contains(&o) {
@@ -632,14 +636,14 @@ fn check_extents(
     inodes: &Inodes,
     lower_ids: &HashSet<u64>,
     state: &StateRecord,
-) -> Result<Vec<(u64, u64)>> {
+) -> Result<Vec<BlockRun>> {
     let bs = cx.bs;
     // Progress in blocks: the inodes' block counters say how many to expect.
     let expected_blocks: u64 = inodes.info.values().map(|i| i.blocks).sum();
     let mut blocks_seen = 0u64;
-    let mut refs: Vec<(u64, u64)> = Vec::new();
-    let mut per_inode_blocks: HashMap<u64, u64> = HashMap::new();
-    let mut last: Option<(u64, u64)> = None; // (ino, end block)
+    let mut refs: Vec<BlockRun> = Vec::new();
+    let mut per_inode_blocks: HashMap<InodeNo, u64> = HashMap::new();
+    let mut last: Option<(InodeNo, u64)> = None; // (ino, end block)
     for (n, item) in cx.extents.iter()?.enumerate() {
         if n % 16384 == 0 {
             (c.progress)("extents", blocks_seen, expected_blocks);
@@ -658,7 +662,7 @@ fn check_extents(
             c.problem(
                 ProblemKind::ExtentBounds,
                 Some(ino),
-                Some((e.phys, 0)),
+                Some(e.pool_run()),
                 format!("empty extent at file block {fb}"),
             );
             continue;
@@ -670,7 +674,7 @@ fn check_extents(
                     c.problem(
                         ProblemKind::ExtentBounds,
                         Some(ino),
-                        Some((e.phys, e.len)),
+                        Some(e.pool_run()),
                         format!("extent at file block {fb} (+{}) is past the end of the file ({} bytes)", e.len, i.size),
                     );
                 }
@@ -678,13 +682,13 @@ fn check_extents(
             None if inodes.damaged.contains(&ino) => c.problem(
                 ProblemKind::ExtentBounds,
                 Some(ino),
-                Some((e.phys, e.len)),
+                Some(e.pool_run()),
                 "extent of an inode whose record does not decode".into(),
             ),
             _ => c.problem(
                 ProblemKind::ExtentBounds,
                 Some(ino),
-                Some((e.phys, e.len)),
+                Some(e.pool_run()),
                 "extent of a missing or non-regular inode".into(),
             ),
         }
@@ -693,7 +697,7 @@ fn check_extents(
                 c.problem(
                     ProblemKind::ExtentBounds,
                     Some(ino),
-                    Some((e.phys, e.len)),
+                    Some(e.pool_run()),
                     format!("extent at file block {fb} overlaps the previous one"),
                 );
             }
@@ -724,7 +728,7 @@ fn check_extents(
             c.problem(
                 ProblemKind::ExtentBounds,
                 Some(ino),
-                Some((e.phys, e.len)),
+                Some(e.pool_run()),
                 format!(
                     "extent at file block {fb} lies outside the pool ({} blocks)",
                     state.pool_blocks
@@ -733,9 +737,9 @@ fn check_extents(
             continue;
         }
         *per_inode_blocks.entry(ino).or_default() += e.len;
-        refs.push((e.phys, e.len));
+        refs.push(e.pool_run());
     }
-    let mut inos: Vec<u64> = inodes.info.keys().copied().collect();
+    let mut inos: Vec<InodeNo> = inodes.info.keys().copied().collect();
     inos.sort_unstable();
     for ino in inos {
         let Some(i) = inodes.info.get(&ino) else {
@@ -766,44 +770,53 @@ fn check_refcounts(cx: &Ctx<'_>, c: &mut Checker<'_>, cover: &Runs) -> Result<()
                     c.problem(
                         ProblemKind::Refcount,
                         None,
-                        Some((start, r.len)),
+                        Some(BlockRun::new(start, r.len)),
                         format!(
                             "refcount record with count {} (records hold counts >= 2)",
                             r.count
                         ),
                     );
                 }
-                if let Some(&(ps, pl, _)) = recorded.last() {
-                    if ps + pl > start {
+                if let Some(&(p, _)) = recorded.last() {
+                    if p.end() > start {
                         c.problem(
                             ProblemKind::Refcount,
                             None,
-                            Some((start, r.len)),
+                            Some(BlockRun::new(start, r.len)),
                             "refcount records overlap".into(),
                         );
                         continue;
                     }
                 }
-                recorded.push((start, r.len, r.count));
+                recorded.push((BlockRun::new(start, r.len), r.count));
             }
-            Err(e) => c.problem(ProblemKind::Corrupt, None, Some((start, 0)), e.to_string()),
+            Err(e) => c.problem(
+                ProblemKind::Corrupt,
+                None,
+                Some(BlockRun::new(start, 0)),
+                e.to_string(),
+            ),
         }
     }
-    let expected: Runs = cover.iter().filter(|r| r.2 >= 2).copied().collect();
-    for (s, l, want, have) in pieces_where(&expected, &recorded, |want, have| want != have) {
-        let refs_found = if want == 0 { value_at(cover, s) } else { want };
+    let expected: Runs = cover.iter().filter(|r| r.1 >= 2).copied().collect();
+    for (run, want, have) in pieces_where(&expected, &recorded, |want, have| want != have) {
+        let refs_found = if want == 0 {
+            value_at(cover, run.start)
+        } else {
+            want
+        };
         if want >= 2 && have == 0 {
             c.problem(
                 ProblemKind::DoubleReference,
                 None,
-                Some((s, l)),
+                Some(run),
                 format!("referenced {want} times without a refcount record"),
             );
         } else {
             c.problem(
                 ProblemKind::Refcount,
                 None,
-                Some((s, l)),
+                Some(run),
                 format!("refcount {have} but {refs_found} references found"),
             );
         }
@@ -824,44 +837,49 @@ fn check_free_space(
         let (start, v) = item?;
         match decode::<FreeRecord>(&v, &start) {
             Ok(r) => {
-                if let Some(&(ps, pl, _)) = free.last() {
-                    if ps + pl > start {
+                if let Some(&(p, _)) = free.last() {
+                    if p.end() > start {
                         c.problem(
                             ProblemKind::FreeOverlap,
                             None,
-                            Some((start, r.len)),
+                            Some(BlockRun::new(start, r.len)),
                             "free runs overlap".into(),
                         );
                         continue;
                     }
                 }
-                if start + r.len > pool_blocks {
+                if start + r.len > BlockNo(pool_blocks) {
                     c.problem(
                         ProblemKind::FreeOverlap,
                         None,
-                        Some((start, r.len)),
+                        Some(BlockRun::new(start, r.len)),
                         format!("free run past the pool's end ({pool_blocks} blocks)"),
                     );
                 }
-                free.push((start, r.len, 1));
+                free.push((BlockRun::new(start, r.len), 1));
             }
-            Err(e) => c.problem(ProblemKind::Corrupt, None, Some((start, 0)), e.to_string()),
+            Err(e) => c.problem(
+                ProblemKind::Corrupt,
+                None,
+                Some(BlockRun::new(start, 0)),
+                e.to_string(),
+            ),
         }
     }
-    let used: Runs = cover.iter().map(|&(s, l, _)| (s, l, 1)).collect();
-    for (s, l, _, _) in pieces_where(&used, &free, |u, f| u == 1 && f == 1) {
+    let used: Runs = cover.iter().map(|&(r, _)| (r, 1)).collect();
+    for (run, _, _) in pieces_where(&used, &free, |u, f| u == 1 && f == 1) {
         c.problem(
             ProblemKind::FreeOverlap,
             None,
-            Some((s, l)),
+            Some(run),
             "blocks are both free and referenced".into(),
         );
     }
-    for (s, l) in unaccounted(&used, &free, pool_blocks) {
+    for run in unaccounted(&used, &free, pool_blocks) {
         c.problem(
             ProblemKind::LeakedBlock,
             None,
-            Some((s, l)),
+            Some(run),
             "blocks are neither free nor referenced".into(),
         );
     }

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::ns::new_inode_record;
 use crate::store::ctx::Ctx;
 use crate::store::Store;
-use crate::types::{Caller, FileKind, InodeNo};
+use crate::types::{BlockNo, BlockRun, Caller, FileKind, InodeNo};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub const LOST_FOUND: &[u8] = b"lost+found";
@@ -40,16 +40,16 @@ impl Store {
         self.commit()?;
         // Give the host back the space of whatever is free now.
         let bs = u64::from(self.block_size());
-        let free: Vec<(u64, u64)> = self.inner().read(|cx| {
+        let free: Vec<BlockRun> = self.inner().read(|cx| {
             let mut v = Vec::new();
             for item in cx.free.iter()? {
                 let (k, val) = item?;
-                v.push((k, decode::<FreeRecord>(&val, &k)?.len));
+                v.push(BlockRun::new(k, decode::<FreeRecord>(&val, &k)?.len));
             }
             Ok(v)
         })?;
-        for (s, l) in free {
-            self.pool().punch(s * bs, l * bs)?;
+        for r in free {
+            self.pool().punch(r.start.pos(bs), r.len * bs)?;
         }
         Ok(sum)
     }
@@ -57,7 +57,7 @@ impl Store {
 
 /// A directory entry that decodes.
 struct Entry {
-    parent: u64,
+    parent: InodeNo,
     name: Vec<u8>,
     d: DirentRecord,
 }
@@ -71,23 +71,23 @@ impl Entry {
 /// The namespace as repair rebuilds it; inode records are written back at the end.
 struct Ns {
     /// Records that decode, and those repair made.
-    inodes: BTreeMap<u64, InodeRecord>,
+    inodes: BTreeMap<InodeNo, InodeRecord>,
     /// Inodes whose record does not decode (with the decode error), left as they are.
-    damaged: BTreeMap<u64, String>,
+    damaged: BTreeMap<InodeNo, String>,
     /// Inodes whose record repair remade from their extents.
-    rebuilt: HashSet<u64>,
+    rebuilt: HashSet<InodeNo>,
     /// The entries that decode and stay.
     entries: Vec<Entry>,
     /// Inodes some entry named when repair began: never reclaimed as unlinked.
-    named: HashSet<u64>,
+    named: HashSet<InodeNo>,
     /// Inodes reclaimed for having no links: their extents go with them.
-    reclaimed: HashSet<u64>,
+    reclaimed: HashSet<InodeNo>,
     /// The highest inode number any inode or extent record uses: new inodes go above it.
-    highest_ino: u64,
+    highest_ino: InodeNo,
 }
 
 /// Every extent record: its key, and the record if it decodes.
-type Extents = Vec<((u64, u64), Option<ExtentRecord>)>;
+type Extents = Vec<((InodeNo, u64), Option<ExtentRecord>)>;
 
 fn repair_txn(cx: &mut Ctx<'_>, sum: &mut RepairSummary) -> Result<()> {
     let mut ns = load_namespace(cx, sum)?;
@@ -120,7 +120,7 @@ fn load_namespace(cx: &Ctx<'_>, sum: &mut RepairSummary) -> Result<Ns> {
         entries: Vec::new(),
         named: HashSet::new(),
         reclaimed: HashSet::new(),
-        highest_ino: InodeNo::ROOT.0,
+        highest_ino: InodeNo::ROOT,
     };
     for item in cx.inodes.iter()? {
         let (ino, v) = item?;
@@ -134,7 +134,7 @@ fn load_namespace(cx: &Ctx<'_>, sum: &mut RepairSummary) -> Result<Ns> {
             }
         }
     }
-    if !ns.inodes.contains_key(&InodeNo::ROOT.0) {
+    if !ns.inodes.contains_key(&InodeNo::ROOT) {
         return Err(Error::corrupt(
             "the root inode is missing or unreadable; the store cannot be repaired",
         ));
@@ -171,9 +171,9 @@ fn load_extents(cx: &Ctx<'_>, ns: &mut Ns) -> Result<Extents> {
 /// sit under (a directory, then): it is left as it is and reported, like every damaged record
 /// without extents.
 fn rebuild_inodes(cx: &mut Ctx<'_>, ns: &mut Ns, extents: &Extents, sum: &mut RepairSummary) {
-    let parents: HashSet<u64> = ns.entries.iter().map(|e| e.parent).collect();
+    let parents: HashSet<InodeNo> = ns.entries.iter().map(|e| e.parent).collect();
     // Per inode without a readable record: (readable extents, blocks, end in file blocks).
-    let mut found: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
+    let mut found: BTreeMap<InodeNo, (u64, u64, u64)> = BTreeMap::new();
     for ((ino, fb), rec) in extents {
         match rec {
             Some(e) if e.len > 0 && !ns.inodes.contains_key(ino) => {
@@ -190,7 +190,7 @@ fn rebuild_inodes(cx: &mut Ctx<'_>, ns: &mut Ns, extents: &Extents, sum: &mut Re
         if damaged && parents.contains(&ino) {
             continue;
         }
-        let mut rec = new_inode_record(FileKind::Regular, 0o600, Caller::ROOT, 0, InodeNo::ROOT.0);
+        let mut rec = new_inode_record(FileKind::Regular, 0o600, Caller::ROOT, 0, InodeNo::ROOT);
         rec.size = end.saturating_mul(cx.bs);
         rec.blocks = blocks;
         rec.generation = cx.mem.state.generation;
@@ -202,7 +202,8 @@ fn rebuild_inodes(cx: &mut Ctx<'_>, ns: &mut Ns, extents: &Extents, sum: &mut Re
             } else {
                 "is missing"
             },
-            rec.size
+            rec.size,
+            ino = ino.0
         ));
         ns.damaged.remove(&ino);
         ns.inodes.insert(ino, rec);
@@ -231,16 +232,21 @@ fn repair_dirents(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Res
                 .get(&parent)
                 .is_some_and(|p| p.kind == FileKind::Directory);
         let why = if !in_dir {
-            format!("inode {parent} is not a directory")
+            format!("inode {parent} is not a directory", parent = parent.0)
         } else if ns.rebuilt.contains(&ino) {
-            format!("inode {ino} was rebuilt and goes to /lost+found/#{ino}")
+            format!(
+                "inode {ino} was rebuilt and goes to /lost+found/#{ino}",
+                ino = ino.0
+            )
         } else if !ns.inodes.contains_key(&ino) && !ns.damaged.contains_key(&ino) {
-            format!("it names missing inode {ino}")
+            format!("it names missing inode {ino}", ino = ino.0)
         } else {
             if let Some(t) = ns.inodes.get(&ino).filter(|t| t.kind != e.d.kind) {
                 sum.actions.push(format!(
                     "entry {shown:?} in directory {parent}: kind {:?} corrected to {:?}",
-                    e.d.kind, t.kind
+                    e.d.kind,
+                    t.kind,
+                    parent = parent.0
                 ));
                 e.d.kind = t.kind;
                 cx.dirents
@@ -254,7 +260,8 @@ fn repair_dirents(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Res
             cx.cookies.remove((parent, e.d.cookie))?;
         }
         sum.actions.push(format!(
-            "removed entry {shown:?} in directory {parent}: {why}"
+            "removed entry {shown:?} in directory {parent}: {why}",
+            parent = parent.0
         ));
     }
     Ok(())
@@ -262,17 +269,17 @@ fn repair_dirents(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Res
 
 /// readdir cookies: exactly one per entry, naming it.
 fn repair_cookies(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Result<()> {
-    let mut cookies: Vec<((u64, u64), Vec<u8>)> = Vec::new();
+    let mut cookies: Vec<((InodeNo, u64), Vec<u8>)> = Vec::new();
     for item in cx.cookies.iter()? {
         cookies.push(item?);
     }
-    let wanted: HashSet<(u64, u64, &[u8])> = ns
+    let wanted: HashSet<(InodeNo, u64, &[u8])> = ns
         .entries
         .iter()
         .map(|e| (e.parent, e.d.cookie, e.name.as_slice()))
         .collect();
     let mut stale = Vec::new();
-    let mut kept: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    let mut kept: HashMap<(InodeNo, u64), Vec<u8>> = HashMap::new();
     for ((p, c), name) in cookies {
         if wanted.contains(&(p, c, name.as_slice())) {
             kept.insert((p, c), name);
@@ -282,8 +289,10 @@ fn repair_cookies(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Res
     }
     for (p, c) in stale {
         cx.cookies.remove((p, c))?;
-        sum.actions
-            .push(format!("removed stale readdir cookie {c} of directory {p}"));
+        sum.actions.push(format!(
+            "removed stale readdir cookie {c} of directory {p}",
+            p = p.0
+        ));
     }
     for e in ns.entries.iter_mut() {
         if kept
@@ -297,7 +306,7 @@ fn repair_cookies(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Res
                 "entry {:?} in inode {}: no readdir cookie, and none can be given while the \
                  directory's record does not decode",
                 e.shown(),
-                e.parent
+                e.parent.0
             ));
             continue;
         };
@@ -311,7 +320,7 @@ fn repair_cookies(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Res
         sum.actions.push(format!(
             "entry {:?} in directory {}: readdir cookie rebuilt",
             e.shown(),
-            e.parent
+            e.parent.0
         ));
     }
     Ok(())
@@ -319,7 +328,7 @@ fn repair_cookies(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Res
 
 /// A directory has one name: extra entries for it are removed (the first one stays).
 fn repair_directory_names(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Result<()> {
-    let mut names: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    let mut names: BTreeMap<InodeNo, Vec<usize>> = BTreeMap::new();
     for (i, e) in ns.entries.iter().enumerate() {
         if e.d.kind == FileKind::Directory {
             names.entry(e.d.ino).or_default().push(i);
@@ -334,7 +343,8 @@ fn repair_directory_names(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary
             sum.actions.push(format!(
                 "removed extra entry {:?} in {} for directory {dino}",
                 e.shown(),
-                e.parent
+                e.parent.0,
+                dino = dino.0
             ));
             extra.push(i);
         }
@@ -352,11 +362,11 @@ fn repair_directory_names(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary
 fn reconnect(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Result<()> {
     for _round in 0..64 {
         let reachable = reachable_from_root(ns);
-        let lost: Vec<u64> = ns
+        let lost: Vec<InodeNo> = ns
             .inodes
             .iter()
             .filter(|(&i, r)| {
-                i != InodeNo::ROOT.0
+                i != InodeNo::ROOT
                     && !reachable.contains(&i)
                     && (r.nlink > 0 || ns.named.contains(&i))
             })
@@ -365,8 +375,8 @@ fn reconnect(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Result<(
         if lost.is_empty() {
             break;
         }
-        let lost_set: HashSet<u64> = lost.iter().copied().collect();
-        let mut tops: Vec<u64> = lost
+        let lost_set: HashSet<InodeNo> = lost.iter().copied().collect();
+        let mut tops: Vec<InodeNo> = lost
             .iter()
             .copied()
             .filter(|i| {
@@ -382,20 +392,21 @@ fn reconnect(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Result<(
         for ino in tops {
             link_into_lost_found(cx, ns, lf, ino)?;
             sum.actions.push(format!(
-                "inode {ino} was disconnected: linked as /lost+found/#{ino}"
+                "inode {ino} was disconnected: linked as /lost+found/#{ino}",
+                ino = ino.0
             ));
         }
     }
     Ok(())
 }
 
-fn reachable_from_root(ns: &Ns) -> HashSet<u64> {
-    let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
+fn reachable_from_root(ns: &Ns) -> HashSet<InodeNo> {
+    let mut children: HashMap<InodeNo, Vec<InodeNo>> = HashMap::new();
     for e in &ns.entries {
         children.entry(e.parent).or_default().push(e.d.ino);
     }
     let mut reachable = HashSet::new();
-    let mut stack = vec![InodeNo::ROOT.0];
+    let mut stack = vec![InodeNo::ROOT];
     while let Some(i) = stack.pop() {
         if !reachable.insert(i) {
             continue;
@@ -412,8 +423,8 @@ fn reachable_from_root(ns: &Ns) -> HashSet<u64> {
 }
 
 /// Name `ino` `/lost+found/#ino`; a directory loses its old (unreachable) name, having one only.
-fn link_into_lost_found(cx: &mut Ctx<'_>, ns: &mut Ns, lf: u64, ino: u64) -> Result<()> {
-    let name = format!("#{ino}").into_bytes();
+fn link_into_lost_found(cx: &mut Ctx<'_>, ns: &mut Ns, lf: InodeNo, ino: InodeNo) -> Result<()> {
+    let name = format!("#{ino}", ino = ino.0).into_bytes();
     let kind = ns
         .inodes
         .get(&ino)
@@ -450,8 +461,8 @@ fn link_into_lost_found(cx: &mut Ctx<'_>, ns: &mut Ns, lf: u64, ino: u64) -> Res
 }
 
 /// The inode of /lost+found, made if there is none.
-fn ensure_lost_found(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Result<u64> {
-    let root = InodeNo::ROOT.0;
+fn ensure_lost_found(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Result<InodeNo> {
+    let root = InodeNo::ROOT;
     if let Some(e) = ns
         .entries
         .iter()
@@ -464,9 +475,9 @@ fn ensure_lost_found(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> 
             )),
         };
     }
-    let ino = cx.mem.state.next_ino.max(ns.highest_ino + 1);
+    let ino = cx.mem.state.next_ino.max(InodeNo(ns.highest_ino.0 + 1));
     ns.highest_ino = ino;
-    cx.mem.state.next_ino = ino + 1;
+    cx.mem.state.next_ino = InodeNo(ino.0 + 1);
     let mut rec = new_inode_record(FileKind::Directory, 0o700, Caller::ROOT, 0, root);
     rec.generation = cx.mem.state.generation;
     let r = ns
@@ -497,9 +508,9 @@ fn ensure_lost_found(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> 
 }
 
 /// Entries naming each inode, and subdirectory entries of each directory.
-fn count_links(entries: &[Entry]) -> (HashMap<u64, u32>, HashMap<u64, u32>) {
-    let mut names: HashMap<u64, u32> = HashMap::new();
-    let mut subdirs: HashMap<u64, u32> = HashMap::new();
+fn count_links(entries: &[Entry]) -> (HashMap<InodeNo, u32>, HashMap<InodeNo, u32>) {
+    let mut names: HashMap<InodeNo, u32> = HashMap::new();
+    let mut subdirs: HashMap<InodeNo, u32> = HashMap::new();
     for e in entries {
         *names.entry(e.d.ino).or_default() += 1;
         if e.d.kind == FileKind::Directory {
@@ -522,7 +533,7 @@ fn repair_link_counts(ns: &mut Ns, sum: &mut RepairSummary) {
     }
     for (&ino, r) in ns.inodes.iter_mut() {
         let found = names.get(&ino).copied().unwrap_or(0);
-        if found == 0 && ino != InodeNo::ROOT.0 {
+        if found == 0 && ino != InodeNo::ROOT {
             continue;
         }
         let want = if r.kind == FileKind::Directory {
@@ -533,7 +544,8 @@ fn repair_link_counts(ns: &mut Ns, sum: &mut RepairSummary) {
         if r.nlink != want {
             sum.actions.push(format!(
                 "inode {ino}: link count {} corrected to {want}",
-                r.nlink
+                r.nlink,
+                ino = ino.0
             ));
             r.nlink = want;
         }
@@ -545,18 +557,20 @@ fn repair_link_counts(ns: &mut Ns, sum: &mut RepairSummary) {
 /// have no links.
 fn repair_orphans(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Result<()> {
     let (names, _) = count_links(&ns.entries);
-    let mut orphans: BTreeSet<u64> = BTreeSet::new();
+    let mut orphans: BTreeSet<InodeNo> = BTreeSet::new();
     for item in cx.orphans.iter()? {
         orphans.insert(item?.0);
     }
     let mut doomed = Vec::new();
     for &ino in ns.inodes.keys() {
-        if ino != InodeNo::ROOT.0 && !names.contains_key(&ino) {
+        if ino != InodeNo::ROOT && !names.contains_key(&ino) {
             doomed.push(ino);
         } else if orphans.contains(&ino) {
             cx.orphans.remove(ino)?;
-            sum.actions
-                .push(format!("inode {ino} has links: taken off the orphan list"));
+            sum.actions.push(format!(
+                "inode {ino} has links: taken off the orphan list",
+                ino = ino.0
+            ));
         }
     }
     for ino in doomed {
@@ -569,25 +583,27 @@ fn repair_orphans(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Res
             cx.xattrs.remove((ino, n.as_slice()))?;
         }
         sum.actions
-            .push(format!("inode {ino} had no links: reclaimed"));
+            .push(format!("inode {ino} had no links: reclaimed", ino = ino.0));
     }
     for o in orphans {
         let exists = ns.inodes.contains_key(&o) || ns.damaged.contains_key(&o);
         if !exists && !ns.reclaimed.contains(&o) && cx.orphans.remove(o)? {
-            sum.actions
-                .push(format!("orphan list entry for missing inode {o} removed"));
+            sum.actions.push(format!(
+                "orphan list entry for missing inode {o} removed",
+                o = o.0
+            ));
         }
     }
     Ok(())
 }
 
 /// The pool blocks an extent references, if it is a pool extent inside the pool.
-fn pool_ref(e: &ExtentRecord, pool_blocks: u64) -> Option<(u64, u64)> {
+fn pool_ref(e: &ExtentRecord, pool_blocks: u64) -> Option<BlockRun> {
     let inside = e
         .phys
         .checked_add(e.len)
         .is_some_and(|end| end <= pool_blocks);
-    (e.lower == 0 && e.len > 0 && inside).then_some((e.phys, e.len))
+    (e.lower == 0 && e.len > 0 && inside).then_some(e.pool_run())
 }
 
 /// Extent maps of regular files: kept where they lie inside the pool (or a known lower file)
@@ -601,13 +617,13 @@ fn repair_extents(
     ns: &mut Ns,
     extents: Extents,
     sum: &mut RepairSummary,
-) -> Result<(Vec<(u64, u64)>, bool)> {
+) -> Result<(Vec<BlockRun>, bool)> {
     let (bs, pool_blocks) = (cx.bs, cx.mem.state.pool_blocks);
-    let mut refs: Vec<(u64, u64)> = Vec::new();
+    let mut refs: Vec<BlockRun> = Vec::new();
     let mut unreadable = false;
-    let mut blocks: HashMap<u64, u64> = HashMap::new();
-    let mut foreign: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut last_end: Option<(u64, u64)> = None;
+    let mut blocks: HashMap<InodeNo, u64> = HashMap::new();
+    let mut foreign: BTreeMap<InodeNo, u64> = BTreeMap::new();
+    let mut last_end: Option<(InodeNo, u64)> = None;
     for ((ino, fb), rec) in extents {
         if ns.reclaimed.contains(&ino) {
             cx.extents.remove((ino, fb))?;
@@ -617,7 +633,8 @@ fn repair_extents(
             unreadable = true;
             sum.unfixable.push(format!(
                 "inode {ino}: the extent at file block {fb} does not decode; kept, and no block \
-                 is freed while it is there"
+                 is freed while it is there",
+                ino = ino.0
             ));
             continue;
         };
@@ -647,7 +664,8 @@ fn repair_extents(
         if !why.is_empty() {
             cx.extents.remove((ino, fb))?;
             sum.actions.push(format!(
-                "inode {ino}: extent at file block {fb} removed ({why})"
+                "inode {ino}: extent at file block {fb} removed ({why})",
+                ino = ino.0
             ));
             continue;
         }
@@ -661,22 +679,23 @@ fn repair_extents(
             };
             cx.extents.insert((ino, fb), encode(&trimmed).as_slice())?;
             sum.actions.push(format!(
-                "inode {ino}: extent at file block {fb} trimmed to the end of the file"
+                "inode {ino}: extent at file block {fb} trimmed to the end of the file",
+                ino = ino.0
             ));
         }
         last_end = Some((ino, fb + len));
         *blocks.entry(ino).or_default() += len;
         if e.lower == 0 {
-            refs.push((e.phys, len));
+            refs.push(BlockRun::new(BlockNo(e.phys), len));
         }
     }
     for (ino, n) in foreign {
         let owner = match ns.inodes.get(&ino) {
-            Some(r) => format!("{:?} inode {ino}", r.kind),
+            Some(r) => format!("{:?} inode {ino}", r.kind, ino = ino.0),
             None if ns.damaged.contains_key(&ino) => {
-                format!("inode {ino}, whose record does not decode")
+                format!("inode {ino}, whose record does not decode", ino = ino.0)
             }
-            None => format!("missing inode {ino}"),
+            None => format!("missing inode {ino}", ino = ino.0),
         };
         sum.unfixable.push(format!(
             "{n} extents of {owner} kept: the blocks they name stay allocated"
@@ -688,7 +707,8 @@ fn repair_extents(
             if r.blocks != b {
                 sum.actions.push(format!(
                     "inode {ino}: block counter {} corrected to {b}",
-                    r.blocks
+                    r.blocks,
+                    ino = ino.0
                 ));
                 r.blocks = b;
             }
@@ -718,17 +738,17 @@ fn repair_refcounts(
     sum: &mut RepairSummary,
 ) -> Result<()> {
     let mut recorded: Runs = Vec::new();
-    let mut bad: Vec<(u64, String)> = Vec::new();
+    let mut bad: Vec<(BlockNo, String)> = Vec::new();
     for item in cx.refcounts.iter()? {
         let (start, v) = item?;
         match decode::<RefcountRecord>(&v, &start) {
             Ok(r) if r.count < 2 || r.len == 0 => {
                 bad.push((start, format!("with count {} of {} blocks", r.count, r.len)))
             }
-            Ok(_) if recorded.last().is_some_and(|&(ps, pl, _)| ps + pl > start) => {
+            Ok(_) if recorded.last().is_some_and(|&(p, _)| p.end() > start) => {
                 bad.push((start, "overlapping the one before".into()))
             }
-            Ok(r) => recorded.push((start, r.len, r.count)),
+            Ok(r) => recorded.push((BlockRun::new(start, r.len), r.count)),
             Err(_) => bad.push((start, "that does not decode".into())),
         }
     }
@@ -738,21 +758,19 @@ fn repair_refcounts(
             "removed the refcount record at block {start} {why}"
         ));
     }
-    let expected: Runs = cover.iter().filter(|r| r.2 >= 2).copied().collect();
-    for (s, l, want, have) in pieces_where(&expected, &recorded, |want, have| want != have) {
-        let found = value_at(cover, s);
+    let expected: Runs = cover.iter().filter(|r| r.1 >= 2).copied().collect();
+    for (run, want, have) in pieces_where(&expected, &recorded, |want, have| want != have) {
+        let found = value_at(cover, run.start);
         if unreadable && have > want {
             sum.unfixable.push(format!(
-                "blocks {s}..{}: refcount {have} kept, though readable extents hold {found} \
-                 references (an extent record that does not decode may hold the others)",
-                s + l
+                "blocks {run}: refcount {have} kept, though readable extents hold {found} \
+                 references (an extent record that does not decode may hold the others)"
             ));
             continue;
         }
-        cx.set_refcount(s, l, want)?;
+        cx.set_refcount(run, want)?;
         sum.actions.push(format!(
-            "blocks {s}..{}: refcount {have} corrected to the {found} references found",
-            s + l
+            "blocks {run}: refcount {have} corrected to the {found} references found"
         ));
     }
     Ok(())
@@ -769,22 +787,23 @@ fn repair_free_space(
 ) -> Result<()> {
     let pool_blocks = cx.mem.state.pool_blocks;
     let mut free: Runs = Vec::new();
-    let mut bad: Vec<(u64, &str)> = Vec::new();
-    let mut trimmed: Vec<(u64, u64)> = Vec::new();
+    let mut bad: Vec<(BlockNo, &str)> = Vec::new();
+    let mut trimmed: Vec<BlockRun> = Vec::new();
     for item in cx.free.iter()? {
         let (start, v) = item?;
         match decode::<FreeRecord>(&v, &start) {
-            Ok(_) if free.last().is_some_and(|&(ps, pl, _)| ps + pl > start) => {
+            Ok(_) if free.last().is_some_and(|&(p, _)| p.end() > start) => {
                 bad.push((start, "overlapping the one before"))
             }
-            Ok(r) if start.saturating_add(r.len) > pool_blocks => {
+            Ok(r) if start.saturating_add(r.len) > BlockNo(pool_blocks) => {
                 bad.push((start, "past the pool's end"));
-                if start < pool_blocks {
-                    trimmed.push((start, pool_blocks - start));
-                    free.push((start, pool_blocks - start, 1));
+                if start < BlockNo(pool_blocks) {
+                    let kept = BlockRun::between(start, BlockNo(pool_blocks));
+                    trimmed.push(kept);
+                    free.push((kept, 1));
                 }
             }
-            Ok(r) => free.push((start, r.len, 1)),
+            Ok(r) => free.push((BlockRun::new(start, r.len), 1)),
             Err(_) => bad.push((start, "that does not decode")),
         }
     }
@@ -793,29 +812,26 @@ fn repair_free_space(
         sum.actions
             .push(format!("removed the free record at block {start} {why}"));
     }
-    for (s, l) in trimmed {
-        cx.insert_free(s, l)?;
+    for r in trimmed {
+        cx.insert_free(r)?;
     }
-    let used: Runs = cover.iter().map(|&(s, l, _)| (s, l, 1)).collect();
-    for (s, l, _, _) in pieces_where(&used, &free, |u, f| u == 1 && f == 1) {
-        cx.remove_free(s, l)?;
+    let used: Runs = cover.iter().map(|&(r, _)| (r, 1)).collect();
+    for (run, _, _) in pieces_where(&used, &free, |u, f| u == 1 && f == 1) {
+        cx.remove_free(run)?;
         sum.actions.push(format!(
-            "blocks {s}..{} are referenced: taken off the free list",
-            s + l
+            "blocks {run} are referenced: taken off the free list"
         ));
     }
-    for (s, l) in unaccounted(&used, &free, pool_blocks) {
+    for run in unaccounted(&used, &free, pool_blocks) {
         if unreadable {
             sum.unfixable.push(format!(
-                "blocks {s}..{} are neither free nor referenced by a readable extent: kept \
-                 allocated (an extent record that does not decode may name them)",
-                s + l
+                "blocks {run} are neither free nor referenced by a readable extent: kept \
+                 allocated (an extent record that does not decode may name them)"
             ));
             continue;
         }
-        cx.insert_free(s, l)?;
-        sum.actions
-            .push(format!("blocks {s}..{} were leaked: freed", s + l));
+        cx.insert_free(run)?;
+        sum.actions.push(format!("blocks {run} were leaked: freed"));
     }
     Ok(())
 }
@@ -831,7 +847,7 @@ fn repair_state(cx: &mut Ctx<'_>, ns: &Ns, sum: &mut RepairSummary) {
         cx.mem.state.inodes = count;
     }
     if cx.mem.state.next_ino <= ns.highest_ino {
-        cx.mem.state.next_ino = ns.highest_ino + 1;
+        cx.mem.state.next_ino = InodeNo(ns.highest_ino.0 + 1);
         sum.actions.push("next inode number corrected".into());
     }
 }

@@ -5,7 +5,7 @@ use crate::codec::{decode, FreeRecord, RefcountRecord};
 use crate::error::{Error, Result};
 use crate::store::ctx::Ctx;
 use crate::store::Store;
-use crate::types::{FileKind, InodeAttr, InodeNo};
+use crate::types::{BlockRun, FileKind, InodeAttr, InodeNo};
 use serde::Serialize;
 
 /// One piece of a file's extent map with a single refcount.
@@ -94,9 +94,9 @@ impl Iterator for Entries<'_> {
 }
 
 impl Ctx<'_> {
-    /// Refcount runs overlapping `[start, start+len)`, clipped, with implied count 1 filled in.
-    fn refcount_pieces(&self, start: u64, len: u64) -> Result<Vec<(u64, u64, u64)>> {
-        let end = start + len;
+    /// Refcount runs overlapping `run`, clipped, with implied count 1 filled in.
+    fn refcount_pieces(&self, run: BlockRun) -> Result<Vec<(BlockRun, u64)>> {
+        let (start, end) = (run.start, run.end());
         let mut recs = Vec::new();
         if let Some(item) = self.refcounts.range_rev(..start)?.next() {
             let (k, v) = item?;
@@ -115,18 +115,18 @@ impl Ctx<'_> {
             let a = s.max(start);
             let b = (s + r.len).min(end);
             if a > pos {
-                out.push((pos, a - pos, 1));
+                out.push((BlockRun::between(pos, a), 1));
             }
-            out.push((a, b - a, r.count));
+            out.push((BlockRun::between(a, b), r.count));
             pos = b;
         }
         if pos < end {
-            out.push((pos, end - pos, 1));
+            out.push((BlockRun::between(pos, end), 1));
         }
         Ok(out)
     }
 
-    pub(crate) fn extent_infos(&self, ino: u64) -> Result<Vec<ExtentInfo>> {
+    pub(crate) fn extent_infos(&self, ino: InodeNo) -> Result<Vec<ExtentInfo>> {
         let bs = self.bs;
         let mut out = Vec::new();
         for m in self.mappings(ino, 0, u64::MAX)? {
@@ -140,11 +140,11 @@ impl Ctx<'_> {
                 });
                 continue;
             }
-            for (p, l, count) in self.refcount_pieces(m.phys, m.len)? {
+            for (p, count) in self.refcount_pieces(m.pool_run())? {
                 out.push(ExtentInfo {
-                    file_offset: (m.fb + (p - m.phys)) * bs,
-                    pool_offset: p * bs,
-                    len: l * bs,
+                    file_offset: (m.fb + (p.start.0 - m.phys)) * bs,
+                    pool_offset: p.start.pos(bs),
+                    len: p.len * bs,
                     refcount: count,
                     lower_file: 0,
                 });
@@ -170,8 +170,8 @@ impl Store {
     /// The extent map of a file, split where refcounts change.
     pub fn extents(&self, ino: InodeNo) -> Result<Vec<ExtentInfo>> {
         self.inner().read(|cx| {
-            cx.get_inode(ino.0)?;
-            cx.extent_infos(ino.0)
+            cx.get_inode(ino)?;
+            cx.extent_infos(ino)
         })
     }
 

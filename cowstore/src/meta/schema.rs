@@ -7,6 +7,8 @@
 //! typed redb tables of format version 1, so the seam does not change the on-disk format.
 
 use crate::error::{Error, Result};
+use crate::types::{BlockNo, InodeNo};
+use std::marker::PhantomData;
 
 /// One table of the metadata store. The discriminants index arrays; the names are on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -126,18 +128,52 @@ pub(crate) trait ValueCodec {
     fn decode(table: TableId, b: &[u8]) -> Result<Self::Out>;
 }
 
-/// `u64` keys.
-pub(crate) struct IntKey;
+/// A key or value part stored as one `u64`: plain integers and the newtypes over one. The bytes
+/// are those of the `u64`, so typing a table does not change what is on disk.
+pub(crate) trait U64Part: Copy {
+    fn to_u64(self) -> u64;
+    fn from_u64(v: u64) -> Self;
+}
+
+impl U64Part for u64 {
+    fn to_u64(self) -> u64 {
+        self
+    }
+    fn from_u64(v: u64) -> u64 {
+        v
+    }
+}
+
+impl U64Part for InodeNo {
+    fn to_u64(self) -> u64 {
+        self.0
+    }
+    fn from_u64(v: u64) -> InodeNo {
+        InodeNo(v)
+    }
+}
+
+impl U64Part for BlockNo {
+    fn to_u64(self) -> u64 {
+        self.0
+    }
+    fn from_u64(v: u64) -> BlockNo {
+        BlockNo(v)
+    }
+}
+
+/// `u64` keys (or a newtype over one).
+pub(crate) struct IntKey<A = u64>(PhantomData<A>);
 /// `(u64, u64)` keys.
-pub(crate) struct PairKey;
+pub(crate) struct PairKey<A = u64, B = u64>(PhantomData<(A, B)>);
 /// `(u64, name)` keys.
-pub(crate) struct NamedKey;
+pub(crate) struct NamedKey<A = u64>(PhantomData<A>);
 /// Byte-string values (codec envelopes).
 pub(crate) struct BytesValue;
 /// `()` values.
 pub(crate) struct UnitValue;
 /// `u64` values.
-pub(crate) struct IntValue;
+pub(crate) struct IntValue<A = u64>(PhantomData<A>);
 
 fn bad_key(table: TableId, b: &[u8]) -> Error {
     Error::corrupt(format!(
@@ -151,45 +187,45 @@ fn be_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
 }
 
-impl KeyCodec for IntKey {
-    type In<'a> = u64;
-    type Out = u64;
-    fn encode(k: u64, out: &mut Vec<u8>) {
-        out.extend_from_slice(&k.to_be_bytes());
+impl<A: U64Part> KeyCodec for IntKey<A> {
+    type In<'a> = A;
+    type Out = A;
+    fn encode(k: A, out: &mut Vec<u8>) {
+        out.extend_from_slice(&k.to_u64().to_be_bytes());
     }
-    fn decode(table: TableId, b: &[u8]) -> Result<u64> {
+    fn decode(table: TableId, b: &[u8]) -> Result<A> {
         match b.len() {
-            8 => be_u64(b).ok_or_else(|| bad_key(table, b)),
+            8 => be_u64(b).map(A::from_u64).ok_or_else(|| bad_key(table, b)),
             _ => Err(bad_key(table, b)),
         }
     }
 }
 
-impl KeyCodec for PairKey {
-    type In<'a> = (u64, u64);
-    type Out = (u64, u64);
-    fn encode((a, b): (u64, u64), out: &mut Vec<u8>) {
-        out.extend_from_slice(&a.to_be_bytes());
-        out.extend_from_slice(&b.to_be_bytes());
+impl<A: U64Part, B: U64Part> KeyCodec for PairKey<A, B> {
+    type In<'a> = (A, B);
+    type Out = (A, B);
+    fn encode((a, b): (A, B), out: &mut Vec<u8>) {
+        out.extend_from_slice(&a.to_u64().to_be_bytes());
+        out.extend_from_slice(&b.to_u64().to_be_bytes());
     }
-    fn decode(table: TableId, b: &[u8]) -> Result<(u64, u64)> {
+    fn decode(table: TableId, b: &[u8]) -> Result<(A, B)> {
         match (b.len(), be_u64(b), b.get(8..).and_then(be_u64)) {
-            (16, Some(x), Some(y)) => Ok((x, y)),
+            (16, Some(x), Some(y)) => Ok((A::from_u64(x), B::from_u64(y))),
             _ => Err(bad_key(table, b)),
         }
     }
 }
 
-impl KeyCodec for NamedKey {
-    type In<'a> = (u64, &'a [u8]);
-    type Out = (u64, Vec<u8>);
-    fn encode((a, name): (u64, &[u8]), out: &mut Vec<u8>) {
-        out.extend_from_slice(&a.to_be_bytes());
+impl<A: U64Part> KeyCodec for NamedKey<A> {
+    type In<'a> = (A, &'a [u8]);
+    type Out = (A, Vec<u8>);
+    fn encode((a, name): (A, &[u8]), out: &mut Vec<u8>) {
+        out.extend_from_slice(&a.to_u64().to_be_bytes());
         out.extend_from_slice(name);
     }
-    fn decode(table: TableId, b: &[u8]) -> Result<(u64, Vec<u8>)> {
+    fn decode(table: TableId, b: &[u8]) -> Result<(A, Vec<u8>)> {
         let a = be_u64(b).ok_or_else(|| bad_key(table, b))?;
-        Ok((a, b[8..].to_vec()))
+        Ok((A::from_u64(a), b[8..].to_vec()))
     }
 }
 
@@ -215,13 +251,13 @@ impl ValueCodec for UnitValue {
     }
 }
 
-impl ValueCodec for IntValue {
-    type In<'a> = u64;
-    type Out = u64;
-    fn encode(v: u64) -> Vec<u8> {
-        v.to_le_bytes().to_vec()
+impl<A: U64Part> ValueCodec for IntValue<A> {
+    type In<'a> = A;
+    type Out = A;
+    fn encode(v: A) -> Vec<u8> {
+        v.to_u64().to_le_bytes().to_vec()
     }
-    fn decode(table: TableId, b: &[u8]) -> Result<u64> {
+    fn decode(table: TableId, b: &[u8]) -> Result<A> {
         let arr: [u8; 8] = b.try_into().map_err(|_| {
             Error::corrupt(format!(
                 "meta: table {}: value of {} bytes is not a u64",
@@ -229,7 +265,7 @@ impl ValueCodec for IntValue {
                 b.len()
             ))
         })?;
-        Ok(u64::from_le_bytes(arr))
+        Ok(A::from_u64(u64::from_le_bytes(arr)))
     }
 }
 
@@ -267,20 +303,110 @@ mod tests {
     }
 
     #[test]
+    fn table_names_and_shapes_are_the_format() {
+        // The names are the redb table names of format 1 and the shapes their key and value
+        // types: neither may follow a reordering of `TableId`.
+        let want = [
+            (TableId::State, "state", KeyShape::Int, ValueShape::Bytes),
+            (TableId::Inodes, "inodes", KeyShape::Int, ValueShape::Bytes),
+            (
+                TableId::Dirents,
+                "dirents",
+                KeyShape::Named,
+                ValueShape::Bytes,
+            ),
+            (
+                TableId::Cookies,
+                "cookies",
+                KeyShape::Pair,
+                ValueShape::Bytes,
+            ),
+            (
+                TableId::Xattrs,
+                "xattrs",
+                KeyShape::Named,
+                ValueShape::Bytes,
+            ),
+            (
+                TableId::Extents,
+                "extents",
+                KeyShape::Pair,
+                ValueShape::Bytes,
+            ),
+            (
+                TableId::Refcounts,
+                "refcounts",
+                KeyShape::Int,
+                ValueShape::Bytes,
+            ),
+            (TableId::Free, "free", KeyShape::Int, ValueShape::Bytes),
+            (TableId::Orphans, "orphans", KeyShape::Int, ValueShape::Unit),
+            (TableId::Lower, "lower", KeyShape::Int, ValueShape::Bytes),
+            (
+                TableId::LowerFiles,
+                "lower_files",
+                KeyShape::Int,
+                ValueShape::Bytes,
+            ),
+            (
+                TableId::LowerPending,
+                "lower_pending",
+                KeyShape::Int,
+                ValueShape::Bytes,
+            ),
+            (
+                TableId::LowerInodes,
+                "lower_inodes",
+                KeyShape::Pair,
+                ValueShape::Int,
+            ),
+        ];
+        assert_eq!(want.len(), N_TABLES);
+        for (t, name, k, v) in want {
+            assert_eq!(
+                (t.name(), t.key_shape(), t.value_shape()),
+                (name, k, v),
+                "{t:?}"
+            );
+        }
+    }
+
+    #[test]
     fn keys_round_trip_and_bad_lengths_are_errors() -> Result<()> {
-        assert_eq!(IntKey::decode(TableId::Inodes, &key::<IntKey>(77))?, 77);
         assert_eq!(
-            PairKey::decode(TableId::Extents, &key::<PairKey>((3, 9)))?,
+            IntKey::<u64>::decode(TableId::Inodes, &key::<IntKey>(77))?,
+            77
+        );
+        assert_eq!(
+            PairKey::<u64, u64>::decode(TableId::Extents, &key::<PairKey>((3, 9)))?,
             (3, 9)
         );
         assert_eq!(
-            NamedKey::decode(TableId::Dirents, &key::<NamedKey>((3, b"x")))?,
+            NamedKey::<u64>::decode(TableId::Dirents, &key::<NamedKey>((3, b"x")))?,
             (3, b"x".to_vec())
         );
-        assert!(IntKey::decode(TableId::Inodes, &[1, 2]).is_err());
-        assert!(PairKey::decode(TableId::Extents, &[0; 15]).is_err());
-        assert!(NamedKey::decode(TableId::Dirents, &[0; 7]).is_err());
-        assert!(IntValue::decode(TableId::LowerInodes, &[0; 3]).is_err());
+        assert!(IntKey::<u64>::decode(TableId::Inodes, &[1, 2]).is_err());
+        assert!(PairKey::<u64, u64>::decode(TableId::Extents, &[0; 15]).is_err());
+        assert!(NamedKey::<u64>::decode(TableId::Dirents, &[0; 7]).is_err());
+        assert!(IntValue::<u64>::decode(TableId::LowerInodes, &[0; 3]).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn typed_keys_and_values_are_the_bytes_of_their_u64() {
+        assert_eq!(key::<IntKey<InodeNo>>(InodeNo(77)), key::<IntKey>(77));
+        assert_eq!(key::<IntKey<BlockNo>>(BlockNo(9)), key::<IntKey>(9));
+        assert_eq!(
+            key::<PairKey<InodeNo, u64>>((InodeNo(3), 9)),
+            key::<PairKey>((3, 9))
+        );
+        assert_eq!(
+            key::<NamedKey<InodeNo>>((InodeNo(3), b"x")),
+            key::<NamedKey>((3, b"x"))
+        );
+        assert_eq!(
+            IntValue::<InodeNo>::encode(InodeNo(5)),
+            IntValue::<u64>::encode(5)
+        );
     }
 }

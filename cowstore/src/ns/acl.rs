@@ -433,6 +433,26 @@ mod tests {
     }
 
     #[test]
+    fn tags_are_their_on_disk_values() {
+        // The numbers are the kernel's ACL_* tags in the xattr format: reordering the enum
+        // must not change them.
+        let all = [
+            (Tag::UserObj, 0x01),
+            (Tag::User, 0x02),
+            (Tag::GroupObj, 0x04),
+            (Tag::Group, 0x08),
+            (Tag::Mask, 0x10),
+            (Tag::Other, 0x20),
+        ];
+        for (tag, v) in all {
+            assert_eq!(tag as u16, v, "{tag:?}");
+            assert_eq!(Tag::from_raw(v), Some(tag));
+        }
+        assert_eq!(Tag::from_raw(0x40), None);
+        assert_eq!(Tag::from_raw(0), None);
+    }
+
+    #[test]
     fn xattr_round_trip_and_layout() -> Result<()> {
         let a = named();
         let v = a.to_xattr();

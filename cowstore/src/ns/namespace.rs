@@ -79,7 +79,7 @@ pub(crate) fn new_inode_record(
     perm: u16,
     caller: Caller,
     rdev: u32,
-    parent: u64,
+    parent: InodeNo,
 ) -> InodeRecord {
     let now = Timespec::now();
     InodeRecord {
@@ -113,14 +113,14 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    pub fn get_dirent(&self, parent: u64, name: &[u8]) -> Result<Option<DirentRecord>> {
+    pub fn get_dirent(&self, parent: InodeNo, name: &[u8]) -> Result<Option<DirentRecord>> {
         match self.dirents.get((parent, name))? {
             Some(v) => Ok(Some(decode(&v, &(parent, String::from_utf8_lossy(name)))?)),
             None => Ok(None),
         }
     }
 
-    pub fn get_dir(&self, ino: u64) -> Result<InodeRecord> {
+    pub fn get_dir(&self, ino: InodeNo) -> Result<InodeRecord> {
         let rec = self.get_inode(ino)?;
         if rec.kind != FileKind::Directory {
             return Err(Error::NotDir);
@@ -128,7 +128,7 @@ impl Ctx<'_> {
         Ok(rec)
     }
 
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<u64> {
+    pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> Result<InodeNo> {
         if name == b"." {
             // Of any kind: the kernel looks up "." of a bare node id to open a file handle
             // (FUSE export support, open_by_handle_at), and ENOENT makes that handle stale.
@@ -147,10 +147,10 @@ impl Ctx<'_> {
 
     fn add_dirent(
         &mut self,
-        parent: u64,
+        parent: InodeNo,
         prec: &mut InodeRecord,
         name: &[u8],
-        ino: u64,
+        ino: InodeNo,
         kind: FileKind,
     ) -> Result<()> {
         let cookie = prec.next_cookie;
@@ -163,14 +163,14 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn remove_dirent(&mut self, parent: u64, name: &[u8]) -> Result<DirentRecord> {
+    fn remove_dirent(&mut self, parent: InodeNo, name: &[u8]) -> Result<DirentRecord> {
         let d = self.get_dirent(parent, name)?.ok_or(Error::NotFound)?;
         self.dirents.remove((parent, name))?;
         self.cookies.remove((parent, d.cookie))?;
         Ok(d)
     }
 
-    fn dir_is_empty(&mut self, ino: u64) -> Result<bool> {
+    fn dir_is_empty(&mut self, ino: InodeNo) -> Result<bool> {
         self.ensure_imported(ino)?;
         let empty: &[u8] = &[];
         Ok(self
@@ -182,9 +182,9 @@ impl Ctx<'_> {
             .unwrap_or(true))
     }
 
-    fn alloc_ino(&mut self) -> u64 {
+    fn alloc_ino(&mut self) -> InodeNo {
         let ino = self.mem.state.next_ino;
-        self.mem.state.next_ino += 1;
+        self.mem.state.next_ino.0 += 1;
         ino
     }
 
@@ -193,12 +193,12 @@ impl Ctx<'_> {
     /// inherits instead (see [`acl::inherit`]); pass 0 for a mode already masked.
     pub fn create(
         &mut self,
-        parent: u64,
+        parent: InodeNo,
         name: &[u8],
         new: &NewInode,
         caller: Caller,
         umask: u16,
-    ) -> Result<(u64, InodeRecord)> {
+    ) -> Result<(InodeNo, InodeRecord)> {
         self.refuse_growth_when_full()?;
         check_name(name)?;
         self.ensure_imported(parent)?;
@@ -264,7 +264,12 @@ impl Ctx<'_> {
         Ok((ino, rec))
     }
 
-    pub fn link(&mut self, ino: u64, newparent: u64, newname: &[u8]) -> Result<InodeRecord> {
+    pub fn link(
+        &mut self,
+        ino: InodeNo,
+        newparent: InodeNo,
+        newname: &[u8],
+    ) -> Result<InodeRecord> {
         self.refuse_growth_when_full()?;
         self.ensure_imported(newparent)?;
         check_name(newname)?;
@@ -300,7 +305,7 @@ impl Ctx<'_> {
     }
 
     /// Drop one link of `ino`; with none left it is freed, or made an orphan while open.
-    fn drop_link(&mut self, ino: u64, rec: &mut InodeRecord, now: Timespec) -> Result<()> {
+    fn drop_link(&mut self, ino: InodeNo, rec: &mut InodeRecord, now: Timespec) -> Result<()> {
         let last = if rec.kind == FileKind::Directory {
             true
         } else {
@@ -323,7 +328,7 @@ impl Ctx<'_> {
     }
 
     /// Free an inode with no links: its data, xattrs and record.
-    pub fn destroy_inode(&mut self, ino: u64, rec: &mut InodeRecord) -> Result<()> {
+    pub fn destroy_inode(&mut self, ino: InodeNo, rec: &mut InodeRecord) -> Result<()> {
         if rec.kind == FileKind::Regular {
             self.free_all_data(ino, rec)?;
         }
@@ -338,7 +343,7 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    pub fn unlink(&mut self, parent: u64, name: &[u8]) -> Result<()> {
+    pub fn unlink(&mut self, parent: InodeNo, name: &[u8]) -> Result<()> {
         self.ensure_imported(parent)?;
         let mut prec = self.get_dir(parent)?;
         let d = self.get_dirent(parent, name)?.ok_or(Error::NotFound)?;
@@ -356,7 +361,7 @@ impl Ctx<'_> {
         self.drop_link(d.ino, &mut rec, now)
     }
 
-    pub fn rmdir(&mut self, parent: u64, name: &[u8]) -> Result<()> {
+    pub fn rmdir(&mut self, parent: InodeNo, name: &[u8]) -> Result<()> {
         if name == b"." {
             return Err(Error::Invalid("rmdir of ."));
         }
@@ -385,19 +390,20 @@ impl Ctx<'_> {
     }
 
     /// True if `ino` is `dir` or one of its ancestors.
-    fn is_ancestor(&self, ino: u64, dir: u64) -> Result<bool> {
+    fn is_ancestor(&self, ino: InodeNo, dir: InodeNo) -> Result<bool> {
         let mut cur = dir;
         for _ in 0..100_000 {
             if cur == ino {
                 return Ok(true);
             }
-            if cur == InodeNo::ROOT.0 {
+            if cur == InodeNo::ROOT {
                 return Ok(false);
             }
             cur = self.get_inode(cur)?.parent;
         }
         Err(Error::corrupt(format!(
-            "directory {dir} has a parent cycle"
+            "directory {dir} has a parent cycle",
+            dir = dir.0
         )))
     }
 
@@ -405,9 +411,9 @@ impl Ctx<'_> {
     /// holding a whiteout owned by that caller, in the same operation.
     pub fn rename(
         &mut self,
-        parent: u64,
+        parent: InodeNo,
         name: &[u8],
-        newparent: u64,
+        newparent: InodeNo,
         newname: &[u8],
         flags: RenameFlags,
         whiteout: Option<Caller>,
@@ -547,7 +553,7 @@ impl Ctx<'_> {
     /// reads as "deleted in this layer" (ext4, XFS and tmpfs make the same for RENAME_WHITEOUT).
     fn add_whiteout(
         &mut self,
-        parent: u64,
+        parent: InodeNo,
         name: &[u8],
         owner: Caller,
         now: Timespec,
@@ -570,7 +576,7 @@ impl Ctx<'_> {
     /// inode stays immutable nothing else about its flags may change (ext4's rules).
     pub fn set_flags(
         &mut self,
-        ino: u64,
+        ino: InodeNo,
         flags: InodeFlags,
         caller: Caller,
     ) -> Result<InodeRecord> {
@@ -602,7 +608,7 @@ impl Ctx<'_> {
     }
 
     /// Change a directory's link count by `delta` and stamp its mtime/ctime.
-    fn adjust_dir(&mut self, dir: u64, delta: i64, now: Timespec) -> Result<()> {
+    fn adjust_dir(&mut self, dir: InodeNo, delta: i64, now: Timespec) -> Result<()> {
         let mut r = self.get_inode(dir)?;
         r.nlink = (i64::from(r.nlink) + delta).max(0) as u32;
         r.mtime = now;
@@ -614,13 +620,19 @@ impl Ctx<'_> {
     /// "..") and before cookie `end`. Every entry created in or renamed into a directory gets a
     /// new cookie from its `next_cookie`, so a stream that stops at the `next_cookie` it saw when
     /// it was opened or rewound never meets an entry a second time (and always ends).
-    pub fn readdir(&self, ino: u64, offset: u64, end: u64, limit: usize) -> Result<Vec<DirEntry>> {
+    pub fn readdir(
+        &self,
+        ino: InodeNo,
+        offset: u64,
+        end: u64,
+        limit: usize,
+    ) -> Result<Vec<DirEntry>> {
         let rec = self.get_dir(ino)?;
         let mut out = Vec::new();
         if offset < 1 {
             out.push(DirEntry {
                 name: b".".to_vec(),
-                ino: InodeNo(ino),
+                ino,
                 kind: FileKind::Directory,
                 cookie: 1,
             });
@@ -628,7 +640,7 @@ impl Ctx<'_> {
         if offset < 2 {
             out.push(DirEntry {
                 name: b"..".to_vec(),
-                ino: InodeNo(rec.parent),
+                ino: rec.parent,
                 kind: FileKind::Directory,
                 cookie: 2,
             });
@@ -646,12 +658,13 @@ impl Ctx<'_> {
             let d = self.get_dirent(ino, &name)?.ok_or_else(|| {
                 Error::corrupt(format!(
                     "directory {ino}: cookie {} names a missing entry",
-                    k.1
+                    k.1,
+                    ino = ino.0
                 ))
             })?;
             out.push(DirEntry {
                 name,
-                ino: InodeNo(d.ino),
+                ino: d.ino,
                 kind: d.kind,
                 cookie: k.1,
             });
@@ -662,7 +675,7 @@ impl Ctx<'_> {
     // ------------------------------------------------------------------ overlay import
 
     /// The lower path of directory `dir` if it still has lower entries to import.
-    pub fn import_pending(&self, dir: u64) -> Result<Option<Vec<u8>>> {
+    pub fn import_pending(&self, dir: InodeNo) -> Result<Option<Vec<u8>>> {
         if self.lower.is_none() {
             return Ok(None);
         }
@@ -674,7 +687,7 @@ impl Ctx<'_> {
 
     /// Which of the lower `names` directory `dir` has no entry for yet: the ones an import
     /// still has to bring in (see `import_entries`).
-    pub fn not_imported(&self, dir: u64, names: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+    pub fn not_imported(&self, dir: InodeNo, names: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         for n in names {
             if n.len() <= NAME_MAX && self.get_dirent(dir, n)?.is_none() {
@@ -687,14 +700,14 @@ impl Ctx<'_> {
     /// Import the lower directory of `dir` under the store lock, all at once. Only for a
     /// mutation that reaches a directory its `Store` method did not import first (the store
     /// imports outside the lock, in batches: `Store::import`).
-    pub fn ensure_imported(&mut self, dir: u64) -> Result<()> {
+    pub fn ensure_imported(&mut self, dir: InodeNo) -> Result<()> {
         let Some(lower) = self.lower else {
             return Ok(());
         };
         let Some(rel) = self.import_pending(dir)? else {
             return Ok(());
         };
-        log::debug!("importing lower directory {dir} under the store lock");
+        log::debug!("importing lower directory {} under the store lock", dir.0);
         let ldir = lower.dir(&rel)?;
         let names = self.not_imported(dir, &ldir.names()?)?;
         let entries = ldir.entries(0, &names)?;
@@ -713,7 +726,12 @@ impl Ctx<'_> {
     /// imported name of its inode was removed and the inode freed is imported as a new inode
     /// with the lower file's bytes; one met while the inode is unlinked but still open revives
     /// it (off the orphan list, or the next open of the store would free it).
-    pub fn import_entries(&mut self, dir: u64, entries: &[LowerEntry], last: bool) -> Result<()> {
+    pub fn import_entries(
+        &mut self,
+        dir: InodeNo,
+        entries: &[LowerEntry],
+        last: bool,
+    ) -> Result<()> {
         let Some(rel) = self.import_pending(dir)? else {
             // Imported meanwhile (another thread got there first).
             return Ok(());
@@ -764,12 +782,12 @@ impl Ctx<'_> {
                         size: e.size,
                         mtime: e.mtime,
                     };
-                    self.lower_files.insert(ino, encode(&lf).as_slice())?;
+                    self.lower_files.insert(ino.0, encode(&lf).as_slice())?;
                     if e.size > 0 {
                         let ext = ExtentRecord {
                             phys: 0,
                             len: e.size.div_ceil(bs),
-                            lower: ino,
+                            lower: ino.0,
                         };
                         self.extents.insert((ino, 0), encode(&ext).as_slice())?;
                         rec.blocks = ext.len;
@@ -812,7 +830,7 @@ impl Ctx<'_> {
 
     // ------------------------------------------------------------------ xattrs
 
-    pub fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+    pub fn xattr_names(&self, ino: InodeNo) -> Result<Vec<Vec<u8>>> {
         let empty: &[u8] = &[];
         let mut out = Vec::new();
         for item in self.xattrs.range((ino, empty)..)? {
@@ -828,7 +846,7 @@ impl Ctx<'_> {
 
     /// The value of `name` (any namespace the store supports; the kernel keeps trusted.* from
     /// the unprivileged before asking).
-    pub fn get_xattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+    pub fn get_xattr(&self, ino: InodeNo, name: &[u8]) -> Result<Vec<u8>> {
         acl::namespace(name)?;
         self.get_inode(ino)?;
         match self.xattrs.get((ino, name))? {
@@ -838,7 +856,7 @@ impl Ctx<'_> {
     }
 
     /// The ACL stored under `name` (`ACL_ACCESS` or `ACL_DEFAULT`) of `ino`, if any.
-    fn stored_acl(&self, ino: u64, name: &[u8]) -> Result<Option<Acl>> {
+    fn stored_acl(&self, ino: InodeNo, name: &[u8]) -> Result<Option<Acl>> {
         let key = (ino, String::from_utf8_lossy(name));
         let value = match self.xattrs.get((ino, name))? {
             Some(v) => decode::<XattrRecord>(&v, &key)?.value,
@@ -848,7 +866,7 @@ impl Ctx<'_> {
             .map_err(|e| Error::corrupt(format!("meta.redb: table xattrs key {key:?}: {e}")))
     }
 
-    fn put_xattr(&mut self, ino: u64, name: &[u8], value: &[u8]) -> Result<()> {
+    fn put_xattr(&mut self, ino: InodeNo, name: &[u8], value: &[u8]) -> Result<()> {
         let rec = XattrRecord {
             value: value.to_vec(),
         };
@@ -857,7 +875,7 @@ impl Ctx<'_> {
     }
 
     /// ENOSPC if `name` with a value of `len` bytes would take `ino` past its xattr bounds.
-    fn check_xattr_room(&self, ino: u64, name: &[u8], len: usize) -> Result<()> {
+    fn check_xattr_room(&self, ino: InodeNo, name: &[u8], len: usize) -> Result<()> {
         let empty: &[u8] = &[];
         let mut stored = name.len() + len;
         let mut listed = name.len() + 1;
@@ -884,7 +902,7 @@ impl Ctx<'_> {
     /// for a setter outside the file's group), a default ACL only on directories.
     pub fn set_xattr(
         &mut self,
-        ino: u64,
+        ino: InodeNo,
         name: &[u8],
         value: &[u8],
         flags: i32,
@@ -941,7 +959,7 @@ impl Ctx<'_> {
         self.put_inode(ino, &rec)
     }
 
-    pub fn remove_xattr(&mut self, ino: u64, name: &[u8]) -> Result<()> {
+    pub fn remove_xattr(&mut self, ino: InodeNo, name: &[u8]) -> Result<()> {
         acl::namespace(name)?;
         let mut rec = self.get_inode(ino)?;
         check_flags(&rec, Change::Attrs)?;
@@ -954,7 +972,7 @@ impl Ctx<'_> {
 
     /// After a chmod to `perm`, an access ACL carries the new owner, mask (or group) and other
     /// bits, as ext4's `posix_acl_chmod`.
-    pub fn chmod_acl(&mut self, ino: u64, perm: u16) -> Result<()> {
+    pub fn chmod_acl(&mut self, ino: InodeNo, perm: u16) -> Result<()> {
         if let Some(mut a) = self.stored_acl(ino, ACL_ACCESS)? {
             a.chmod(perm);
             self.put_xattr(ino, ACL_ACCESS, &a.to_xattr())?;

@@ -667,7 +667,7 @@ mod tests {
     }
 
     /// The entries directory `dir` has in the open transaction, without importing anything.
-    fn entries_now(s: &Store, dir: u64) -> Result<usize> {
+    fn entries_now(s: &Store, dir: InodeNo) -> Result<usize> {
         s.inner().read(|cx| {
             let empty: &[u8] = &[];
             let mut n = 0;
@@ -729,18 +729,18 @@ mod tests {
             }
             assert_eq!(*batches.lock(), [0, 1, 2], "batches tried");
             assert_eq!(
-                entries_now(&s, big.0)?,
+                entries_now(&s, big)?,
                 2 * IMPORT_BATCH,
                 "earlier batches kept"
             );
-            assert!(s.inner().read(|cx| cx.import_pending(big.0))?.is_some());
+            assert!(s.inner().read(|cx| cx.import_pending(big))?.is_some());
             s.commit()?;
             assert!(s.check()?.is_clean(), "{:#?}", s.check()?.problems);
             s.close()?;
             big
         };
         let s = Store::open(&store, &opts(None))?;
-        assert_eq!(entries_now(&s, big.0)?, 2 * IMPORT_BATCH, "after reopening");
+        assert_eq!(entries_now(&s, big)?, 2 * IMPORT_BATCH, "after reopening");
         batches.lock().clear();
         set_hook(&s, Some(record(None)))?;
         let names = all_names(&s, big)?;
@@ -751,7 +751,7 @@ mod tests {
             [2, 3, 4],
             "the import resumed at the failed batch, without redoing the others"
         );
-        assert!(s.inner().read(|cx| cx.import_pending(big.0))?.is_none());
+        assert!(s.inner().read(|cx| cx.import_pending(big))?.is_none());
         assert_eq!(s.getattr(big)?.nlink, 2);
         s.commit()?;
         assert!(s.check()?.is_clean(), "{:#?}", s.check()?.problems);

@@ -8,6 +8,7 @@ use crate::codec::{decode, encode, FreeRecord, RefcountRecord};
 use crate::error::{Error, Result};
 use crate::space::RangeSet;
 use crate::store::ctx::Ctx;
+use crate::types::{BlockNo, BlockRun};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,11 +37,11 @@ impl PunchRegistry {
     /// Register `runs` as being punched. Call it while holding the state lock in which they
     /// became free, so no allocation can see them free and unregistered.
     pub fn start(self: &Arc<Self>, runs: &RangeSet) -> Punching {
-        let list: Vec<(u64, u64)> = runs.iter().collect();
+        let list: Vec<BlockRun> = runs.iter().collect();
         if !list.is_empty() {
             let mut set = self.runs.lock();
-            for &(s, l) in &list {
-                set.insert(s, l);
+            for &r in &list {
+                set.insert(r);
             }
             self.busy.store(true, Ordering::SeqCst);
         }
@@ -50,23 +51,23 @@ impl PunchRegistry {
         }
     }
 
-    /// The parts of `[start, start+len)` that are being punched, sorted.
-    fn within(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
+    /// The parts of `run` that are being punched, sorted.
+    fn within(&self, run: BlockRun) -> Vec<BlockRun> {
         if !self.busy.load(Ordering::SeqCst) {
             return Vec::new();
         }
-        self.runs.lock().intersect(start, len)
+        self.runs.lock().intersect(run)
     }
 }
 
 /// Blocks being punched; registered by [`PunchRegistry::start`], unregistered on drop.
 pub(crate) struct Punching {
     registry: Arc<PunchRegistry>,
-    runs: Vec<(u64, u64)>,
+    runs: Vec<BlockRun>,
 }
 
 impl Punching {
-    pub fn runs(&self) -> &[(u64, u64)] {
+    pub fn runs(&self) -> &[BlockRun] {
         &self.runs
     }
 }
@@ -77,43 +78,43 @@ impl Drop for Punching {
             return;
         }
         let mut set = self.registry.runs.lock();
-        for &(s, l) in &self.runs {
-            set.remove(s, l);
+        for &r in &self.runs {
+            set.remove(r);
         }
         self.registry.busy.store(!set.is_empty(), Ordering::SeqCst);
     }
 }
 
-/// The first start of `n` blocks inside `[start, start+len)` that avoids `busy` (sorted runs).
-fn first_fit_avoiding(start: u64, len: u64, n: u64, busy: &[(u64, u64)]) -> Option<u64> {
-    let mut pos = start;
-    for &(b, l) in busy {
-        if b >= pos + n {
+/// The first start of `n` blocks inside `run` that avoids `busy` (sorted runs).
+fn first_fit_avoiding(run: BlockRun, n: u64, busy: &[BlockRun]) -> Option<BlockNo> {
+    let mut pos = run.start;
+    for b in busy {
+        if b.start >= pos + n {
             break;
         }
-        pos = pos.max(b + l);
+        pos = pos.max(b.end());
     }
-    (pos + n <= start + len).then_some(pos)
+    (pos + n <= run.end()).then_some(pos)
 }
 
 impl Ctx<'_> {
-    /// Free blocks of `[start, start+len)` that must not be handed out yet, sorted and merged:
-    /// those a finished commit is still punching, and those held for reads still copying from
-    /// them (see `TxnMem::held`).
-    fn busy_within(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
-        let mut busy = self.mem.punching.within(start, len);
-        let held = self.mem.held().intersect(start, len);
+    /// Free blocks of `run` that must not be handed out yet, sorted and merged: those a
+    /// finished commit is still punching, and those held for reads still copying from them (see
+    /// `TxnMem::held`).
+    fn busy_within(&self, run: BlockRun) -> Vec<BlockRun> {
+        let mut busy = self.mem.punching.within(run);
+        let held = self.mem.held().intersect(run);
         if held.is_empty() {
             return busy;
         }
         let mut set = RangeSet::new();
-        for (s, l) in busy.drain(..).chain(held) {
-            set.insert(s, l);
+        for r in busy.drain(..).chain(held) {
+            set.insert(r);
         }
         set.iter().collect()
     }
 
-    fn free_records(&self, from: u64, limit: usize) -> Result<Vec<(u64, FreeRecord)>> {
+    fn free_records(&self, from: BlockNo, limit: usize) -> Result<Vec<(BlockNo, FreeRecord)>> {
         let mut out = Vec::new();
         for item in self.free.range(from..)?.take(limit) {
             let (k, v) = item?;
@@ -122,7 +123,7 @@ impl Ctx<'_> {
         Ok(out)
     }
 
-    fn free_record_before(&self, at: u64) -> Result<Option<(u64, FreeRecord)>> {
+    fn free_record_before(&self, at: BlockNo) -> Result<Option<(BlockNo, FreeRecord)>> {
         match self.free.range_rev(..=at)?.next() {
             Some(item) => {
                 let (k, v) = item?;
@@ -133,7 +134,13 @@ impl Ctx<'_> {
     }
 
     /// Take `[start, start+n)` out of the free record at `rec_start`.
-    fn take_free(&mut self, rec_start: u64, rec: FreeRecord, start: u64, n: u64) -> Result<()> {
+    fn take_free(
+        &mut self,
+        rec_start: BlockNo,
+        rec: FreeRecord,
+        start: BlockNo,
+        n: u64,
+    ) -> Result<()> {
         self.free.remove(rec_start)?;
         if start > rec_start {
             self.free.insert(
@@ -159,28 +166,28 @@ impl Ctx<'_> {
 
     /// Allocate `n` contiguous blocks, at `hint` if it is free (so appends extend their extent),
     /// else the first free run that fits after the cursor, else at the end of the pool.
-    pub fn alloc(&mut self, n: u64, hint: Option<u64>) -> Result<u64> {
+    pub fn alloc(&mut self, n: u64, hint: Option<BlockNo>) -> Result<BlockNo> {
         debug_assert!(n > 0);
         if self.mem.low_space {
             return Err(Error::NoSpace);
         }
         let start = self.find_space(n, hint)?;
-        self.mem.add_txn_alloc(start, n);
+        self.mem.add_txn_alloc(BlockRun::new(start, n));
         // Blocks this very operation freed and takes again must not be punched after it.
-        self.mem.keep_unpunched(start, n);
+        self.mem.keep_unpunched(BlockRun::new(start, n));
         self.mem.cursor = start + n;
         self.mem.dirty = true;
         Ok(start)
     }
 
-    fn find_space(&mut self, n: u64, hint: Option<u64>) -> Result<u64> {
-        let end_of_pool = self.mem.state.pool_blocks;
+    fn find_space(&mut self, n: u64, hint: Option<BlockNo>) -> Result<BlockNo> {
+        let end_of_pool = BlockNo(self.mem.state.pool_blocks);
         if let Some(h) = hint {
             if h == end_of_pool {
                 return self.grow_pool(n);
             }
             if let Some((s, rec)) = self.free_record_before(h)? {
-                if s + rec.len >= h + n && self.busy_within(h, n).is_empty() {
+                if s + rec.len >= h + n && self.busy_within(BlockRun::new(h, n)).is_empty() {
                     self.take_free(s, rec, h, n)?;
                     return Ok(h);
                 }
@@ -189,14 +196,15 @@ impl Ctx<'_> {
         let cursor = self.mem.cursor.min(end_of_pool);
         let mut candidates = self.free_records(cursor, FREE_PROBES)?;
         if candidates.len() < FREE_PROBES {
-            candidates.extend(self.free_records(0, FREE_PROBES - candidates.len())?);
+            candidates.extend(self.free_records(BlockNo::ZERO, FREE_PROBES - candidates.len())?);
         }
         for (s, rec) in candidates {
             if rec.len < n {
                 continue;
             }
-            let busy = self.busy_within(s, rec.len);
-            if let Some(at) = first_fit_avoiding(s, rec.len, n, &busy) {
+            let run = BlockRun::new(s, rec.len);
+            let busy = self.busy_within(run);
+            if let Some(at) = first_fit_avoiding(run, n, &busy) {
                 self.take_free(s, rec, at, n)?;
                 return Ok(at);
             }
@@ -204,8 +212,8 @@ impl Ctx<'_> {
         // A free run that ends at the pool's end can be extended in place. The probes above
         // may not have reached it, so it can also be long enough already.
         if let Some((s, rec)) = self.free_record_before(end_of_pool.saturating_sub(1))? {
-            let idle = self.busy_within(s, rec.len).is_empty();
-            if s + rec.len == end_of_pool && end_of_pool > 0 && idle {
+            let idle = self.busy_within(BlockRun::new(s, rec.len)).is_empty();
+            if s + rec.len == end_of_pool && end_of_pool > BlockNo::ZERO && idle {
                 if rec.len >= n {
                     self.take_free(s, rec, s, n)?;
                 } else {
@@ -218,18 +226,19 @@ impl Ctx<'_> {
         self.grow_pool(n)
     }
 
-    fn grow_pool(&mut self, n: u64) -> Result<u64> {
+    fn grow_pool(&mut self, n: u64) -> Result<BlockNo> {
         let start = self.mem.state.pool_blocks;
         let end = start.checked_add(n).ok_or(Error::NoSpace)?;
         if end.checked_mul(self.bs).is_none_or(|b| b > i64::MAX as u64) {
             return Err(Error::NoSpace);
         }
         self.mem.state.pool_blocks = end;
-        Ok(start)
+        Ok(BlockNo(start))
     }
 
     /// Put a run back into the free table, merging with its neighbours.
-    pub fn insert_free(&mut self, mut start: u64, mut len: u64) -> Result<()> {
+    pub fn insert_free(&mut self, run: BlockRun) -> Result<()> {
+        let (mut start, mut len) = (run.start, run.len);
         if len == 0 {
             return Ok(());
         }
@@ -261,11 +270,11 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Take every free block of `[start, start+len)` out of the free table (fsck's repair, for
-    /// blocks a free run covers that an extent references).
-    pub fn remove_free(&mut self, start: u64, len: u64) -> Result<()> {
-        let end = start.saturating_add(len);
-        let mut runs: Vec<(u64, FreeRecord)> = Vec::new();
+    /// Take every free block of `run` out of the free table (fsck's repair, for blocks a free
+    /// run covers that an extent references).
+    pub fn remove_free(&mut self, run: BlockRun) -> Result<()> {
+        let (start, end) = (run.start, run.start.saturating_add(run.len));
+        let mut runs: Vec<(BlockNo, FreeRecord)> = Vec::new();
         if let Some((s, rec)) = self.free_record_before(start)? {
             if s.saturating_add(rec.len) > start {
                 runs.push((s, rec));
@@ -290,29 +299,29 @@ impl Ctx<'_> {
     /// Release blocks no longer referenced. Blocks allocated in this transaction are free at once
     /// (and punched once the operation succeeds); committed blocks wait until the commit that
     /// frees them is durable. So do fresh blocks that an active read is still copying from.
-    pub fn release_blocks(&mut self, start: u64, len: u64) -> Result<()> {
-        let fresh: Vec<(u64, u64)> = self
+    pub fn release_blocks(&mut self, run: BlockRun) -> Result<()> {
+        let fresh: Vec<BlockRun> = self
             .mem
             .txn_alloc()
-            .intersect(start, len)
+            .intersect(run)
             .into_iter()
-            .filter(|&(s, l)| !self.mem.pins.overlaps(s, l))
+            .filter(|&r| !self.mem.pins.overlaps(r))
             .collect();
-        let mut pos = start;
-        for (s, l) in fresh
+        let mut pos = run.start;
+        for r in fresh
             .iter()
             .copied()
-            .chain(std::iter::once((start + len, 0)))
+            .chain(std::iter::once(BlockRun::new(run.end(), 0)))
         {
-            if s > pos {
-                self.mem.add_pending_free(pos, s - pos);
+            if r.start > pos {
+                self.mem.add_pending_free(BlockRun::between(pos, r.start));
             }
-            if l > 0 {
-                self.mem.drop_txn_alloc(s, l);
-                self.insert_free(s, l)?;
-                self.mem.punch_after_op(s, l);
+            if !r.is_empty() {
+                self.mem.drop_txn_alloc(r);
+                self.insert_free(r)?;
+                self.mem.punch_after_op(r);
             }
-            pos = s + l;
+            pos = r.end();
         }
         self.mem.dirty = true;
         Ok(())
@@ -320,7 +329,7 @@ impl Ctx<'_> {
 
     // ------------------------------------------------------------------ refcounts
 
-    fn refcount_at_or_before(&self, at: u64) -> Result<Option<(u64, RefcountRecord)>> {
+    fn refcount_at_or_before(&self, at: BlockNo) -> Result<Option<(BlockNo, RefcountRecord)>> {
         match self.refcounts.range_rev(..=at)?.next() {
             Some(item) => {
                 let (k, v) = item?;
@@ -331,8 +340,8 @@ impl Ctx<'_> {
     }
 
     /// Make sure no refcount record straddles block `at`.
-    fn refcount_split(&mut self, at: u64) -> Result<()> {
-        if at == 0 {
+    fn refcount_split(&mut self, at: BlockNo) -> Result<()> {
+        if at == BlockNo::ZERO {
             return Ok(());
         }
         if let Some((s, rec)) = self.refcount_at_or_before(at - 1)? {
@@ -358,7 +367,11 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn refcounts_within(&self, start: u64, end: u64) -> Result<Vec<(u64, RefcountRecord)>> {
+    fn refcounts_within(
+        &self,
+        start: BlockNo,
+        end: BlockNo,
+    ) -> Result<Vec<(BlockNo, RefcountRecord)>> {
         let mut out = Vec::new();
         for item in self.refcounts.range(start..end)? {
             let (k, v) = item?;
@@ -368,16 +381,16 @@ impl Ctx<'_> {
     }
 
     /// Whether any block of the run is referenced more than once.
-    pub fn is_shared(&self, start: u64, len: u64) -> Result<bool> {
-        match self.refcount_at_or_before(start + len - 1)? {
-            Some((s, rec)) => Ok(s + rec.len > start),
+    pub fn is_shared(&self, run: BlockRun) -> Result<bool> {
+        match self.refcount_at_or_before(run.end() - 1)? {
+            Some((s, rec)) => Ok(s + rec.len > run.start),
             None => Ok(false),
         }
     }
 
     /// One more reference to every block of the run.
-    pub fn incref(&mut self, start: u64, len: u64) -> Result<()> {
-        let end = start + len;
+    pub fn incref(&mut self, run: BlockRun) -> Result<()> {
+        let (start, end) = (run.start, run.end());
         self.refcount_split(start)?;
         self.refcount_split(end)?;
         let mut pos = start;
@@ -418,8 +431,8 @@ impl Ctx<'_> {
 
     /// Record that every block of the run has exactly `count` references (fsck's repair, from
     /// the references it counted); counts below 2 have no record. Frees nothing.
-    pub fn set_refcount(&mut self, start: u64, len: u64, count: u64) -> Result<()> {
-        let end = start + len;
+    pub fn set_refcount(&mut self, run: BlockRun, count: u64) -> Result<()> {
+        let (start, end, len) = (run.start, run.end(), run.len);
         self.refcount_split(start)?;
         self.refcount_split(end)?;
         for (s, _) in self.refcounts_within(start, end)? {
@@ -434,15 +447,15 @@ impl Ctx<'_> {
     }
 
     /// One reference fewer to every block of the run; blocks that reach zero are released.
-    pub fn decref(&mut self, start: u64, len: u64) -> Result<()> {
-        let end = start + len;
+    pub fn decref(&mut self, run: BlockRun) -> Result<()> {
+        let (start, end) = (run.start, run.end());
         self.refcount_split(start)?;
         self.refcount_split(end)?;
         let mut pos = start;
         let mut unreferenced = Vec::new();
         for (s, rec) in self.refcounts_within(start, end)? {
             if s > pos {
-                unreferenced.push((pos, s - pos));
+                unreferenced.push(BlockRun::between(pos, s));
             }
             if rec.count <= 2 {
                 self.refcounts.remove(s)?;
@@ -459,10 +472,10 @@ impl Ctx<'_> {
             pos = s + rec.len;
         }
         if pos < end {
-            unreferenced.push((pos, end - pos));
+            unreferenced.push(BlockRun::between(pos, end));
         }
-        for (s, l) in unreferenced {
-            self.release_blocks(s, l)?;
+        for r in unreferenced {
+            self.release_blocks(r)?;
         }
         self.mem.dirty = true;
         Ok(())
@@ -474,7 +487,11 @@ mod tests {
     use crate::error::Error;
     use crate::io::MemEnv;
     use crate::store::Store;
-    use crate::types::{Caller, InodeNo, NewInode, SetAttr};
+    use crate::types::{BlockNo, BlockRun, Caller, InodeNo, NewInode, SetAttr};
+
+    fn run(start: u64, len: u64) -> BlockRun {
+        BlockRun::new(BlockNo(start), len)
+    }
 
     fn store() -> (MemEnv, Store) {
         crate::testing::mem_store().expect("a store in memory")
@@ -487,7 +504,7 @@ mod tests {
                 for item in cx.free.iter()? {
                     let (k, val) = item?;
                     let r: crate::codec::FreeRecord = crate::codec::decode(&val, &k)?;
-                    v.push((k, r.len));
+                    v.push((k.0, r.len));
                 }
                 Ok(v)
             })
@@ -501,7 +518,7 @@ mod tests {
                 for item in cx.refcounts.iter()? {
                     let (k, val) = item?;
                     let r: crate::codec::RefcountRecord = crate::codec::decode(&val, &k)?;
-                    v.push((k, r.len, r.count));
+                    v.push((k.0, r.len, r.count));
                 }
                 Ok(v)
             })
@@ -513,17 +530,25 @@ mod tests {
         let (_env, s) = store();
         s.inner()
             .write(|cx| {
-                assert_eq!(cx.alloc(4, None)?, 0);
+                assert_eq!(cx.alloc(4, None)?, BlockNo(0));
                 assert_eq!(
-                    cx.alloc(2, Some(4))?,
-                    4,
+                    cx.alloc(2, Some(BlockNo(4)))?,
+                    BlockNo(4),
                     "hint at the pool's end grows in place"
                 );
-                cx.insert_free(10, 5)?; // pretend 10..15 is free space below a high-water mark
+                cx.insert_free(run(10, 5))?; // pretend 10..15 is free space below a high-water mark
                 cx.mem.state.pool_blocks = 20;
-                assert_eq!(cx.alloc(3, Some(12))?, 12, "a free hint is taken");
-                assert_eq!(cx.alloc(2, None)?, 10, "else the first free run that fits");
-                assert_eq!(cx.alloc(4, None)?, 20, "else the pool grows");
+                assert_eq!(
+                    cx.alloc(3, Some(BlockNo(12)))?,
+                    BlockNo(12),
+                    "a free hint is taken"
+                );
+                assert_eq!(
+                    cx.alloc(2, None)?,
+                    BlockNo(10),
+                    "else the first free run that fits"
+                );
+                assert_eq!(cx.alloc(4, None)?, BlockNo(20), "else the pool grows");
                 Ok(())
             })
             .expect("alloc");
@@ -540,11 +565,11 @@ mod tests {
             .write(|cx| {
                 cx.mem.state.pool_blocks = 400;
                 for i in 0..2 * super::FREE_PROBES as u64 {
-                    cx.insert_free(2 * i, 1)?;
+                    cx.insert_free(run(2 * i, 1))?;
                 }
-                cx.insert_free(390, 10)?;
-                cx.mem.cursor = 0;
-                assert_eq!(cx.alloc(4, None)?, 390);
+                cx.insert_free(run(390, 10))?;
+                cx.mem.cursor = BlockNo::ZERO;
+                assert_eq!(cx.alloc(4, None)?, BlockNo(390));
                 assert_eq!(cx.mem.state.pool_blocks, 400, "the pool did not grow");
                 Ok(())
             })
@@ -566,27 +591,35 @@ mod tests {
         s.inner()
             .write(|cx| {
                 cx.mem.state.pool_blocks = 100;
-                cx.insert_free(10, 20)?;
+                cx.insert_free(run(10, 20))?;
                 Ok(())
             })
             .expect("setup");
         let mut busy = crate::space::RangeSet::new();
-        busy.insert(10, 5);
-        busy.insert(18, 2);
+        busy.insert(run(10, 5));
+        busy.insert(run(18, 2));
         let registry = s.inner().state_punching();
         let punching = registry.start(&busy);
         s.inner()
             .write(|cx| {
-                assert_eq!(cx.alloc(2, Some(11))?, 15, "a busy hint is not taken");
-                assert_eq!(cx.alloc(4, None)?, 20, "the first fit after the busy runs");
-                assert_eq!(cx.alloc(3, None)?, 24);
+                assert_eq!(
+                    cx.alloc(2, Some(BlockNo(11)))?,
+                    BlockNo(15),
+                    "a busy hint is not taken"
+                );
+                assert_eq!(
+                    cx.alloc(4, None)?,
+                    BlockNo(20),
+                    "the first fit after the busy runs"
+                );
+                assert_eq!(cx.alloc(3, None)?, BlockNo(24));
                 Ok(())
             })
             .expect("alloc while punching");
         drop(punching);
         s.inner()
             .write(|cx| {
-                assert_eq!(cx.alloc(5, None)?, 10, "free again once punched");
+                assert_eq!(cx.alloc(5, None)?, BlockNo(10), "free again once punched");
                 Ok(())
             })
             .expect("alloc after punching");
@@ -597,9 +630,9 @@ mod tests {
         let (_env, s) = store();
         s.inner()
             .write(|cx| {
-                cx.insert_free(100, 10)?;
-                cx.insert_free(120, 10)?;
-                cx.insert_free(110, 10)?;
+                cx.insert_free(run(100, 10))?;
+                cx.insert_free(run(120, 10))?;
+                cx.insert_free(run(110, 10))?;
                 Ok(())
             })
             .expect("insert");
@@ -610,8 +643,8 @@ mod tests {
     fn double_free_is_corruption_not_silence() {
         let (_env, s) = store();
         let r = s.inner().write(|cx| {
-            cx.insert_free(100, 10)?;
-            cx.insert_free(105, 2)
+            cx.insert_free(run(100, 10))?;
+            cx.insert_free(run(105, 2))
         });
         assert!(matches!(r, Err(Error::Corrupted(_))), "{r:?}");
     }
@@ -622,18 +655,22 @@ mod tests {
         s.inner()
             .write(|cx| {
                 let start = cx.alloc(20, None)?;
-                assert_eq!(start, 0);
-                cx.incref(0, 10)?;
-                cx.incref(5, 10)?;
-                assert!(cx.is_shared(9, 1)? && cx.is_shared(14, 1)? && !cx.is_shared(15, 5)?);
+                assert_eq!(start, BlockNo(0));
+                cx.incref(run(0, 10))?;
+                cx.incref(run(5, 10))?;
+                assert!(
+                    cx.is_shared(run(9, 1))?
+                        && cx.is_shared(run(14, 1))?
+                        && !cx.is_shared(run(15, 5))?
+                );
                 Ok(())
             })
             .expect("incref");
         assert_eq!(refcounts(&s), vec![(0, 5, 2), (5, 5, 3), (10, 5, 2)]);
         s.inner()
             .write(|cx| {
-                cx.decref(5, 10)?;
-                cx.decref(0, 10)?;
+                cx.decref(run(5, 10))?;
+                cx.decref(run(0, 10))?;
                 Ok(())
             })
             .expect("decref");

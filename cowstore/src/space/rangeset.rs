@@ -1,12 +1,13 @@
 //! A set of block ranges kept merged, used for the in-memory per-transaction sets
 //! (blocks allocated in the open transaction, blocks freed by it).
 
+use crate::types::{BlockNo, BlockRun};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RangeSet {
     /// start -> len, non-overlapping and non-adjacent.
-    map: BTreeMap<u64, u64>,
+    map: BTreeMap<BlockNo, u64>,
 }
 
 impl RangeSet {
@@ -14,11 +15,11 @@ impl RangeSet {
         RangeSet::default()
     }
 
-    pub fn insert(&mut self, mut start: u64, mut len: u64) {
-        if len == 0 {
+    pub fn insert(&mut self, run: BlockRun) {
+        if run.is_empty() {
             return;
         }
-        let mut end = start + len;
+        let (mut start, mut end) = (run.start, run.end());
         if let Some((&s, &l)) = self.map.range(..=start).next_back() {
             if s + l >= start {
                 start = s;
@@ -26,22 +27,22 @@ impl RangeSet {
                 self.map.remove(&s);
             }
         }
-        let overlapping: Vec<(u64, u64)> =
+        let overlapping: Vec<(BlockNo, u64)> =
             self.map.range(start..=end).map(|(&s, &l)| (s, l)).collect();
         for (s, l) in overlapping {
             end = end.max(s + l);
             self.map.remove(&s);
         }
-        len = end - start;
-        self.map.insert(start, len);
+        self.map.insert(start, end - start);
     }
 
-    pub fn remove(&mut self, start: u64, len: u64) {
-        if len == 0 {
+    pub fn remove(&mut self, run: BlockRun) {
+        if run.is_empty() {
             return;
         }
-        let end = start + len;
-        let mut hits: Vec<(u64, u64)> = self.map.range(start..end).map(|(&s, &l)| (s, l)).collect();
+        let (start, end) = (run.start, run.end());
+        let mut hits: Vec<(BlockNo, u64)> =
+            self.map.range(start..end).map(|(&s, &l)| (s, l)).collect();
         if let Some((&s, &l)) = self.map.range(..start).next_back() {
             if s + l > start {
                 hits.push((s, l));
@@ -58,50 +59,50 @@ impl RangeSet {
         }
     }
 
-    /// True when every block of the range is in the set.
-    pub fn contains_all(&self, start: u64, len: u64) -> bool {
-        if len == 0 {
+    /// True when every block of the run is in the set.
+    pub fn contains_all(&self, run: BlockRun) -> bool {
+        if run.is_empty() {
             return true;
         }
-        match self.map.range(..=start).next_back() {
-            Some((&s, &l)) => s + l >= start + len,
+        match self.map.range(..=run.start).next_back() {
+            Some((&s, &l)) => s + l >= run.end(),
             None => false,
         }
     }
 
-    /// The parts of `[start, start+len)` that are in the set.
-    pub fn intersect(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
-        let end = start + len;
+    /// The parts of `run` that are in the set.
+    pub fn intersect(&self, run: BlockRun) -> Vec<BlockRun> {
+        let (start, end) = (run.start, run.end());
         let mut out = Vec::new();
         if let Some((&s, &l)) = self.map.range(..start).next_back() {
             if s + l > start {
-                out.push((start, (s + l).min(end) - start));
+                out.push(BlockRun::between(start, (s + l).min(end)));
             }
         }
         for (&s, &l) in self.map.range(start..end) {
-            out.push((s, (s + l).min(end) - s));
+            out.push(BlockRun::between(s, (s + l).min(end)));
         }
         out
     }
 
-    /// The parts of `[start, start+len)` that are not in the set.
-    pub fn gaps(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
+    /// The parts of `run` that are not in the set.
+    pub fn gaps(&self, run: BlockRun) -> Vec<BlockRun> {
         let mut out = Vec::new();
-        let mut pos = start;
-        for (s, l) in self.intersect(start, len) {
-            if s > pos {
-                out.push((pos, s - pos));
+        let mut pos = run.start;
+        for r in self.intersect(run) {
+            if r.start > pos {
+                out.push(BlockRun::between(pos, r.start));
             }
-            pos = s + l;
+            pos = r.end();
         }
-        if pos < start + len {
-            out.push((pos, start + len - pos));
+        if pos < run.end() {
+            out.push(BlockRun::between(pos, run.end()));
         }
         out
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.map.iter().map(|(&s, &l)| (s, l))
+    pub fn iter(&self) -> impl Iterator<Item = BlockRun> + '_ {
+        self.map.iter().map(|(&s, &l)| BlockRun::new(s, l))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -117,29 +118,33 @@ impl RangeSet {
 mod tests {
     use super::*;
 
+    fn r(start: u64, len: u64) -> BlockRun {
+        BlockRun::new(BlockNo(start), len)
+    }
+
     #[test]
     fn insert_merges_adjacent_and_overlapping() {
         let mut s = RangeSet::new();
-        s.insert(10, 5);
-        s.insert(15, 5);
-        s.insert(0, 3);
-        s.insert(2, 9);
-        assert_eq!(s.iter().collect::<Vec<_>>(), vec![(0, 20)]);
+        s.insert(r(10, 5));
+        s.insert(r(15, 5));
+        s.insert(r(0, 3));
+        s.insert(r(2, 9));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![r(0, 20)]);
     }
 
     #[test]
     fn remove_splits() {
         let mut s = RangeSet::new();
-        s.insert(0, 100);
-        s.remove(10, 10);
-        s.remove(95, 10);
-        assert_eq!(s.iter().collect::<Vec<_>>(), vec![(0, 10), (20, 75)]);
-        assert!(s.contains_all(20, 75));
-        assert!(!s.contains_all(5, 10));
-        assert_eq!(s.intersect(5, 20), vec![(5, 5), (20, 5)]);
+        s.insert(r(0, 100));
+        s.remove(r(10, 10));
+        s.remove(r(95, 10));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![r(0, 10), r(20, 75)]);
+        assert!(s.contains_all(r(20, 75)));
+        assert!(!s.contains_all(r(5, 10)));
+        assert_eq!(s.intersect(r(5, 20)), vec![r(5, 5), r(20, 5)]);
         assert_eq!(s.total(), 85);
-        assert_eq!(s.gaps(5, 20), vec![(10, 10)]);
-        assert_eq!(s.gaps(90, 20), vec![(95, 15)]);
-        assert_eq!(s.gaps(200, 3), vec![(200, 3)]);
+        assert_eq!(s.gaps(r(5, 20)), vec![r(10, 10)]);
+        assert_eq!(s.gaps(r(90, 20)), vec![r(95, 15)]);
+        assert_eq!(s.gaps(r(200, 3)), vec![r(200, 3)]);
     }
 }

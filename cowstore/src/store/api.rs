@@ -111,7 +111,7 @@ impl Store {
             log::debug!("getattr of {}: lower entries not imported: {e}", ino.0);
         }
         self.inner
-            .read(|cx| Ok(self.attr(ino.0, &cx.get_inode(ino.0)?)))
+            .read(|cx| Ok(self.attr(ino, &cx.get_inode(ino)?)))
     }
 
     /// The attributes of entry `name` of `parent` (which is imported first; the entry itself
@@ -119,7 +119,7 @@ impl Store {
     pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> Result<InodeAttr> {
         self.import(parent)?;
         self.inner.read(|cx| {
-            let ino = cx.lookup(parent.0, name)?;
+            let ino = cx.lookup(parent, name)?;
             self.listed_attr(cx, ino, &cx.get_inode(ino)?)
         })
     }
@@ -133,7 +133,7 @@ impl Store {
     ) -> Result<InodeAttr> {
         self.import(parent)?;
         self.inner.write(|cx| {
-            let (ino, rec) = cx.create(parent.0, name, new, caller, 0)?;
+            let (ino, rec) = cx.create(parent, name, new, caller, 0)?;
             Ok(self.attr(ino, &rec))
         })
     }
@@ -152,7 +152,7 @@ impl Store {
     ) -> Result<InodeAttr> {
         self.inner.write(|cx| {
             let umask = (umask & 0o777) as u16;
-            let (ino, rec) = cx.create(parent.0, name, new, caller, umask)?;
+            let (ino, rec) = cx.create(parent, name, new, caller, umask)?;
             if open {
                 *cx.mem.open_counts.entry(ino).or_insert(0) += 1;
             }
@@ -171,7 +171,7 @@ impl Store {
         self.import(parent)?;
         self.inner.write(|cx| {
             let new = NewInode::regular(perm);
-            let (ino, rec) = cx.create(parent.0, name, &new, caller, 0)?;
+            let (ino, rec) = cx.create(parent, name, &new, caller, 0)?;
             *cx.mem.open_counts.entry(ino).or_insert(0) += 1;
             Ok(self.attr(ino, &rec))
         })
@@ -210,7 +210,7 @@ impl Store {
 
     pub fn readlink(&self, ino: InodeNo) -> Result<Vec<u8>> {
         self.inner.read(|cx| {
-            let rec = cx.get_inode(ino.0)?;
+            let rec = cx.get_inode(ino)?;
             if rec.kind != FileKind::Symlink {
                 return Err(Error::Invalid("not a symlink"));
             }
@@ -221,20 +221,20 @@ impl Store {
     pub fn link(&self, ino: InodeNo, newparent: InodeNo, newname: &[u8]) -> Result<InodeAttr> {
         self.import(newparent)?;
         self.inner.write(|cx| {
-            let rec = cx.link(ino.0, newparent.0, newname)?;
-            Ok(self.attr(ino.0, &rec))
+            let rec = cx.link(ino, newparent, newname)?;
+            Ok(self.attr(ino, &rec))
         })
     }
 
     pub fn unlink(&self, parent: InodeNo, name: &[u8]) -> Result<()> {
         self.import(parent)?;
-        self.inner.write(|cx| cx.unlink(parent.0, name))
+        self.inner.write(|cx| cx.unlink(parent, name))
     }
 
     pub fn rmdir(&self, parent: InodeNo, name: &[u8]) -> Result<()> {
         self.import(parent)?;
         self.import_child(parent, name)?;
-        self.inner.write(|cx| cx.rmdir(parent.0, name))
+        self.inner.write(|cx| cx.rmdir(parent, name))
     }
 
     pub fn rename(
@@ -249,7 +249,7 @@ impl Store {
         self.import(newparent)?;
         self.import_child(newparent, newname)?;
         self.inner
-            .write(|cx| cx.rename(parent.0, name, newparent.0, newname, flags, None))
+            .write(|cx| cx.rename(parent, name, newparent, newname, flags, None))
     }
 
     /// `renameat2(RENAME_WHITEOUT)`: rename, and leave a whiteout (a character device 0:0,
@@ -264,7 +264,7 @@ impl Store {
         owner: Caller,
     ) -> Result<()> {
         self.inner
-            .write(|cx| cx.rename(parent.0, name, newparent.0, newname, flags, Some(owner)))
+            .write(|cx| cx.rename(parent, name, newparent, newname, flags, Some(owner)))
     }
 
     /// Up to `limit` entries after cookie `offset` (0 = from the start, with "." and ".."),
@@ -285,7 +285,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<DirEntry>> {
         self.import(dir)?;
-        self.inner.read(|cx| cx.readdir(dir.0, offset, end, limit))
+        self.inner.read(|cx| cx.readdir(dir, offset, end, limit))
     }
 
     /// [`Store::readdir_until`] with each entry's attributes, read in the same store operation
@@ -312,12 +312,12 @@ impl Store {
     ) -> Result<Vec<(DirEntry, InodeAttr)>> {
         self.import(dir)?;
         self.inner.read(|cx| {
-            let entries = cx.readdir(dir.0, offset, end, limit)?;
+            let entries = cx.readdir(dir, offset, end, limit)?;
             let mut out = Vec::with_capacity(entries.len());
             for e in entries {
-                match cx.try_inode(e.ino.0)? {
+                match cx.try_inode(e.ino)? {
                     Some(rec) => {
-                        let a = self.listed_attr(cx, e.ino.0, &rec)?;
+                        let a = self.listed_attr(cx, e.ino, &rec)?;
                         out.push((e, a));
                     }
                     None if e.name == b".." => {}
@@ -337,7 +337,7 @@ impl Store {
     /// will get.
     pub fn dir_end(&self, dir: InodeNo) -> Result<u64> {
         self.import(dir)?;
-        self.inner.read(|cx| Ok(cx.get_dir(dir.0)?.next_cookie))
+        self.inner.read(|cx| Ok(cx.get_dir(dir)?.next_cookie))
     }
 
     /// Open a directory stream: the directory is counted open like a file (removed while open,
@@ -346,9 +346,9 @@ impl Store {
     pub fn opendir(&self, dir: InodeNo) -> Result<(u64, InodeAttr)> {
         self.import(dir)?;
         self.inner.write_unchecked(|cx| {
-            let rec = cx.get_dir(dir.0)?;
-            *cx.mem.open_counts.entry(dir.0).or_insert(0) += 1;
-            Ok((rec.next_cookie, self.attr(dir.0, &rec)))
+            let rec = cx.get_dir(dir)?;
+            *cx.mem.open_counts.entry(dir).or_insert(0) += 1;
+            Ok((rec.next_cookie, self.attr(dir, &rec)))
         })
     }
 
@@ -376,14 +376,14 @@ impl Store {
             )
         };
         // Most accesses change nothing (relatime): find out under the shared path first.
-        if !self.inner.read(|cx| Ok(due(&cx.get_inode(ino.0)?)))? {
+        if !self.inner.read(|cx| Ok(due(&cx.get_inode(ino)?)))? {
             return Ok(());
         }
         self.inner.write(|cx| {
-            let mut rec = cx.get_inode(ino.0)?;
+            let mut rec = cx.get_inode(ino)?;
             if due(&rec) {
                 rec.atime = now;
-                cx.put_inode(ino.0, &rec)?;
+                cx.put_inode(ino, &rec)?;
             }
             Ok(())
         })
@@ -392,8 +392,8 @@ impl Store {
     /// FS_IOC_SETFLAGS by `caller` (see [`InodeFlags`] for what each flag forbids).
     pub fn set_flags(&self, ino: InodeNo, flags: InodeFlags, caller: Caller) -> Result<InodeAttr> {
         self.inner.write(|cx| {
-            let rec = cx.set_flags(ino.0, flags, caller)?;
-            Ok(self.attr(ino.0, &rec))
+            let rec = cx.set_flags(ino, flags, caller)?;
+            Ok(self.attr(ino, &rec))
         })
     }
 
@@ -412,7 +412,7 @@ impl Store {
         let Some(tree) = self.inner.lower.as_deref() else {
             return Ok(());
         };
-        let Some(rel) = self.inner.read(|cx| cx.import_pending(dir.0))? else {
+        let Some(rel) = self.inner.read(|cx| cx.import_pending(dir))? else {
             return Ok(());
         };
         let ldir = tree.dir(&rel)?;
@@ -422,8 +422,8 @@ impl Store {
             let end = names.len().min((i + 1) * IMPORT_BATCH);
             (i, &names[(i * IMPORT_BATCH).min(end)..end])
         }) {
-            let todo = self.inner.read(|cx| match cx.import_pending(dir.0)? {
-                Some(_) => cx.not_imported(dir.0, chunk).map(Some),
+            let todo = self.inner.read(|cx| match cx.import_pending(dir)? {
+                Some(_) => cx.not_imported(dir, chunk).map(Some),
                 None => Ok(None),
             })?;
             // None: another thread finished the import meanwhile.
@@ -433,7 +433,7 @@ impl Store {
                 continue;
             }
             let entries = ldir.entries(i, &todo)?;
-            let apply = |cx: &mut Ctx<'_>| cx.import_entries(dir.0, &entries, last);
+            let apply = |cx: &mut Ctx<'_>| cx.import_entries(dir, &entries, last);
             if self.inner.read_only {
                 // A read-only open imports into its scratch transaction, never into the store.
                 self.inner.write_unchecked(apply)?;
@@ -452,12 +452,12 @@ impl Store {
         }
         let child = self.inner.read(|cx| {
             Ok(cx
-                .get_dirent(parent.0, name)?
+                .get_dirent(parent, name)?
                 .filter(|d| d.kind == FileKind::Directory)
                 .map(|d| d.ino))
         })?;
         match child {
-            Some(c) => self.import(InodeNo(c)),
+            Some(c) => self.import(c),
             None => Ok(()),
         }
     }
@@ -473,7 +473,7 @@ impl Store {
         let files = self.inner.read(|cx| {
             let mut v: Vec<(u64, crate::codec::LowerFileRecord)> = Vec::new();
             for &(fb, n) in ranges {
-                for f in cx.lower_files_in(ino.0, fb, n)? {
+                for f in cx.lower_files_in(ino, fb, n)? {
                     if !v.iter().any(|(id, _)| *id == f.0) {
                         v.push(f);
                     }
@@ -541,7 +541,7 @@ impl Store {
     pub fn open_file(&self, ino: InodeNo, write: bool, append: bool) -> Result<InodeAttr> {
         if write {
             self.inner
-                .read(|cx| check_flags(&cx.get_inode(ino.0)?, Change::Write { at_eof: append }))?;
+                .read(|cx| check_flags(&cx.get_inode(ino)?, Change::Write { at_eof: append }))?;
         }
         self.open_inode(ino)
     }
@@ -549,9 +549,9 @@ impl Store {
     /// Count an open handle: an inode unlinked while open lives until its last `release`.
     pub fn open_inode(&self, ino: InodeNo) -> Result<InodeAttr> {
         self.inner.write_unchecked(|cx| {
-            let rec = cx.get_inode(ino.0)?;
-            *cx.mem.open_counts.entry(ino.0).or_insert(0) += 1;
-            Ok(self.attr(ino.0, &rec))
+            let rec = cx.get_inode(ino)?;
+            *cx.mem.open_counts.entry(ino).or_insert(0) += 1;
+            Ok(self.attr(ino, &rec))
         })
     }
 
@@ -559,17 +559,17 @@ impl Store {
     pub fn release(&self, ino: InodeNo) -> Result<()> {
         let reclaim = {
             let mut st = self.inner.state.lock();
-            let n = st.mem.open_counts.entry(ino.0).or_insert(0);
+            let n = st.mem.open_counts.entry(ino).or_insert(0);
             *n = n.saturating_sub(1);
             let last = *n == 0;
             if last {
-                st.mem.open_counts.remove(&ino.0);
+                st.mem.open_counts.remove(&ino);
             }
             last
         };
         if reclaim && !self.inner.read_only {
-            self.inner.write(|cx| match cx.try_inode(ino.0)? {
-                Some(mut rec) if rec.nlink == 0 => cx.destroy_inode(ino.0, &mut rec),
+            self.inner.write(|cx| match cx.try_inode(ino)? {
+                Some(mut rec) if rec.nlink == 0 => cx.destroy_inode(ino, &mut rec),
                 _ => Ok(()),
             })?;
         }
@@ -582,19 +582,19 @@ impl Store {
             None => None,
         };
         self.inner.write(|cx| {
-            let mut rec = cx.get_inode(ino.0)?;
+            let mut rec = cx.get_inode(ino)?;
             check_flags(&rec, setattr_change(set))?;
             let now = Timespec::now();
             if let Some(size) = set.size {
                 require_regular(&rec)?;
                 if size != rec.size {
-                    cx.truncate(ino.0, &mut rec, size)?;
+                    cx.truncate(ino, &mut rec, size)?;
                 }
                 rec.mtime = now;
             }
             if let Some(mode) = set.mode {
                 rec.perm = (mode & 0o7777) as u16;
-                cx.chmod_acl(ino.0, rec.perm)?;
+                cx.chmod_acl(ino, rec.perm)?;
             }
             if let Some(uid) = set.uid {
                 rec.uid = uid;
@@ -613,8 +613,8 @@ impl Store {
                 rec.mtime = pick(t);
             }
             rec.ctime = set.ctime.unwrap_or(now);
-            cx.put_inode(ino.0, &rec)?;
-            Ok(self.attr(ino.0, &rec))
+            cx.put_inode(ino, &rec)?;
+            Ok(self.attr(ino, &rec))
         })
     }
 
@@ -628,9 +628,9 @@ impl Store {
     /// pool blocks meanwhile).
     pub fn read(&self, ino: InodeNo, off: u64, len: u64) -> Result<PinnedRead> {
         let (segments, files, pin) = self.inner.read(|cx| {
-            let rec = cx.get_inode(ino.0)?;
+            let rec = cx.get_inode(ino)?;
             require_regular(&rec)?;
-            let segments = cx.read_segments(ino.0, &rec, off, len)?;
+            let segments = cx.read_segments(ino, &rec, off, len)?;
             let mut files: Vec<(u64, crate::codec::LowerFileRecord)> = Vec::new();
             for s in &segments {
                 if let Segment::Lower { file, .. } = *s {
@@ -643,9 +643,10 @@ impl Store {
             let runs = segments
                 .iter()
                 .filter_map(|s| match *s {
-                    Segment::Pool { pos, len } => {
-                        Some((pos / bs, (pos + len).div_ceil(bs) - pos / bs))
-                    }
+                    Segment::Pool { pos, len } => Some(BlockRun::between(
+                        BlockNo(pos / bs),
+                        BlockNo((pos + len).div_ceil(bs)),
+                    )),
                     _ => None,
                 })
                 .collect();
@@ -709,7 +710,7 @@ impl Store {
     ) -> Result<(usize, bool)> {
         let _lower = self.hold_lower(ino, &self.edge_blocks(off, data.len() as u64))?;
         self.inner.write(|cx| {
-            let mut rec = cx.get_inode(ino.0)?;
+            let mut rec = cx.get_inode(ino)?;
             require_regular(&rec)?;
             check_flags(
                 &rec,
@@ -717,16 +718,10 @@ impl Store {
                     at_eof: off == rec.size,
                 },
             )?;
-            cx.write_data(
-                ino.0,
-                &mut rec,
-                off,
-                data.len() as u64,
-                &Source::Bytes(data),
-            )?;
+            cx.write_data(ino, &mut rec, off, data.len() as u64, &Source::Bytes(data))?;
             touch_data(&mut rec);
             let dropped = drop_privs(&mut rec, cred);
-            cx.put_inode(ino.0, &rec)?;
+            cx.put_inode(ino, &rec)?;
             Ok((data.len(), dropped))
         })
     }
@@ -756,7 +751,7 @@ impl Store {
             .ok_or(Error::FileTooBig)?;
         let _lower = self.hold_lower(ino, &self.edge_blocks(off, len))?;
         self.inner.write(|cx| {
-            let mut rec = cx.get_inode(ino.0)?;
+            let mut rec = cx.get_inode(ino)?;
             require_regular(&rec)?;
             let change = match mode {
                 // Allocating changes no data, and an append-only file may grow (vfs_fallocate).
@@ -775,16 +770,16 @@ impl Store {
                         end
                     };
                     if off < alloc_end {
-                        cx.allocate(ino.0, &mut rec, off, alloc_end - off)?;
+                        cx.allocate(ino, &mut rec, off, alloc_end - off)?;
                     }
                     keep_size
                 }
                 FallocMode::PunchHole => {
-                    cx.punch_hole(ino.0, &mut rec, off, len)?;
+                    cx.punch_hole(ino, &mut rec, off, len)?;
                     true
                 }
                 FallocMode::ZeroRange { keep_size } => {
-                    cx.punch_hole(ino.0, &mut rec, off, len)?;
+                    cx.punch_hole(ino, &mut rec, off, len)?;
                     keep_size
                 }
             };
@@ -797,16 +792,16 @@ impl Store {
                 rec.ctime = Timespec::now();
             }
             let dropped = drop_privs(&mut rec, cred);
-            cx.put_inode(ino.0, &rec)?;
+            cx.put_inode(ino, &rec)?;
             Ok(dropped)
         })
     }
 
     pub fn seek(&self, ino: InodeNo, off: u64, whence: SeekWhence) -> Result<u64> {
         self.inner.read(|cx| {
-            let rec = cx.get_inode(ino.0)?;
+            let rec = cx.get_inode(ino)?;
             require_regular(&rec)?;
-            cx.seek(ino.0, &rec, off, whence)
+            cx.seek(ino, &rec, off, whence)
         })
     }
 
@@ -826,12 +821,12 @@ impl Store {
         let _src_lower = self.hold_lower(src, &[src_blocks])?;
         let _dst_lower = self.hold_lower(dst, &self.edge_blocks(dst_off, len))?;
         self.inner.write(|cx| {
-            let src_rec = cx.get_inode(src.0)?;
+            let src_rec = cx.get_inode(src)?;
             require_regular(&src_rec)?;
             let mut dst_rec = if src == dst {
                 src_rec.clone()
             } else {
-                cx.get_inode(dst.0)?
+                cx.get_inode(dst)?
             };
             require_regular(&dst_rec)?;
             check_flags(
@@ -840,14 +835,10 @@ impl Store {
                     at_eof: dst_off == dst_rec.size,
                 },
             )?;
-            let n = cx.clone_range(
-                (src.0, &src_rec, src_off),
-                (dst.0, &mut dst_rec, dst_off),
-                len,
-            )?;
+            let n = cx.clone_range((src, &src_rec, src_off), (dst, &mut dst_rec, dst_off), len)?;
             if n > 0 {
                 touch_data(&mut dst_rec);
-                cx.put_inode(dst.0, &dst_rec)?;
+                cx.put_inode(dst, &dst_rec)?;
             }
             Ok(n)
         })
@@ -856,7 +847,7 @@ impl Store {
     // ------------------------------------------------------------------ xattrs
 
     pub fn getxattr(&self, ino: InodeNo, name: &[u8]) -> Result<Vec<u8>> {
-        self.inner.read(|cx| cx.get_xattr(ino.0, name))
+        self.inner.read(|cx| cx.get_xattr(ino, name))
     }
 
     /// setxattr(2) by root (tools and tests). `flags`: `XATTR_CREATE` / `XATTR_REPLACE`.
@@ -874,7 +865,7 @@ impl Store {
         cred: &dyn Cred,
     ) -> Result<()> {
         self.inner
-            .write(|cx| cx.set_xattr(ino.0, name, value, flags, cred))
+            .write(|cx| cx.set_xattr(ino, name, value, flags, cred))
     }
 
     /// listxattr(2) by root: every name.
@@ -885,15 +876,15 @@ impl Store {
     /// listxattr(2) by `cred`: trusted.* names only for CAP_SYS_ADMIN.
     pub fn listxattr_as(&self, ino: InodeNo, cred: &dyn Cred) -> Result<Vec<Vec<u8>>> {
         self.inner.read(|cx| {
-            cx.get_inode(ino.0)?;
-            let mut names = cx.xattr_names(ino.0)?;
+            cx.get_inode(ino)?;
+            let mut names = cx.xattr_names(ino)?;
             names.retain(|n| acl::listed(n, cred));
             Ok(names)
         })
     }
 
     pub fn removexattr(&self, ino: InodeNo, name: &[u8]) -> Result<()> {
-        self.inner.write(|cx| cx.remove_xattr(ino.0, name))
+        self.inner.write(|cx| cx.remove_xattr(ino, name))
     }
 
     // ------------------------------------------------------------------ space
@@ -930,7 +921,7 @@ impl Store {
     /// [`Store::attr`] for an inode reached without importing it (lookup, readdirplus): a
     /// directory whose lower entries are still pending reports link count 1, "subdirectories
     /// not counted" (see [`Store::readdir_plus`]).
-    fn listed_attr(&self, cx: &Ctx<'_>, ino: u64, rec: &InodeRecord) -> Result<InodeAttr> {
+    fn listed_attr(&self, cx: &Ctx<'_>, ino: InodeNo, rec: &InodeRecord) -> Result<InodeAttr> {
         let mut a = self.attr(ino, rec);
         if rec.kind == FileKind::Directory && cx.import_pending(ino)?.is_some() {
             a.nlink = 1;
@@ -938,9 +929,9 @@ impl Store {
         Ok(a)
     }
 
-    fn attr(&self, ino: u64, rec: &InodeRecord) -> InodeAttr {
+    fn attr(&self, ino: InodeNo, rec: &InodeRecord) -> InodeAttr {
         InodeAttr {
-            ino: InodeNo(ino),
+            ino,
             kind: rec.kind,
             perm: rec.perm,
             uid: rec.uid,
@@ -955,7 +946,7 @@ impl Store {
             rdev: rec.rdev,
             // The root is never deleted, so its handles never go stale: generation 0, what the
             // kernel (FUSE, NFS export) expects of a root.
-            generation: if ino == InodeNo::ROOT.0 {
+            generation: if ino == InodeNo::ROOT {
                 0
             } else {
                 rec.generation

@@ -23,6 +23,7 @@ use crate::meta::{
     BytesValue, Delta, IntKey, IntValue, Layers, NamedKey, PairKey, Table, TableId, UnitValue,
 };
 use crate::space::RangeSet;
+use crate::types::{BlockNo, BlockRun, InodeNo};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,10 +33,10 @@ pub(crate) const STATE_KEY: u64 = 0;
 /// How to take back one change to the in-memory block sets of the open transaction.
 #[derive(Debug)]
 enum Undo {
-    AllocRemove(u64, u64),
-    AllocInsert(u64, u64),
-    PendingRemove(u64, u64),
-    PendingInsert(u64, u64),
+    AllocRemove(BlockRun),
+    AllocInsert(BlockRun),
+    PendingRemove(BlockRun),
+    PendingInsert(BlockRun),
 }
 
 /// What an operation may change besides the journaled block sets, saved when it starts.
@@ -43,7 +44,7 @@ enum Undo {
 pub(crate) struct OpMark {
     state: StateRecord,
     dirty: bool,
-    cursor: u64,
+    cursor: BlockNo,
 }
 
 /// In-memory state that belongs to the open transaction (or to the process).
@@ -60,9 +61,9 @@ pub(crate) struct TxnMem {
     pending_free: RangeSet,
     pub dirty: bool,
     /// Next-fit allocation cursor.
-    pub cursor: u64,
+    pub cursor: BlockNo,
     /// Open handles per inode (process state, survives commits).
-    pub open_counts: HashMap<u64, u32>,
+    pub open_counts: HashMap<InodeNo, u32>,
     /// The host is full and the metadata reserve is spent: refuse new data blocks.
     pub low_space: bool,
     /// Mutations since the last commit.
@@ -88,7 +89,7 @@ impl TxnMem {
             txn_alloc: RangeSet::new(),
             pending_free: RangeSet::new(),
             dirty: false,
-            cursor: 0,
+            cursor: BlockNo::ZERO,
             open_counts: HashMap::new(),
             low_space: false,
             ops_since_commit: 0,
@@ -109,50 +110,50 @@ impl TxnMem {
     }
 
     /// Blocks allocated by the running operation.
-    pub fn add_txn_alloc(&mut self, start: u64, len: u64) {
-        for (s, l) in self.txn_alloc.gaps(start, len) {
-            self.txn_alloc.insert(s, l);
-            self.undo.push(Undo::AllocRemove(s, l));
+    pub fn add_txn_alloc(&mut self, run: BlockRun) {
+        for r in self.txn_alloc.gaps(run) {
+            self.txn_alloc.insert(r);
+            self.undo.push(Undo::AllocRemove(r));
         }
     }
 
     /// Blocks of the open transaction that are free again.
-    pub fn drop_txn_alloc(&mut self, start: u64, len: u64) {
-        for (s, l) in self.txn_alloc.intersect(start, len) {
-            self.txn_alloc.remove(s, l);
-            self.undo.push(Undo::AllocInsert(s, l));
+    pub fn drop_txn_alloc(&mut self, run: BlockRun) {
+        for r in self.txn_alloc.intersect(run) {
+            self.txn_alloc.remove(r);
+            self.undo.push(Undo::AllocInsert(r));
         }
     }
 
     /// Committed blocks freed: allocatable after the next durable commit.
-    pub fn add_pending_free(&mut self, start: u64, len: u64) {
-        for (s, l) in self.pending_free.gaps(start, len) {
-            self.pending_free.insert(s, l);
-            self.undo.push(Undo::PendingRemove(s, l));
+    pub fn add_pending_free(&mut self, run: BlockRun) {
+        for r in self.pending_free.gaps(run) {
+            self.pending_free.insert(r);
+            self.undo.push(Undo::PendingRemove(r));
         }
     }
 
     /// Forget both block sets (repair rebuilds allocation from the extent maps).
     pub fn clear_block_sets(&mut self) {
-        let alloc: Vec<(u64, u64)> = self.txn_alloc.iter().collect();
-        let pending: Vec<(u64, u64)> = self.pending_free.iter().collect();
-        for (s, l) in alloc {
-            self.drop_txn_alloc(s, l);
+        let alloc: Vec<BlockRun> = self.txn_alloc.iter().collect();
+        let pending: Vec<BlockRun> = self.pending_free.iter().collect();
+        for r in alloc {
+            self.drop_txn_alloc(r);
         }
-        for (s, l) in pending {
-            self.pending_free.remove(s, l);
-            self.undo.push(Undo::PendingInsert(s, l));
+        for r in pending {
+            self.pending_free.remove(r);
+            self.undo.push(Undo::PendingInsert(r));
         }
     }
 
     /// Punch these (fresh, now free) blocks once the running operation has succeeded.
-    pub fn punch_after_op(&mut self, start: u64, len: u64) {
-        self.to_punch.insert(start, len);
+    pub fn punch_after_op(&mut self, run: BlockRun) {
+        self.to_punch.insert(run);
     }
 
     /// The running operation allocated these blocks again: they must not be punched after it.
-    pub fn keep_unpunched(&mut self, start: u64, len: u64) {
-        self.to_punch.remove(start, len);
+    pub fn keep_unpunched(&mut self, run: BlockRun) {
+        self.to_punch.remove(run);
     }
 
     pub fn held(&self) -> &RangeSet {
@@ -167,11 +168,11 @@ impl TxnMem {
         let released = std::mem::take(&mut self.pending_free);
         let before = std::mem::take(&mut self.held);
         let mut done = RangeSet::new();
-        for (s, l) in before.iter().chain(released.iter()) {
-            if self.pins.overlaps(s, l) {
-                self.held.insert(s, l);
+        for r in before.iter().chain(released.iter()) {
+            if self.pins.overlaps(r) {
+                self.held.insert(r);
             } else {
-                done.insert(s, l);
+                done.insert(r);
             }
         }
         done
@@ -182,8 +183,8 @@ impl TxnMem {
     /// are in its free table but stay unallocatable until a commit succeeds.
     pub fn landed_in_doubt(&mut self) {
         self.txn_alloc = RangeSet::new();
-        for (s, l) in std::mem::take(&mut self.pending_free).iter() {
-            self.held.insert(s, l);
+        for r in std::mem::take(&mut self.pending_free).iter() {
+            self.held.insert(r);
         }
     }
 
@@ -199,7 +200,7 @@ impl TxnMem {
     }
 
     /// The operation succeeded: keep its changes; returns the blocks to punch now.
-    pub fn end_op(&mut self) -> Vec<(u64, u64)> {
+    pub fn end_op(&mut self) -> Vec<BlockRun> {
         self.undo.clear();
         std::mem::take(&mut self.to_punch).iter().collect()
     }
@@ -208,10 +209,10 @@ impl TxnMem {
     pub fn undo_op(&mut self, mark: OpMark) {
         while let Some(u) = self.undo.pop() {
             match u {
-                Undo::AllocRemove(s, l) => self.txn_alloc.remove(s, l),
-                Undo::AllocInsert(s, l) => self.txn_alloc.insert(s, l),
-                Undo::PendingRemove(s, l) => self.pending_free.remove(s, l),
-                Undo::PendingInsert(s, l) => self.pending_free.insert(s, l),
+                Undo::AllocRemove(r) => self.txn_alloc.remove(r),
+                Undo::AllocInsert(r) => self.txn_alloc.insert(r),
+                Undo::PendingRemove(r) => self.pending_free.remove(r),
+                Undo::PendingInsert(r) => self.pending_free.insert(r),
             }
         }
         self.to_punch = RangeSet::new();
@@ -234,7 +235,7 @@ pub struct ReadPins {
 struct PinTable {
     next_id: u64,
     /// Pin id → the pool block runs it reads.
-    reads: HashMap<u64, Vec<(u64, u64)>>,
+    reads: HashMap<u64, Vec<BlockRun>>,
 }
 
 impl ReadPins {
@@ -242,8 +243,8 @@ impl ReadPins {
         self.active.lock()
     }
 
-    /// Pin the pool block runs `runs` (start, len) for one read.
-    pub fn pin(self: &Arc<Self>, runs: Vec<(u64, u64)>) -> Pin {
+    /// Pin the pool block runs `runs` for one read.
+    pub fn pin(self: &Arc<Self>, runs: Vec<BlockRun>) -> Pin {
         let mut t = self.table();
         let id = t.next_id;
         t.next_id += 1;
@@ -254,13 +255,10 @@ impl ReadPins {
         }
     }
 
-    /// Whether an active read reads any block of `[start, start+len)`.
-    pub fn overlaps(&self, start: u64, len: u64) -> bool {
+    /// Whether an active read reads any block of `run`.
+    pub fn overlaps(&self, run: BlockRun) -> bool {
         let t = self.table();
-        t.reads
-            .values()
-            .flatten()
-            .any(|&(s, l)| s < start + len && start < s + l)
+        t.reads.values().flatten().any(|r| r.overlaps(run))
     }
 }
 
@@ -280,18 +278,18 @@ impl Drop for Pin {
 /// The tables one operation sees (through the layers below it) and changes (in its own changes,
 /// which `Inner::write` keeps if it succeeds), plus what a mutation needs.
 pub(crate) struct Ctx<'t> {
-    pub inodes: Table<'t, IntKey, BytesValue>,
-    pub dirents: Table<'t, NamedKey, BytesValue>,
-    pub cookies: Table<'t, PairKey, BytesValue>,
-    pub xattrs: Table<'t, NamedKey, BytesValue>,
-    pub extents: Table<'t, PairKey, BytesValue>,
-    pub refcounts: Table<'t, IntKey, BytesValue>,
-    pub free: Table<'t, IntKey, BytesValue>,
-    pub orphans: Table<'t, IntKey, UnitValue>,
+    pub inodes: Table<'t, IntKey<InodeNo>, BytesValue>,
+    pub dirents: Table<'t, NamedKey<InodeNo>, BytesValue>,
+    pub cookies: Table<'t, PairKey<InodeNo, u64>, BytesValue>,
+    pub xattrs: Table<'t, NamedKey<InodeNo>, BytesValue>,
+    pub extents: Table<'t, PairKey<InodeNo, u64>, BytesValue>,
+    pub refcounts: Table<'t, IntKey<BlockNo>, BytesValue>,
+    pub free: Table<'t, IntKey<BlockNo>, BytesValue>,
+    pub orphans: Table<'t, IntKey<InodeNo>, UnitValue>,
     pub lower_root: Table<'t, IntKey, BytesValue>,
     pub lower_files: Table<'t, IntKey, BytesValue>,
-    pub lower_pending: Table<'t, IntKey, BytesValue>,
-    pub lower_inodes: Table<'t, PairKey, IntValue>,
+    pub lower_pending: Table<'t, IntKey<InodeNo>, BytesValue>,
+    pub lower_inodes: Table<'t, PairKey, IntValue<InodeNo>>,
     /// The overlay's lower tree, when the store has one.
     pub lower: Option<&'t crate::overlay::LowerTree>,
     pub mem: &'t mut TxnMem,
@@ -349,18 +347,18 @@ impl<'t> Ctx<'t> {
         d
     }
 
-    pub fn get_inode(&self, ino: u64) -> Result<InodeRecord> {
+    pub fn get_inode(&self, ino: InodeNo) -> Result<InodeRecord> {
         self.try_inode(ino)?.ok_or(Error::NotFound)
     }
 
-    pub fn try_inode(&self, ino: u64) -> Result<Option<InodeRecord>> {
+    pub fn try_inode(&self, ino: InodeNo) -> Result<Option<InodeRecord>> {
         match self.inodes.get(ino)? {
             Some(v) => Ok(Some(decode(&v, &ino)?)),
             None => Ok(None),
         }
     }
 
-    pub fn put_inode(&mut self, ino: u64, rec: &InodeRecord) -> Result<()> {
+    pub fn put_inode(&mut self, ino: InodeNo, rec: &InodeRecord) -> Result<()> {
         self.inodes.insert(ino, encode(rec).as_slice())?;
         self.mem.dirty = true;
         Ok(())

@@ -180,13 +180,12 @@ impl Store {
         let engine = open_engine(env.as_ref(), Some(opts.engine), &mkfs_opts, None)?;
         let state = StateRecord {
             generation: 1,
-            next_ino: 2,
+            next_ino: InodeNo(2),
             pool_blocks: 0,
             inodes: 1,
             clean: true,
         };
-        let mut root =
-            new_inode_record(FileKind::Directory, 0o755, Caller::ROOT, 0, InodeNo::ROOT.0);
+        let mut root = new_inode_record(FileKind::Directory, 0o755, Caller::ROOT, 0, InodeNo::ROOT);
         root.generation = 1;
         let mut first = state_delta(&state);
         first.set(
@@ -307,7 +306,7 @@ impl Inner {
     /// After open: reclaim orphans (inodes unlinked while open when the last process stopped);
     /// after an unclean stop also give the host back space of blocks freed by the last commits.
     fn recover(&self, unclean: bool) -> Result<()> {
-        let orphans: Vec<u64> = self.read(|cx| {
+        let orphans: Vec<InodeNo> = self.read(|cx| {
             let mut v = Vec::new();
             for item in cx.orphans.iter()? {
                 v.push(item?.0);
@@ -330,25 +329,28 @@ impl Inner {
                 Ok(())
             });
             if let Err(e) = reclaimed {
-                log::error!("orphaned inode {ino} left in place (run cowfs fsck): {e}");
+                log::error!("orphaned {ino} left in place (run cowfs fsck): {e}");
             }
         }
         // The commit below marks the store open (not clean) even when nothing was reclaimed.
         self.state.lock().mem.dirty = true;
         if unclean {
-            let (free, end): (Vec<(u64, u64)>, u64) = self.read(|cx| {
+            let (free, end): (Vec<BlockRun>, u64) = self.read(|cx| {
                 let mut v = Vec::new();
                 for item in cx.free.iter()? {
                     let (k, val) = item?;
-                    v.push((k, decode::<crate::codec::FreeRecord>(&val, &k)?.len));
+                    v.push(BlockRun::new(
+                        k,
+                        decode::<crate::codec::FreeRecord>(&val, &k)?.len,
+                    ));
                 }
                 Ok((v, cx.mem.state.pool_blocks))
             })?;
             // Only to give the host its space back (free blocks are never read): a full or
             // failing host must not keep the store from opening.
-            for (s, l) in free {
-                if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
-                    log::warn!("punching free pool blocks {s}..{}: {e}", s + l);
+            for r in free {
+                if let Err(e) = self.pool.punch(r.start.pos(self.bs), r.len * self.bs) {
+                    log::warn!("punching free pool blocks {r}: {e}");
                     break;
                 }
             }

@@ -10,6 +10,7 @@ use crate::meta::{key, Delta, Engine, IntKey, Layers, Snapshot, TableId};
 use crate::overlay::LowerTree;
 use crate::store::ctx::{state_delta, Ctx, TxnMem, STATE_KEY};
 use crate::superblock::Superblock;
+use crate::types::BlockRun;
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -110,11 +111,11 @@ impl Inner {
         match &result {
             Ok(_) => {
                 delta.absorb(changes);
-                for (s, l) in mem.end_op() {
+                for r in mem.end_op() {
                     // Only to give the host its space back: nothing reads free blocks (allocation
                     // zeroes or overwrites what it hands out), so a failed punch fails nothing.
-                    if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
-                        log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
+                    if let Err(e) = self.pool.punch(r.start.pos(self.bs), r.len * self.bs) {
+                        log::warn!("punching freed pool blocks {r}: {e}");
                     }
                 }
             }
@@ -216,7 +217,7 @@ impl Inner {
         // Freed blocks join the free table with this commit; those an active read is still
         // copying from are held back from allocation until a later commit finds them unread
         // (never waiting for the read under the lock). See `TxnMem::committed`.
-        let releasable: Vec<(u64, u64)> = mem.pending_free().iter().collect();
+        let releasable: Vec<BlockRun> = mem.pending_free().iter().collect();
         let mut next = mem.state;
         next.generation += 1;
         next.clean = closing;
@@ -224,8 +225,8 @@ impl Inner {
             let deltas = [&*delta];
             let mut cx = self.ctx(TxnState::layers(snap, &deltas), mem);
             let mut r = Ok(());
-            for &(s, l) in &releasable {
-                r = cx.insert_free(s, l);
+            for &run in &releasable {
+                r = cx.insert_free(run);
                 if r.is_err() {
                     break;
                 }
@@ -283,9 +284,9 @@ impl Inner {
         // until the punch is done, so no write can lose its bytes to a late punch.
         let punching = mem.punching.start(&done_runs);
         drop(st);
-        for &(s, l) in punching.runs() {
-            if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
-                log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
+        for &r in punching.runs() {
+            if let Err(e) = self.pool.punch(r.start.pos(self.bs), r.len * self.bs) {
+                log::warn!("punching freed pool blocks {r}: {e}");
             }
         }
         drop(punching);

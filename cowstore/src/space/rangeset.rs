@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 pub(crate) struct RangeSet {
     /// start -> len, non-overlapping and non-adjacent.
     map: BTreeMap<u64, u64>,
+    /// The sum of the lengths.
+    blocks: u64,
 }
 
 impl RangeSet {
@@ -24,6 +26,7 @@ impl RangeSet {
                 start = s;
                 end = end.max(s + l);
                 self.map.remove(&s);
+                self.blocks -= l;
             }
         }
         let overlapping: Vec<(u64, u64)> =
@@ -31,9 +34,11 @@ impl RangeSet {
         for (s, l) in overlapping {
             end = end.max(s + l);
             self.map.remove(&s);
+            self.blocks -= l;
         }
         len = end - start;
         self.map.insert(start, len);
+        self.blocks += len;
     }
 
     pub fn remove(&mut self, start: u64, len: u64) {
@@ -49,11 +54,14 @@ impl RangeSet {
         }
         for (s, l) in hits {
             self.map.remove(&s);
+            self.blocks -= l;
             if s < start {
                 self.map.insert(s, start - s);
+                self.blocks += start - s;
             }
             if s + l > end {
                 self.map.insert(end, s + l - end);
+                self.blocks += s + l - end;
             }
         }
     }
@@ -109,7 +117,7 @@ impl RangeSet {
     }
 
     pub fn total(&self) -> u64 {
-        self.map.values().sum()
+        self.blocks
     }
 }
 

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::io::{Env, FileIo, SpaceReserve};
 use crate::meta::{key, Delta, Engine, IntKey, Layers, Snapshot, TableId};
 use crate::overlay::LowerTree;
+use crate::space::RangeSet;
 use crate::store::ctx::{state_delta, Ctx, TxnMem, STATE_KEY};
 use crate::superblock::Superblock;
 use parking_lot::{Condvar, Mutex};
@@ -110,13 +111,7 @@ impl Inner {
         match &result {
             Ok(_) => {
                 delta.absorb(changes);
-                for (s, l) in mem.end_op() {
-                    // Only to give the host its space back: nothing reads free blocks (allocation
-                    // zeroes or overwrites what it hands out), so a failed punch fails nothing.
-                    if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
-                        log::warn!("punching freed pool blocks {s}..{}: {e}", s + l);
-                    }
-                }
+                mem.end_op();
             }
             Err(e) => {
                 mem.undo_op(mark);
@@ -245,6 +240,8 @@ impl Inner {
             Ok(f) => f,
             Err(e) => {
                 self.failed_commits.fetch_add(1, Ordering::SeqCst);
+                // The free records this commit added are dropped with it.
+                st.mem.forget_free_index();
                 log::error!("commit failed; every change stays in memory for the next try: {e}");
                 if engine_failed {
                     // The batch may have reached the disk before the error: find out before
@@ -274,14 +271,20 @@ impl Inner {
                 delta.absorb(frees);
             }
         }
-        let done_runs = mem.committed();
+        for (s, l) in mem.committed().iter() {
+            mem.unpunched.insert(s, l);
+        }
         mem.dirty = !mem.held().is_empty();
         mem.ops_since_commit = 0;
-        // The released blocks are in the free table now. Punch them after letting go of the
-        // state lock (a punch can cost tens of microseconds of synchronous discard, and there
-        // may be thousands), but registered as being punched first: the allocator skips them
-        // until the punch is done, so no write can lose its bytes to a late punch.
-        let punching = mem.punching.start(&done_runs);
+        // The released blocks are in the free table now, unpunched. Punch the long runs (and, past
+        // a bound, the longest short ones) after letting go of the state lock: a punch can cost
+        // tens of microseconds of synchronous discard, and a commit after random overwrites
+        // frees thousands of short runs, which the next writes reuse instead. They are
+        // registered as being punched first: the allocator skips them until the punch is done,
+        // so no write can lose its bytes to a late punch.
+        let all = closing || mem.low_space;
+        let to_punch = punch_now(&mut mem.unpunched, self.bs, all);
+        let punching = mem.punching.start(&to_punch);
         drop(st);
         for &(s, l) in punching.runs() {
             if let Err(e) = self.pool.punch(s * self.bs, l * self.bs) {
@@ -299,6 +302,45 @@ impl Inner {
         st.mem.low_space = self.reserve.as_ref().is_some_and(|r| !r.is_held());
         Ok(())
     }
+}
+
+/// A free run at least this long (in bytes) is punched at the commit that frees it.
+const PUNCH_RUN_BYTES: u64 = 1 << 20;
+/// Short unpunched free runs kept for reuse, at most (bytes).
+const UNPUNCHED_MAX_BYTES: u64 = 256 << 20;
+
+/// Take out of `unpunched` the runs to punch now: every run of at least [`PUNCH_RUN_BYTES`],
+/// then the longest of the rest while they exceed [`UNPUNCHED_MAX_BYTES`]; or all (`all`).
+fn punch_now(unpunched: &mut RangeSet, bs: u64, all: bool) -> RangeSet {
+    if all {
+        return std::mem::take(unpunched);
+    }
+    let long = PUNCH_RUN_BYTES / bs;
+    let mut out = RangeSet::new();
+    let mut short: Vec<(u64, u64)> = Vec::new();
+    for (s, l) in unpunched.iter() {
+        if l >= long {
+            out.insert(s, l);
+        } else {
+            short.push((s, l));
+        }
+    }
+    let mut kept = unpunched.total() - out.total();
+    let max = UNPUNCHED_MAX_BYTES / bs;
+    if kept > max {
+        short.sort_by_key(|&(s, l)| (std::cmp::Reverse(l), s));
+        for (s, l) in short {
+            if kept <= max {
+                break;
+            }
+            out.insert(s, l);
+            kept -= l;
+        }
+    }
+    for (s, l) in out.iter() {
+        unpunched.remove(s, l);
+    }
+    out
 }
 
 /// Run `f`; a panic below us (redb trusting a damaged page) becomes a corruption error of this

@@ -720,8 +720,10 @@ mod tests {
         assert!(report.is_clean(), "{:#?}", report.problems);
     }
 
+    type Runs = Vec<(u64, u64)>;
+
     /// The allocator's free index, loaded if need be, beside the free table it mirrors.
-    fn index_and_table(s: &Store) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    fn index_and_table(s: &Store) -> (Runs, Runs) {
         let index = s
             .inner()
             .write(|cx| Ok(cx.free_index()?.iter().map(|(&a, &b)| (a, b)).collect()))

@@ -3,7 +3,7 @@
 //! the store keeps if the operation succeeds and drops if it fails (see `store::Inner::write`).
 
 use super::engine::{changes_in, Layers, Merge};
-use super::schema::{key, KeyCodec, TableId, ValueCodec};
+use super::schema::{key, KeyCodec, NamedKey, TableId, ValueCodec};
 use crate::error::Result;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -136,5 +136,20 @@ impl<'t, K: KeyCodec, V: ValueCodec> Table<'t, K, V> {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+impl<V: ValueCodec> Table<'_, NamedKey, V> {
+    /// The entries of inode `ino` (keys `(ino, name)`), ascending. Bounded on both sides: a scan
+    /// that stopped only at the first key of another inode would first step over every removal
+    /// the open transaction made past it (a tombstone is never returned, so never stops it).
+    pub fn of_ino(&self, ino: u64) -> Result<impl Iterator<Item = Result<(Vec<u8>, V::Out)>> + '_> {
+        let empty: &[u8] = &[];
+        let hi = match ino.checked_add(1) {
+            Some(next) => Bound::Excluded(key::<NamedKey>((next, empty))),
+            None => Bound::Unbounded,
+        };
+        let it = self.entries(Bound::Included(key::<NamedKey>((ino, empty))), hi, false)?;
+        Ok(it.map(|item| item.map(|((_, name), v)| (name, v))))
     }
 }

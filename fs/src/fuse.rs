@@ -126,6 +126,27 @@ fn file_attr(a: &InodeAttr) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: node id 0 is what tells the kernel the name is absent.
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn time_set(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
@@ -316,8 +337,13 @@ impl Filesystem for CowFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.run("lookup", |c| c.lookup(ino(parent), name.as_bytes()));
-        self.entry(reply, r);
+        // A missing name is answered with node id 0 and the entry TTL: the kernel keeps it as a
+        // negative entry instead of asking again (a `create` or `stat` of a new name asks once).
+        match self.run("lookup", |c| c.lookup(ino(parent), name.as_bytes())) {
+            Ok(Some(a)) => reply.entry(&self.ttl(), &file_attr(&a), Generation(a.generation)),
+            Ok(None) => reply.entry(&self.ttl(), &negative_entry(), Generation(0)),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {

@@ -808,7 +808,7 @@ fn repair_free_space(
         }
     }
     for (start, why) in bad {
-        cx.free.remove(start)?;
+        cx.remove_free_record(start)?;
         sum.actions
             .push(format!("removed the free record at block {start} {why}"));
     }

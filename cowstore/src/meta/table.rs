@@ -3,7 +3,7 @@
 //! the store keeps if the operation succeeds and drops if it fails (see `store::Inner::write`).
 
 use super::engine::{changes_in, Layers, Merge};
-use super::schema::{key, KeyCodec, TableId, ValueCodec};
+use super::schema::{key, KeyCodec, NamedKey, TableId, U64Part, ValueCodec};
 use crate::error::Result;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -136,5 +136,21 @@ impl<'t, K: KeyCodec, V: ValueCodec> Table<'t, K, V> {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+impl<A: U64Part, V: ValueCodec> Table<'_, NamedKey<A>, V> {
+    /// The entries of inode `ino` (keys `(ino, name)`), ascending. Bounded on both sides: a scan
+    /// that stopped only at the first key of another inode would first step over every removal
+    /// the open transaction made past it (a tombstone is never returned, so never stops it).
+    pub fn of_ino(&self, ino: A) -> Result<impl Iterator<Item = Result<(Vec<u8>, V::Out)>> + '_> {
+        let empty: &[u8] = &[];
+        let hi = match ino.to_u64().checked_add(1) {
+            Some(next) => Bound::Excluded(key::<NamedKey<A>>((A::from_u64(next), empty))),
+            None => Bound::Unbounded,
+        };
+        let lo = Bound::Included(key::<NamedKey<A>>((ino, empty)));
+        let it = self.entries(lo, hi, false)?;
+        Ok(it.map(|item| item.map(|((_, name), v)| (name, v))))
     }
 }

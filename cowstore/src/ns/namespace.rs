@@ -172,14 +172,7 @@ impl Ctx<'_> {
 
     fn dir_is_empty(&mut self, ino: InodeNo) -> Result<bool> {
         self.ensure_imported(ino)?;
-        let empty: &[u8] = &[];
-        Ok(self
-            .dirents
-            .range((ino, empty)..)?
-            .next()
-            .map(|r| r.map(|(k, _)| k.0 != ino))
-            .transpose()?
-            .unwrap_or(true))
+        Ok(self.dirents.of_ino(ino)?.next().transpose()?.is_none())
     }
 
     fn alloc_ino(&mut self) -> InodeNo {
@@ -831,15 +824,9 @@ impl Ctx<'_> {
     // ------------------------------------------------------------------ xattrs
 
     pub fn xattr_names(&self, ino: InodeNo) -> Result<Vec<Vec<u8>>> {
-        let empty: &[u8] = &[];
         let mut out = Vec::new();
-        for item in self.xattrs.range((ino, empty)..)? {
-            let (k, _) = item?;
-            let (i, name) = k;
-            if i != ino {
-                break;
-            }
-            out.push(name.to_vec());
+        for item in self.xattrs.of_ino(ino)? {
+            out.push(item?.0);
         }
         Ok(out)
     }
@@ -876,15 +863,10 @@ impl Ctx<'_> {
 
     /// ENOSPC if `name` with a value of `len` bytes would take `ino` past its xattr bounds.
     fn check_xattr_room(&self, ino: InodeNo, name: &[u8], len: usize) -> Result<()> {
-        let empty: &[u8] = &[];
         let mut stored = name.len() + len;
         let mut listed = name.len() + 1;
-        for item in self.xattrs.range((ino, empty)..)? {
-            let (k, v) = item?;
-            let (i, n) = k;
-            if i != ino {
-                break;
-            }
+        for item in self.xattrs.of_ino(ino)? {
+            let (n, v) = item?;
             if n != name {
                 stored += n.len() + v.len();
                 listed += n.len() + 1;

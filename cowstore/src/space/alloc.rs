@@ -10,6 +10,7 @@ use crate::space::RangeSet;
 use crate::store::ctx::Ctx;
 use crate::types::{BlockNo, BlockRun};
 use parking_lot::Mutex;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -114,23 +115,58 @@ impl Ctx<'_> {
         set.iter().collect()
     }
 
-    fn free_records(&self, from: BlockNo, limit: usize) -> Result<Vec<(BlockNo, FreeRecord)>> {
-        let mut out = Vec::new();
-        for item in self.free.range(from..)?.take(limit) {
-            let (k, v) = item?;
-            out.push((k, decode::<FreeRecord>(&v, &k)?));
+    /// The free index of the open transaction (see `TxnMem::free_index`), loaded on first use
+    /// from the free table as this operation sees it. A record that does not decode is left out
+    /// (its blocks are never handed out; fsck reports it) rather than failing every allocation.
+    fn free_index(&mut self) -> Result<&BTreeMap<BlockNo, u64>> {
+        if self.mem.free_index().is_none() {
+            let mut index = BTreeMap::new();
+            for item in self.free.iter()? {
+                let (k, v) = item?;
+                match decode::<FreeRecord>(&v, &k) {
+                    Ok(r) => {
+                        index.insert(k, r.len);
+                    }
+                    Err(e) => log::warn!("free space: record left unused: {e}"),
+                }
+            }
+            self.mem.set_free_index(index);
         }
-        Ok(out)
+        self.mem
+            .free_index()
+            .ok_or_else(|| Error::corrupt("free index not loaded"))
     }
 
-    fn free_record_before(&self, at: BlockNo) -> Result<Option<(BlockNo, FreeRecord)>> {
-        match self.free.range_rev(..=at)?.next() {
-            Some(item) => {
-                let (k, v) = item?;
-                Ok(Some((k, decode::<FreeRecord>(&v, &k)?)))
-            }
-            None => Ok(None),
-        }
+    fn free_records(&mut self, from: BlockNo, limit: usize) -> Result<Vec<(BlockNo, FreeRecord)>> {
+        let index = self.free_index()?;
+        Ok(index
+            .range(from..)
+            .take(limit)
+            .map(|(&s, &len)| (s, FreeRecord { len }))
+            .collect())
+    }
+
+    fn free_record_before(&mut self, at: BlockNo) -> Result<Option<(BlockNo, FreeRecord)>> {
+        let index = self.free_index()?;
+        Ok(index
+            .range(..=at)
+            .next_back()
+            .map(|(&s, &len)| (s, FreeRecord { len })))
+    }
+
+    /// Write the free record at `start` (table and index).
+    fn put_free_record(&mut self, start: BlockNo, len: u64) -> Result<()> {
+        self.free
+            .insert(start, encode(&FreeRecord { len }).as_slice())?;
+        self.mem.free_index_put(start, Some(len));
+        Ok(())
+    }
+
+    /// Remove the free record at `start` (table and index), whether or not it decodes.
+    pub(crate) fn remove_free_record(&mut self, start: BlockNo) -> Result<()> {
+        self.free.remove(start)?;
+        self.mem.free_index_put(start, None);
+        Ok(())
     }
 
     /// Take `[start, start+n)` out of the free record at `rec_start`.
@@ -141,26 +177,15 @@ impl Ctx<'_> {
         start: BlockNo,
         n: u64,
     ) -> Result<()> {
-        self.free.remove(rec_start)?;
+        self.remove_free_record(rec_start)?;
         if start > rec_start {
-            self.free.insert(
-                rec_start,
-                encode(&FreeRecord {
-                    len: start - rec_start,
-                })
-                .as_slice(),
-            )?;
+            self.put_free_record(rec_start, start - rec_start)?;
         }
         let rec_end = rec_start + rec.len;
         if start + n < rec_end {
-            self.free.insert(
-                start + n,
-                encode(&FreeRecord {
-                    len: rec_end - start - n,
-                })
-                .as_slice(),
-            )?;
+            self.put_free_record(start + n, rec_end - (start + n))?;
         }
+        self.mem.take_unpunched(BlockRun::new(start, n));
         Ok(())
     }
 
@@ -173,8 +198,8 @@ impl Ctx<'_> {
         }
         let start = self.find_space(n, hint)?;
         self.mem.add_txn_alloc(BlockRun::new(start, n));
-        // Blocks this very operation freed and takes again must not be punched after it.
-        self.mem.keep_unpunched(BlockRun::new(start, n));
+        // Blocks this very operation freed and takes again are not free after it.
+        self.mem.reallocated_in_op(BlockRun::new(start, n));
         self.mem.cursor = start + n;
         self.mem.dirty = true;
         Ok(start)
@@ -218,7 +243,8 @@ impl Ctx<'_> {
                     self.take_free(s, rec, s, n)?;
                 } else {
                     self.grow_pool(n - rec.len)?;
-                    self.free.remove(s)?;
+                    self.remove_free_record(s)?;
+                    self.mem.take_unpunched(BlockRun::new(s, rec.len));
                 }
                 return Ok(s);
             }
@@ -251,23 +277,18 @@ impl Ctx<'_> {
                 )));
             }
             if s + rec.len == start {
-                self.free.remove(s)?;
+                self.remove_free_record(s)?;
                 start = s;
                 len += rec.len;
             }
         }
         let end = start + len;
-        let next = match self.free.get(end)? {
-            Some(v) => Some(decode::<FreeRecord>(&v, &end)?),
-            None => None,
-        };
+        let next = self.free_index()?.get(&end).copied();
         if let Some(next) = next {
-            self.free.remove(end)?;
-            len += next.len;
+            self.remove_free_record(end)?;
+            len += next;
         }
-        self.free
-            .insert(start, encode(&FreeRecord { len }).as_slice())?;
-        Ok(())
+        self.put_free_record(start, len)
     }
 
     /// Take every free block of `run` out of the free table (fsck's repair, for blocks a free
@@ -280,10 +301,9 @@ impl Ctx<'_> {
                 runs.push((s, rec));
             }
         }
-        for item in self.free.range(start..end)? {
-            let (k, v) = item?;
+        for (&k, &len) in self.free_index()?.range(start..end) {
             if runs.first().is_none_or(|(s, _)| *s != k) {
-                runs.push((k, decode::<FreeRecord>(&v, &k)?));
+                runs.push((k, FreeRecord { len }));
             }
         }
         for (s, rec) in runs {
@@ -297,7 +317,7 @@ impl Ctx<'_> {
     }
 
     /// Release blocks no longer referenced. Blocks allocated in this transaction are free at once
-    /// (and punched once the operation succeeds); committed blocks wait until the commit that
+    /// (unpunched free blocks once the operation succeeds); committed blocks wait until the commit that
     /// frees them is durable. So do fresh blocks that an active read is still copying from.
     pub fn release_blocks(&mut self, run: BlockRun) -> Result<()> {
         let fresh: Vec<BlockRun> = self
@@ -319,7 +339,7 @@ impl Ctx<'_> {
             if !r.is_empty() {
                 self.mem.drop_txn_alloc(r);
                 self.insert_free(r)?;
-                self.mem.punch_after_op(r);
+                self.mem.unpunched_after_op(r);
             }
             pos = r.end();
         }
@@ -735,5 +755,139 @@ mod tests {
         s.commit().expect("commit");
         let report = s.check().expect("check");
         assert!(report.is_clean(), "{:#?}", report.problems);
+    }
+
+    type Runs = Vec<(u64, u64)>;
+
+    /// The allocator's free index, loaded if need be, beside the free table it mirrors.
+    fn index_and_table(s: &Store) -> (Runs, Runs) {
+        let index = s
+            .inner()
+            .write(|cx| Ok(cx.free_index()?.iter().map(|(&a, &b)| (a.0, b)).collect()))
+            .expect("index");
+        (index, free_runs(s))
+    }
+
+    #[test]
+    fn a_failed_operation_leaves_the_free_index_as_the_free_table() {
+        // Regression (issue 12): allocation searched the layered free table, stepping over every
+        // record the open transaction had taken (4 KiB random overwrites ran at 1.7k IOPS, 80%
+        // of the daemon in that search). It now looks in an in-memory index of the table, which
+        // must drop a failed operation's changes exactly as the table does.
+        let (_env, s) = store();
+        s.inner()
+            .write(|cx| {
+                cx.mem.state.pool_blocks = 100;
+                cx.insert_free(run(10, 20))?;
+                cx.insert_free(run(50, 5))?;
+                Ok(())
+            })
+            .expect("setup");
+        let (index, table) = index_and_table(&s);
+        assert_eq!(index, table);
+        assert_eq!(table, vec![(10, 20), (50, 5)]);
+        let r: crate::error::Result<()> = s.inner().write(|cx| {
+            assert_eq!(cx.alloc(4, Some(BlockNo(12)))?, BlockNo(12));
+            cx.insert_free(run(60, 3))?;
+            cx.remove_free(run(50, 2))?;
+            Err(Error::NoSpace)
+        });
+        assert!(matches!(r, Err(Error::NoSpace)), "{r:?}");
+        let (index, table) = index_and_table(&s);
+        assert_eq!(table, vec![(10, 20), (50, 5)], "the table is as before");
+        assert_eq!(index, table, "and so is the index");
+        let got = s
+            .inner()
+            .write(|cx| cx.alloc(4, Some(BlockNo(12))))
+            .expect("alloc again");
+        assert_eq!(
+            got,
+            BlockNo(12),
+            "the failed operation's blocks are free again"
+        );
+        let (index, table) = index_and_table(&s);
+        assert_eq!(index, table);
+        assert_eq!(table, vec![(10, 2), (16, 14), (50, 5)]);
+    }
+
+    #[test]
+    fn the_free_index_loaded_by_a_failed_operation_is_not_kept() {
+        // The index built inside an operation saw that operation's own table changes: if it
+        // fails, they are gone and so must the index be.
+        let (_env, s) = store();
+        let r: crate::error::Result<()> = s.inner().write(|cx| {
+            cx.mem.state.pool_blocks = 100;
+            cx.insert_free(run(10, 20))?;
+            cx.alloc(1, None)?;
+            Err(Error::NoSpace)
+        });
+        assert!(r.is_err());
+        let (index, table) = index_and_table(&s);
+        assert_eq!(index, table);
+        assert!(table.is_empty(), "{table:?}");
+    }
+
+    /// The distinct byte values of pool block `b`.
+    fn block(s: &Store, b: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; 4096];
+        s.pool().read_at(&mut buf, b * 4096).expect("read pool");
+        buf.sort_unstable();
+        buf.dedup();
+        buf
+    }
+
+    #[test]
+    fn short_freed_runs_are_kept_for_reuse_and_long_ones_punched() {
+        // Regression (issue 12): every freed run was punched at once, one synchronous discard
+        // per 4 KiB block under random overwrites. Now long runs are punched at the commit that
+        // frees them; short ones stay (bounded) for the next writes to reuse and are punched when
+        // the store closes.
+        let (_env, s) = store();
+        let mk = |name: &[u8]| {
+            s.create(InodeNo::ROOT, name, &NewInode::regular(0o644), Caller::ROOT)
+                .expect("create")
+                .ino
+        };
+        let (small, keep, big) = (mk(b"small"), mk(b"keep"), mk(b"big"));
+        s.write(small, 0, &[7; 4096]).expect("write");
+        s.write(keep, 0, &[8; 4096]).expect("write");
+        s.write(big, 0, &vec![9; 2 << 20]).expect("write");
+        s.commit().expect("commit");
+        let pos = |ino: InodeNo| {
+            s.inner()
+                .read(|cx| Ok(cx.mappings(ino, 0, 1)?[0].phys))
+                .expect("map")
+        };
+        let (sb, bb) = (pos(small), pos(big));
+        s.unlink(InodeNo::ROOT, b"small").expect("unlink");
+        s.unlink(InodeNo::ROOT, b"big").expect("unlink");
+        s.commit().expect("commit");
+        assert_eq!(block(&s, sb), [7], "the short run is not punched");
+        assert_eq!(block(&s, bb), [0], "the long run is punched");
+        let unpunched = s
+            .inner()
+            .read(|cx| Ok(cx.mem.unpunched.total()))
+            .expect("read");
+        assert_eq!(unpunched, 1);
+        // The next write takes the unpunched block back rather than growing the pool.
+        let again = mk(b"again");
+        s.write(again, 0, &[5; 4096]).expect("write");
+        assert_eq!(pos(again), sb, "the freed block is reused");
+        let unpunched = s
+            .inner()
+            .read(|cx| Ok(cx.mem.unpunched.total()))
+            .expect("read");
+        assert_eq!(
+            unpunched, 0,
+            "and is no longer counted as unpunched free space"
+        );
+        s.unlink(InodeNo::ROOT, b"again").expect("unlink");
+        s.commit().expect("commit");
+        assert_eq!(block(&s, sb), [5]);
+        let pool = s.pool();
+        s.close().expect("close");
+        let mut buf = vec![1u8; 4096];
+        pool.read_at(&mut buf, sb * 4096).expect("read pool");
+        assert!(buf.iter().all(|&b| b == 0), "closing punches what was kept");
     }
 }

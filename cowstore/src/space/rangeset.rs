@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 pub(crate) struct RangeSet {
     /// start -> len, non-overlapping and non-adjacent.
     map: BTreeMap<BlockNo, u64>,
+    /// The sum of the lengths.
+    blocks: u64,
 }
 
 impl RangeSet {
@@ -25,6 +27,7 @@ impl RangeSet {
                 start = s;
                 end = end.max(s + l);
                 self.map.remove(&s);
+                self.blocks -= l;
             }
         }
         let overlapping: Vec<(BlockNo, u64)> =
@@ -32,8 +35,10 @@ impl RangeSet {
         for (s, l) in overlapping {
             end = end.max(s + l);
             self.map.remove(&s);
+            self.blocks -= l;
         }
         self.map.insert(start, end - start);
+        self.blocks += end - start;
     }
 
     pub fn remove(&mut self, run: BlockRun) {
@@ -50,11 +55,14 @@ impl RangeSet {
         }
         for (s, l) in hits {
             self.map.remove(&s);
+            self.blocks -= l;
             if s < start {
                 self.map.insert(s, start - s);
+                self.blocks += start - s;
             }
             if s + l > end {
                 self.map.insert(end, s + l - end);
+                self.blocks += s + l - end;
             }
         }
     }
@@ -110,7 +118,7 @@ impl RangeSet {
     }
 
     pub fn total(&self) -> u64 {
-        self.map.values().sum()
+        self.blocks
     }
 }
 

@@ -25,7 +25,7 @@ use crate::meta::{
 use crate::space::RangeSet;
 use crate::types::{BlockNo, BlockRun, InodeNo};
 use parking_lot::{Mutex, MutexGuard};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub(crate) const STATE_KEY: u64 = 0;
@@ -37,6 +37,9 @@ enum Undo {
     AllocInsert(BlockRun),
     PendingRemove(BlockRun),
     PendingInsert(BlockRun),
+    /// Put the free-index entry at this start back to this length (`None`: remove it).
+    FreeIndex(BlockNo, Option<u64>),
+    UnpunchedInsert(BlockRun),
 }
 
 /// What an operation may change besides the journaled block sets, saved when it starts.
@@ -45,6 +48,9 @@ pub(crate) struct OpMark {
     state: StateRecord,
     dirty: bool,
     cursor: BlockNo,
+    /// Whether the free index existed when the operation started (one it loads is dropped if
+    /// it fails: the index saw the operation's own, dropped, table changes).
+    free_index: bool,
 }
 
 /// In-memory state that belongs to the open transaction (or to the process).
@@ -77,9 +83,19 @@ pub(crate) struct TxnMem {
     held: RangeSet,
     /// The running operation's journal of block-set changes.
     undo: Vec<Undo>,
-    /// Blocks of the open transaction that the running operation freed: punched out of the
-    /// pool only once the operation has succeeded (a failed one still references them).
+    /// Blocks of the open transaction that the running operation freed: they join `unpunched`
+    /// only once the operation has succeeded (a failed one still references them).
     to_punch: RangeSet,
+    /// The free table as the open transaction sees it (record start → length, one entry per
+    /// record), loaded on first use and changed with the table. The allocator looks here instead
+    /// of searching the layered table, where every record the open transaction took is a
+    /// removal that a search would step over one by one.
+    free_index: Option<BTreeMap<BlockNo, u64>>,
+    /// Free blocks whose old bytes are still on the host, not punched yet (process state). Freed
+    /// blocks are punched in long runs, off the request path; short runs are kept for reuse up to
+    /// a bound, so a steady overwrite workload reuses blocks instead of punching each one (a
+    /// synchronous discard on a host mounted with `discard`). See `Inner::commit`.
+    pub unpunched: RangeSet,
 }
 
 impl TxnMem {
@@ -98,6 +114,44 @@ impl TxnMem {
             held: RangeSet::new(),
             undo: Vec::new(),
             to_punch: RangeSet::new(),
+            free_index: None,
+            unpunched: RangeSet::new(),
+        }
+    }
+
+    pub fn free_index(&self) -> Option<&BTreeMap<BlockNo, u64>> {
+        self.free_index.as_ref()
+    }
+
+    pub fn set_free_index(&mut self, index: BTreeMap<BlockNo, u64>) {
+        self.free_index = Some(index);
+    }
+
+    /// The free table changed outside the allocator's record functions (a commit that failed or
+    /// landed in doubt, repair): the index is loaded again on next use.
+    pub fn forget_free_index(&mut self) {
+        self.free_index = None;
+    }
+
+    /// The free record at `start` is now `len` long (`None`: gone), journaled.
+    pub fn free_index_put(&mut self, start: BlockNo, len: Option<u64>) {
+        let Some(index) = self.free_index.as_mut() else {
+            return;
+        };
+        let old = match len {
+            Some(l) => index.insert(start, l),
+            None => index.remove(&start),
+        };
+        if old != len {
+            self.undo.push(Undo::FreeIndex(start, old));
+        }
+    }
+
+    /// Blocks that leave the free space: no longer unpunched free blocks.
+    pub fn take_unpunched(&mut self, run: BlockRun) {
+        for r in self.unpunched.intersect(run) {
+            self.unpunched.remove(r);
+            self.undo.push(Undo::UnpunchedInsert(r));
         }
     }
 
@@ -144,16 +198,19 @@ impl TxnMem {
             self.pending_free.remove(r);
             self.undo.push(Undo::PendingInsert(r));
         }
+        self.free_index = None;
     }
 
-    /// Punch these (fresh, now free) blocks once the running operation has succeeded.
-    pub fn punch_after_op(&mut self, run: BlockRun) {
+    /// These fresh blocks are free again: unpunched free blocks once the running operation has
+    /// succeeded.
+    pub fn unpunched_after_op(&mut self, run: BlockRun) {
         self.to_punch.insert(run);
     }
 
-    /// The running operation allocated these blocks again: they must not be punched after it.
-    pub fn keep_unpunched(&mut self, run: BlockRun) {
+    /// The running operation allocated these blocks again: they are not free after it.
+    pub fn reallocated_in_op(&mut self, run: BlockRun) {
         self.to_punch.remove(run);
+        self.take_unpunched(run);
     }
 
     pub fn held(&self) -> &RangeSet {
@@ -186,6 +243,7 @@ impl TxnMem {
         for r in std::mem::take(&mut self.pending_free).iter() {
             self.held.insert(r);
         }
+        self.free_index = None;
     }
 
     /// An operation starts.
@@ -196,13 +254,17 @@ impl TxnMem {
             state: self.state,
             dirty: self.dirty,
             cursor: self.cursor,
+            free_index: self.free_index.is_some(),
         }
     }
 
-    /// The operation succeeded: keep its changes; returns the blocks to punch now.
-    pub fn end_op(&mut self) -> Vec<BlockRun> {
+    /// The operation succeeded: keep its changes. The fresh blocks it freed are unpunched free
+    /// blocks now.
+    pub fn end_op(&mut self) {
         self.undo.clear();
-        std::mem::take(&mut self.to_punch).iter().collect()
+        for r in std::mem::take(&mut self.to_punch).iter() {
+            self.unpunched.insert(r);
+        }
     }
 
     /// The operation failed: take back everything it changed here.
@@ -213,7 +275,19 @@ impl TxnMem {
                 Undo::AllocInsert(r) => self.txn_alloc.insert(r),
                 Undo::PendingRemove(r) => self.pending_free.remove(r),
                 Undo::PendingInsert(r) => self.pending_free.insert(r),
+                Undo::FreeIndex(start, len) => {
+                    if let Some(index) = self.free_index.as_mut() {
+                        match len {
+                            Some(l) => index.insert(start, l),
+                            None => index.remove(&start),
+                        };
+                    }
+                }
+                Undo::UnpunchedInsert(r) => self.unpunched.insert(r),
             }
+        }
+        if !mark.free_index {
+            self.free_index = None;
         }
         self.to_punch = RangeSet::new();
         self.state = mark.state;

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::io::{Env, FileIo, SpaceReserve};
 use crate::meta::{key, Delta, Engine, IntKey, Layers, Snapshot, TableId};
 use crate::overlay::LowerTree;
+use crate::space::RangeSet;
 use crate::store::ctx::{state_delta, Ctx, TxnMem, STATE_KEY};
 use crate::superblock::Superblock;
 use crate::types::BlockRun;
@@ -111,13 +112,7 @@ impl Inner {
         match &result {
             Ok(_) => {
                 delta.absorb(changes);
-                for r in mem.end_op() {
-                    // Only to give the host its space back: nothing reads free blocks (allocation
-                    // zeroes or overwrites what it hands out), so a failed punch fails nothing.
-                    if let Err(e) = self.pool.punch(r.start.pos(self.bs), r.len * self.bs) {
-                        log::warn!("punching freed pool blocks {r}: {e}");
-                    }
-                }
+                mem.end_op();
             }
             Err(e) => {
                 mem.undo_op(mark);
@@ -246,6 +241,8 @@ impl Inner {
             Ok(f) => f,
             Err(e) => {
                 self.failed_commits.fetch_add(1, Ordering::SeqCst);
+                // The free records this commit added are dropped with it.
+                st.mem.forget_free_index();
                 log::error!("commit failed; every change stays in memory for the next try: {e}");
                 if engine_failed {
                     // The batch may have reached the disk before the error: find out before
@@ -275,14 +272,22 @@ impl Inner {
                 delta.absorb(frees);
             }
         }
-        let done_runs = mem.committed();
+        for r in mem.committed().iter() {
+            mem.unpunched.insert(r);
+        }
         mem.dirty = !mem.held().is_empty();
         mem.ops_since_commit = 0;
-        // The released blocks are in the free table now. Punch them after letting go of the
-        // state lock (a punch can cost tens of microseconds of synchronous discard, and there
-        // may be thousands), but registered as being punched first: the allocator skips them
-        // until the punch is done, so no write can lose its bytes to a late punch.
-        let punching = mem.punching.start(&done_runs);
+        // The released blocks are in the free table now, unpunched. Punch the long runs (and,
+        // past a bound, the longest short ones) after letting go of the state lock: a punch can
+        // cost tens of microseconds of synchronous discard, and a commit after random overwrites
+        // frees thousands of short runs, which the next writes reuse instead. Only to give the
+        // host its space back: nothing reads free blocks (allocation zeroes or overwrites what it
+        // hands out), so a failed punch fails nothing. They are registered as being punched
+        // first: the allocator skips them until the punch is done, so no write can lose its
+        // bytes to a late punch.
+        let all = closing || mem.low_space;
+        let to_punch = punch_now(&mut mem.unpunched, self.bs, all);
+        let punching = mem.punching.start(&to_punch);
         drop(st);
         for &r in punching.runs() {
             if let Err(e) = self.pool.punch(r.start.pos(self.bs), r.len * self.bs) {
@@ -300,6 +305,45 @@ impl Inner {
         st.mem.low_space = self.reserve.as_ref().is_some_and(|r| !r.is_held());
         Ok(())
     }
+}
+
+/// A free run at least this long (in bytes) is punched at the commit that frees it.
+const PUNCH_RUN_BYTES: u64 = 1 << 20;
+/// Short unpunched free runs kept for reuse, at most (bytes).
+const UNPUNCHED_MAX_BYTES: u64 = 256 << 20;
+
+/// Take out of `unpunched` the runs to punch now: every run of at least [`PUNCH_RUN_BYTES`],
+/// then the longest of the rest while they exceed [`UNPUNCHED_MAX_BYTES`]; or all (`all`).
+fn punch_now(unpunched: &mut RangeSet, bs: u64, all: bool) -> RangeSet {
+    if all {
+        return std::mem::take(unpunched);
+    }
+    let long = PUNCH_RUN_BYTES / bs;
+    let mut out = RangeSet::new();
+    let mut short: Vec<BlockRun> = Vec::new();
+    for r in unpunched.iter() {
+        if r.len >= long {
+            out.insert(r);
+        } else {
+            short.push(r);
+        }
+    }
+    let mut kept = unpunched.total() - out.total();
+    let max = UNPUNCHED_MAX_BYTES / bs;
+    if kept > max {
+        short.sort_by_key(|r| (std::cmp::Reverse(r.len), r.start));
+        for r in short {
+            if kept <= max {
+                break;
+            }
+            out.insert(r);
+            kept -= r.len;
+        }
+    }
+    for r in out.iter() {
+        unpunched.remove(r);
+    }
+    out
 }
 
 /// Run `f`; a panic below us (redb trusting a damaged page) becomes a corruption error of this

@@ -50,8 +50,15 @@ pub(crate) fn mknod_kind(mode: u32) -> Result<FileKind, FsError> {
 }
 
 impl Core {
-    pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> Result<InodeAttr, FsError> {
-        Ok(self.store()?.lookup(parent, name)?)
+    /// The entry `name` in `parent`, or `None` when there is none: an answer, not an error, that
+    /// the kernel may cache as a negative entry (every change to the namespace goes through this
+    /// mount, and the kernel drops a negative entry when it creates the name).
+    pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> Result<Option<InodeAttr>, FsError> {
+        match self.store()?.lookup(parent, name) {
+            Ok(a) => Ok(Some(a)),
+            Err(cowstore::Error::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// `mode` and `umask` as the kernel sends them (FUSE_DONT_MASK): the store applies the
@@ -138,6 +145,32 @@ mod tests {
 
     fn errno<T: std::fmt::Debug>(r: Result<T, FsError>) -> i32 {
         r.expect_err("refused").to_errno()
+    }
+
+    #[test]
+    fn a_missing_name_is_an_absent_entry_not_an_error() {
+        // Regression (issue 12): a lookup miss was an ENOENT error, which the kernel does not
+        // cache, so every stat or create of an absent name cost a round trip (and counted as an
+        // error). It is now an answer the adapter sends as a negative entry.
+        let f = super::super::testing::fixture(crate::core::FsConfig::default());
+        let c = &f.core;
+        assert!(c
+            .lookup(InodeNo::ROOT, b"absent")
+            .expect("lookup")
+            .is_none());
+        assert_eq!(c.counters.snapshot().errors, 0, "not counted as an error");
+        let made = c
+            .mknod(
+                InodeNo::ROOT,
+                b"here",
+                libc::S_IFREG | 0o644,
+                0,
+                0,
+                Caller::ROOT,
+            )
+            .expect("mknod");
+        let found = c.lookup(InodeNo::ROOT, b"here").expect("lookup");
+        assert_eq!(found.map(|a| a.ino), Some(made.ino));
     }
 
     #[test]

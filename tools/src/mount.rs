@@ -139,7 +139,7 @@ fn start_daemon(a: &Args, opts: &MountOpts) -> CmdResult {
         line.clear();
         reader.read_line(&mut line)?;
         match line.trim_end().strip_prefix("waiting: ") {
-            Some(msg) => eprintln!("cowfs mount: {msg}"),
+            Some(msg) => err!("cowfs mount: {msg}"),
             None => break,
         }
     }

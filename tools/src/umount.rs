@@ -91,7 +91,7 @@ pub fn run(a: Args) -> CmdResult {
         let _ = std::fs::remove_file(socket);
     }
     let Some(daemon) = daemon else {
-        eprintln!(
+        err!(
             "cowfs umount: {}: the daemon was not running; unmounted",
             mp.display()
         );

@@ -196,8 +196,9 @@ struct Foreground {
 
 impl Drop for Foreground {
     fn drop(&mut self) {
+        // Also when the daemon died: its mount is left behind, disconnected.
+        lazy_umount(&self.mnt);
         if let Ok(None) = self.child.try_wait() {
-            lazy_umount(&self.mnt);
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

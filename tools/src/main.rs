@@ -18,6 +18,7 @@ mod inspect;
 mod logger;
 mod mkfs;
 mod mount;
+mod mountinfo;
 mod options;
 mod stats;
 mod sync;

@@ -30,8 +30,8 @@ fn yes(b: bool) -> &'static str {
 
 pub fn run(a: Args) -> CmdResult {
     let release = read("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into());
-    println!("kernel                  {release}");
-    println!(
+    out!("kernel                  {release}");
+    out!(
         "/dev/fuse               {}",
         yes(Path::new("/dev/fuse").exists())
     );
@@ -45,54 +45,55 @@ pub fn run(a: Args) -> CmdResult {
         match r {
             Ok(o) => Some(o),
             Err(e) => {
-                println!("probe mount             failed: {e}");
+                out!("probe mount             failed: {e}");
                 None
             }
         }
     };
     match &offer {
-        Some(o) => println!(
+        Some(o) => out!(
             "FUSE protocol           {}.{} (kernel, from INIT)",
-            o.protocol.0, o.protocol.1
+            o.protocol.0,
+            o.protocol.1
         ),
-        None => println!("FUSE protocol           unknown (no probe mount)"),
+        None => out!("FUSE protocol           unknown (no probe mount)"),
     }
     let offers = |flag: &str| offer.as_ref().map(|o| o.offers(flag));
     let show = |v: Option<bool>| v.map_or("unknown", yes);
     let max_pages = read("/proc/sys/fs/fuse/max_pages_limit");
-    println!(
+    out!(
         "max_pages_limit         {}  -> cowfs asks max_write 1 MiB (capped by the kernel)",
         max_pages.as_deref().unwrap_or("unknown (default 256)")
     );
-    println!(
+    out!(
         "splice                  yes (pipe-max-size {}): cowfs splices read replies by default",
         read("/proc/sys/fs/pipe-max-size").unwrap_or_else(|| "unknown".into())
     );
-    println!(
+    out!(
         "passthrough             {}: cowfs does not use it yet (a file's extents do not map onto one backing file)",
         show(offers("FUSE_PASSTHROUGH"))
     );
     let cfr64 = offer.as_ref().map(|o| o.protocol >= (7, 45));
-    println!(
+    out!(
         "copy_file_range         yes (FUSE 7.28+): cowfs answers it with a reflink; 64-bit variant offered: {} (fuser 0.18 decodes only the 32-bit one)",
         show(cfr64)
     );
-    println!(
+    out!(
         "writeback cache         {}: off unless -o writeback_cache",
         show(offers("FUSE_WRITEBACK_CACHE"))
     );
     let uring = read("/sys/module/fuse/parameters/enable_uring");
-    println!(
+    out!(
         "FUSE over io_uring      {} (enable_uring={}): not used (fuser has no io_uring transport)",
         show(offers("FUSE_OVER_IO_URING")),
         uring.as_deref().unwrap_or("absent")
     );
-    println!(
+    out!(
         "readdirplus             {}: used",
         show(offers("FUSE_DO_READDIRPLUS"))
     );
     if let Some(o) = &offer {
-        println!("all INIT flags offered  {}", o.capabilities.join(" "));
+        out!("all INIT flags offered  {}", o.capabilities.join(" "));
     }
     Ok(ExitCode::SUCCESS)
 }

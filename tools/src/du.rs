@@ -37,7 +37,7 @@ pub fn run(args: &DuArgs) -> i32 {
     match du(args) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("cowfs du: {}: {e}", args.store.display());
+            err!("cowfs du: {}: {e}", args.store.display());
             1
         }
     }
@@ -66,13 +66,15 @@ fn du(args: &DuArgs) -> Result<(), Box<dyn std::error::Error>> {
         )?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        out!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     let fmt = |n: u64| if args.raw { n.to_string() } else { bytes(n) };
-    println!(
+    out!(
         "{:>12} {:>12} {:>12}  Filename",
-        "Total", "Exclusive", "Set shared"
+        "Total",
+        "Exclusive",
+        "Set shared"
     );
     for r in rows {
         let name = if r.path.is_empty() {
@@ -80,7 +82,7 @@ fn du(args: &DuArgs) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             r.path.clone()
         };
-        println!(
+        out!(
             "{:>12} {:>12} {:>12}  {name}",
             fmt(r.total),
             fmt(r.exclusive),

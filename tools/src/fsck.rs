@@ -53,33 +53,13 @@ struct JsonProblem<'a> {
 
 pub fn run(args: &FsckArgs) -> i32 {
     // Damaged metadata can make the B-tree library panic (debug builds do so on purpose); the
-    // store turns that into errors, and anything left is caught here. Keep the message for the
-    // one-line report instead of a backtrace on the user's terminal.
-    let last_panic = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let keep = last_panic.clone();
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if let Ok(mut m) = keep.lock() {
-            let payload = info
-                .payload()
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            let at = info
-                .location()
-                .map(|l| format!(" in {}:{}", l.file(), l.line()))
-                .unwrap_or_default();
-            *m = format!("{payload}{at}");
-        }
-    }));
-    let outcome = std::panic::catch_unwind(|| fsck(args));
-    std::panic::set_hook(previous);
-    match outcome {
+    // store turns that into errors, and anything left is caught here and reported as one line
+    // (the panic hook of `bug` keeps the message, and prints nothing, on this thread).
+    match std::panic::catch_unwind(|| fsck(args)) {
         Ok(code) => code,
         Err(_) => {
-            let what = last_panic.lock().map(|m| m.clone()).unwrap_or_default();
-            eprintln!(
+            let what = crate::bug::take().map(|r| r.what).unwrap_or_default();
+            err!(
                 "cowfs fsck: {}: the metadata is damaged beyond what can be checked ({what})",
                 args.store.display()
             );
@@ -94,18 +74,18 @@ fn open_error(store: &std::path::Path, e: &Error) -> i32 {
             let who = holder
                 .map(|p| format!(" by process {p}"))
                 .unwrap_or_default();
-            eprintln!(
+            err!(
                 "cowfs fsck: {}: store is in use{who} (mounted?); unmount it first — a check of a live store could see a commit half-way",
                 store.display()
             );
             EXIT_OPERATIONAL
         }
         Error::Corrupted(_) | Error::UnsupportedFormat { .. } => {
-            eprintln!("cowfs fsck: {}: {e}", store.display());
+            err!("cowfs fsck: {}: {e}", store.display());
             EXIT_UNCORRECTED
         }
         _ => {
-            eprintln!("cowfs fsck: {}: {e}", store.display());
+            err!("cowfs fsck: {}: {e}", store.display());
             EXIT_OPERATIONAL
         }
     }
@@ -162,13 +142,13 @@ fn fsck(args: &FsckArgs) -> i32 {
                 };
             }
             Err(e) => {
-                eprintln!("cowfs fsck: repair failed: {e}");
+                err!("cowfs fsck: repair failed: {e}");
                 code = EXIT_UNCORRECTED;
             }
         }
     }
     if let Err(e) = store.close() {
-        eprintln!("cowfs fsck: closing the store: {e}");
+        err!("cowfs fsck: closing the store: {e}");
         return EXIT_OPERATIONAL;
     }
 
@@ -187,9 +167,9 @@ fn fsck(args: &FsckArgs) -> i32 {
             exit_code: code,
         };
         match serde_json::to_string_pretty(&doc) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => out!("{s}"),
             Err(e) => {
-                eprintln!("cowfs fsck: {e}");
+                err!("cowfs fsck: {e}");
                 return EXIT_OPERATIONAL;
             }
         }
@@ -229,16 +209,16 @@ fn print_text(
         None => p.to_string(),
     };
     for p in problems {
-        println!("{}", line(p));
+        out!("{}", line(p));
     }
     for a in repaired {
-        println!("repaired: {a}");
+        out!("repaired: {a}");
     }
     for u in unfixable {
-        println!("not repaired: {u}");
+        out!("not repaired: {u}");
     }
     for p in after {
-        println!("still wrong: {}", line(p));
+        out!("still wrong: {}", line(p));
     }
     let verdict = match code {
         EXIT_CLEAN => "clean".to_string(),
@@ -253,7 +233,7 @@ fn print_text(
             problems.len()
         ),
     };
-    println!(
+    out!(
         "{}: generation {}, {} inodes ({} directories), {} extents: {verdict}",
         args.store.display(),
         report.generation,

@@ -34,7 +34,7 @@ pub fn run(args: &InspectArgs) -> i32 {
     match inspect(args) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("cowfs inspect: {}: {e}", args.store.display());
+            err!("cowfs inspect: {}: {e}", args.store.display());
             1
         }
     }
@@ -57,31 +57,32 @@ fn inspect(args: &InspectArgs) -> Result<(), Box<dyn std::error::Error>> {
         None => {
             let s = store.summary()?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                out!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(());
             }
-            println!("store             {}", args.store.display());
-            println!("format version    {}", s.format_version);
-            println!("store id          {}", s.store_id);
-            println!("block size        {}", bytes(u64::from(s.block_size)));
-            println!("generation        {}", s.generation);
-            println!("inodes            {}", s.inodes);
-            println!("extents           {}", s.extents);
-            println!("pool size         {}", bytes(s.pool_bytes));
+            out!("store             {}", args.store.display());
+            out!("format version    {}", s.format_version);
+            out!("store id          {}", s.store_id);
+            out!("block size        {}", bytes(u64::from(s.block_size)));
+            out!("generation        {}", s.generation);
+            out!("inodes            {}", s.inodes);
+            out!("extents           {}", s.extents);
+            out!("pool size         {}", bytes(s.pool_bytes));
             if let Some(h) = s.pool_host_bytes {
-                println!("pool on host      {}", bytes(h));
+                out!("pool on host      {}", bytes(h));
             }
-            println!("referenced        {}", bytes(s.referenced_bytes));
-            println!("  exclusive       {}", bytes(s.exclusive_bytes));
-            println!("  shared          {}", bytes(s.shared_bytes));
-            println!(
+            out!("referenced        {}", bytes(s.referenced_bytes));
+            out!("  exclusive       {}", bytes(s.exclusive_bytes));
+            out!("  shared          {}", bytes(s.shared_bytes));
+            out!(
                 "free in pool      {} in {} runs",
                 bytes(s.free_bytes),
                 s.free_runs
             );
-            println!(
+            out!(
                 "fragmentation     {:.2} extents per file ({} files with data)",
-                s.avg_extents_per_file, s.files_with_data
+                s.avg_extents_per_file,
+                s.files_with_data
             );
         }
         Some(path) => {
@@ -104,10 +105,10 @@ fn inspect(args: &InspectArgs) -> Result<(), Box<dyn std::error::Error>> {
                 extents,
             };
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                out!("{}", serde_json::to_string_pretty(&doc)?);
                 return Ok(());
             }
-            println!(
+            out!(
                 "{path}: inode {} {} mode {} uid {} gid {} links {} size {} ({}) allocated {}",
                 doc.ino,
                 doc.kind,
@@ -120,14 +121,20 @@ fn inspect(args: &InspectArgs) -> Result<(), Box<dyn std::error::Error>> {
                 bytes(doc.allocated)
             );
             if !doc.extents.is_empty() {
-                println!(
+                out!(
                     "{:>16} {:>16} {:>14} {:>8}",
-                    "file offset", "pool offset", "length", "refcount"
+                    "file offset",
+                    "pool offset",
+                    "length",
+                    "refcount"
                 );
                 for e in &doc.extents {
-                    println!(
+                    out!(
                         "{:>16} {:>16} {:>14} {:>8}",
-                        e.file_offset, e.pool_offset, e.len, e.refcount
+                        e.file_offset,
+                        e.pool_offset,
+                        e.len,
+                        e.refcount
                     );
                 }
             }

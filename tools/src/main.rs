@@ -2,7 +2,14 @@
 //! `run(Args) -> CmdResult`; adding one is a `mod`, an enum variant and a match arm.
 
 #![deny(clippy::unwrap_used)]
+// Every line goes through `out!`/`err!` (module `output`), which never panic.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
+#[macro_use]
+mod output;
+mod bug;
 mod capabilities;
 mod du;
 mod fsck;
@@ -11,9 +18,12 @@ mod inspect;
 mod logger;
 mod mkfs;
 mod mount;
+mod mountinfo;
 mod options;
 mod stats;
 mod sync;
+#[allow(unsafe_code)]
+mod sys;
 mod umount;
 
 use clap::{Parser, Subcommand};
@@ -28,7 +38,10 @@ pub type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;
     name = "cowfs",
     version,
     about = "cowfs: a copy-on-write FUSE filesystem where copies share blocks",
-    after_help = "Exit status: 0 on success, 1 on failure, 2 on a usage error."
+    after_help = "Exit status: 0 on success, 1 on failure, 2 on a usage error, 70 on an internal \
+                  error (a bug in cowfs); fsck exits as e2fsck does (see its --help). \
+                  A command whose output pipe is closed ends quietly, killed by SIGPIPE, as \
+                  coreutils do."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -72,9 +85,44 @@ fn exit(code: i32) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(mount::helper_args(std::env::args_os().collect()));
+    bug::install();
+    let args = mount::helper_args(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        // --help and --version (to stdout, status 0) or a usage error (to stderr, status 2).
+        Err(e) => {
+            if let Err(io) = e.print() {
+                output::write_failed(&io);
+            }
+            return exit(e.exit_code());
+        }
+    };
     let name = cli.cmd.name();
-    let result = match cli.cmd {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli.cmd)));
+    match outcome {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            err!("cowfs {name}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            let report = bug::take();
+            let what = report.as_ref().map_or("(no message)", |r| r.what.as_str());
+            err!("cowfs {name}: internal error (a bug in cowfs): {what}");
+            if let Some(bt) = report.and_then(|r| r.backtrace) {
+                err!("{bt}");
+            }
+            ExitCode::from(bug::EXIT_BUG)
+        }
+    }
+}
+
+fn run(cmd: Command) -> CmdResult {
+    // For the tests of the panic report: there is no other way to make a command panic.
+    if std::env::var_os("COWFS_TEST_PANIC").is_some() {
+        panic!("COWFS_TEST_PANIC is set");
+    }
+    match cmd {
         Command::Mkfs(a) => mkfs::run(a),
         Command::Mount(a) => mount::run(a),
         Command::Umount(a) => umount::run(a),
@@ -84,12 +132,5 @@ fn main() -> ExitCode {
         Command::Fsck(a) => Ok(exit(fsck::run(&a))),
         Command::Inspect(a) => Ok(exit(inspect::run(&a))),
         Command::Du(a) => Ok(exit(du::run(&a))),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("cowfs {name}: {e}");
-            ExitCode::FAILURE
-        }
     }
 }

@@ -27,7 +27,7 @@ pub fn run(a: Args) -> CmdResult {
         },
     ) {
         Ok(()) => {
-            println!(
+            out!(
                 "created cowfs store {} (block size {})",
                 a.store.display(),
                 a.block_size

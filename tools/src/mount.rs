@@ -4,12 +4,17 @@
 
 use crate::options::{self, MountOpts};
 use crate::{logger, CmdResult};
+use cowfs_fs::control;
 use cowfs_fs::session::holder_is_releasing;
 use cowfs_fs::{MountError, MountSpec, Mounted};
 use log::{error, info, warn};
+use nix::errno::Errno;
+use nix::mount::MsFlags;
 use nix::sys::signal::{SigSet, Signal};
+use rustix::thread::LinkNameSpaceType;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -37,10 +42,24 @@ pub struct Args {
     /// Internal: report readiness on stdout to the `cowfs mount` that started this daemon.
     #[arg(long, hide = true)]
     pub notify_stdout: bool,
+    /// Internal: called by mount(8) as `mount.fuse.cowfs` (see [`helper_args`]): suid and dev
+    /// are on unless nosuid or nodev is given.
+    #[arg(long, hide = true)]
+    pub helper: bool,
+    /// Internal: mount(8)'s `-f`: check the options, mount nothing.
+    #[arg(long, hide = true)]
+    pub fake: bool,
+    /// Internal: mount(8)'s `-s`: skip unknown options.
+    #[arg(long, hide = true)]
+    pub sloppy: bool,
+    /// Internal: mount(8)'s `-N NS`: mount in that mount namespace.
+    #[arg(long, hide = true, value_name = "NS")]
+    pub namespace: Option<PathBuf>,
 }
 
-/// mount(8) runs `mount.fuse.cowfs STORE MOUNTPOINT [-o OPTS] [-n] [-s] [-v] [-f]`: turn that
-/// into `cowfs mount ...` (there, `-f` means "fake", so it and the others are dropped).
+/// mount(8) runs `mount.fuse.cowfs STORE MOUNTPOINT [-s] [-f] [-n] [-v] [-o OPTS] [-t TYPE]
+/// [-N NS]` (util-linux's `exec_helper`): turn that into `cowfs mount --helper ...`, keeping
+/// sloppy (`-s`), fake (`-f`) and the namespace; `-n` (no mtab) and `-v` mean nothing here.
 pub fn helper_args(args: Vec<OsString>) -> Vec<OsString> {
     let is_helper = args
         .first()
@@ -49,22 +68,168 @@ pub fn helper_args(args: Vec<OsString>) -> Vec<OsString> {
     if !is_helper {
         return args;
     }
-    let mut out = vec![OsString::from("cowfs"), OsString::from("mount")];
-    out.extend(
-        args.into_iter()
-            .skip(1)
-            .filter(|a| !matches!(a.to_str(), Some("-n" | "-s" | "-v" | "-f"))),
-    );
+    let mut out: Vec<OsString> = vec!["cowfs".into(), "mount".into(), "--helper".into()];
+    let mut paths = Vec::new();
+    let mut rest = args.into_iter().skip(1);
+    while let Some(a) = rest.next() {
+        match a.to_str() {
+            Some("-n" | "-v") => {}
+            Some("-s") => out.push("--sloppy".into()),
+            Some("-f") => out.push("--fake".into()),
+            // The type is ours (fuse.cowfs) whenever mount(8) chose this helper.
+            Some("-t") => {
+                rest.next();
+            }
+            Some("-N") => {
+                out.push("--namespace".into());
+                out.extend(rest.next());
+            }
+            Some("-o") => {
+                out.push("-o".into());
+                out.extend(rest.next());
+            }
+            Some(o) if o.starts_with("-o") => {
+                out.push("-o".into());
+                out.push(o["-o".len()..].into());
+            }
+            _ => paths.push(a),
+        }
+    }
+    // After `--`, so that a store or mountpoint whose name starts with '-' stays a path.
+    out.push("--".into());
+    out.extend(paths);
     out
 }
 
-pub fn run(a: Args) -> CmdResult {
-    let opts = options::parse(&a.options)?;
+/// The options to mount with: those given, plus mount(8)'s defaults when it called us as its
+/// helper. mount(8) (like libfuse's mount.fuse) passes suid and dev only by their absence,
+/// having taken them out as the defaults they are for it; it adds nosuid and nodev itself where
+/// they apply (user mounts).
+fn effective_options(a: &Args) -> Vec<String> {
+    let mut opts = a.options.clone();
+    if a.helper {
+        let given = |o: &str| a.options.iter().flat_map(|s| s.split(',')).any(|s| s == o);
+        for (off, on) in [("nosuid", "suid"), ("nodev", "dev")] {
+            if !given(off) {
+                opts.push(on.into());
+            }
+        }
+    }
+    opts
+}
+
+pub fn run(mut a: Args) -> CmdResult {
+    if let Some(ns) = &a.namespace {
+        enter_mount_namespace(ns)?;
+    }
+    a.options = effective_options(&a);
+    let (opts, skipped) = options::parse_with(&a.options, a.sloppy)?;
+    if !skipped.is_empty() && !a.foreground {
+        err!(
+            "cowfs mount: ignoring unknown mount options {} (sloppy)",
+            skipped.join(",")
+        );
+    }
+    if a.fake {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if opts.remount {
+        return remount(&a, &opts);
+    }
     if a.foreground {
         serve(&a, &opts)
     } else {
         start_daemon(&a, &opts)
     }
+}
+
+/// mount(8)'s `-N`. Before any thread exists: setns(2) refuses a mount namespace to a process
+/// that shares its filesystem attributes with threads.
+fn enter_mount_namespace(ns: &Path) -> Result<(), String> {
+    let f = std::fs::File::open(ns).map_err(|e| format!("namespace {}: {e}", ns.display()))?;
+    rustix::thread::move_into_link_name_space(f.as_fd(), Some(LinkNameSpaceType::Mount))
+        .map_err(|e| format!("entering mount namespace {}: {e}", ns.display()))
+}
+
+/// `-o remount,...` (what `mount -o remount,ro MOUNTPOINT` runs): change the live mount's flags
+/// with mount(2) MS_REMOUNT, as for a kernel filesystem: read-only or read-write, suid, dev,
+/// exec, sync, dirsync (the kernel keeps the atime flags when none are given). The daemon's own
+/// options keep the values it was started with. Going read-only commits the store afterwards, so
+/// everything written before is durable (the kernel writes back cached pages before it lets the
+/// mount go read-only).
+fn remount(a: &Args, o: &MountOpts) -> CmdResult {
+    let mp = absolute(&a.mountpoint);
+    let stats = control::query(&mp)?;
+    let store = a
+        .store
+        .canonicalize()
+        .unwrap_or_else(|_| absolute(&a.store));
+    if store != Path::new(&stats.store) {
+        return Err(format!(
+            "{} is the mount of {}, not of {}",
+            mp.display(),
+            stats.store,
+            store.display()
+        )
+        .into());
+    }
+    if !o.read_only && daemon_store_read_only(stats.pid) {
+        return Err(format!(
+            "{}: its daemon opened the store read-only (mounted with -o ro); unmount it and mount \
+             it again without ro to write",
+            mp.display()
+        )
+        .into());
+    }
+    let mut flags = MsFlags::MS_REMOUNT;
+    for (on, flag) in [
+        (o.read_only, MsFlags::MS_RDONLY),
+        (!o.suid, MsFlags::MS_NOSUID),
+        (!o.dev, MsFlags::MS_NODEV),
+        (o.noexec, MsFlags::MS_NOEXEC),
+        (o.sync, MsFlags::MS_SYNCHRONOUS),
+        (o.dirsync, MsFlags::MS_DIRSYNC),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    nix::mount::mount(None::<&str>, &mp, None::<&str>, flags, None::<&str>).map_err(
+        |e| match e {
+            Errno::EBUSY => format!(
+                "{}: busy (a file is open for writing); cannot go read-only",
+                mp.display()
+            ),
+            Errno::EPERM => format!("{}: remounting needs root", mp.display()),
+            e => format!("remounting {}: {e}", mp.display()),
+        },
+    )?;
+    if o.read_only {
+        control::sync(&mp).map_err(|e| format!("remounted read-only, but: {e}"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether daemon `pid` opened its store read-only: its command line has `-o ro` (it was started
+/// as `cowfs mount ...`). Unknown (not readable, another command line) counts as no.
+fn daemon_store_read_only(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let mut opts = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "-o" {
+            opts.extend(it.next().cloned());
+        } else if let Some(o) = arg.strip_prefix("-o") {
+            opts.push(o.to_string());
+        }
+    }
+    options::parse_with(&opts, true).is_ok_and(|(o, _)| o.read_only)
 }
 
 /// Why the daemon's log could not be opened.
@@ -119,17 +284,19 @@ fn start_daemon(a: &Args, opts: &MountOpts) -> CmdResult {
     cmd.arg("mount")
         .arg("--foreground")
         .arg("--notify-stdout")
-        .arg(&a.store)
-        .arg(&a.mountpoint)
         .stdin(Stdio::null())
         .stdout(writer)
         .stderr(stderr);
+    if a.sloppy {
+        cmd.arg("--sloppy");
+    }
     if let Some(lower) = &a.lower {
         cmd.arg("--lower").arg(absolute(lower));
     }
     for o in &a.options {
         cmd.arg("-o").arg(o);
     }
+    cmd.arg("--").arg(&a.store).arg(&a.mountpoint);
     let mut child = cmd.spawn()?;
     // Our copy of the pipe's write end goes with `cmd`, so EOF means the daemon is gone.
     drop(cmd);
@@ -139,7 +306,7 @@ fn start_daemon(a: &Args, opts: &MountOpts) -> CmdResult {
         line.clear();
         reader.read_line(&mut line)?;
         match line.trim_end().strip_prefix("waiting: ") {
-            Some(msg) => eprintln!("cowfs mount: {msg}"),
+            Some(msg) => err!("cowfs mount: {msg}"),
             None => break,
         }
     }
@@ -285,4 +452,99 @@ fn spawn_signal_thread(
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn helper(args: &[&str]) -> Vec<String> {
+        helper_args(args.iter().map(OsString::from).collect())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn mount_helper_arguments_become_a_cowfs_mount() {
+        // Regression (issue 13): mount(8)'s fake (-f) mounted for real and its -t, -N and -s
+        // reached clap as paths or unknown flags.
+        assert_eq!(
+            helper(&["/sbin/mount.fuse.cowfs", "/s", "/m", "-o", "rw,commit=3"]),
+            [
+                "cowfs",
+                "mount",
+                "--helper",
+                "-o",
+                "rw,commit=3",
+                "--",
+                "/s",
+                "/m"
+            ]
+        );
+        assert_eq!(
+            helper(&[
+                "mount.fuse.cowfs",
+                "/s",
+                "/m",
+                "-s",
+                "-f",
+                "-n",
+                "-v",
+                "-o",
+                "ro",
+                "-t",
+                "fuse.cowfs",
+                "-N",
+                "/proc/1/ns/mnt"
+            ]),
+            [
+                "cowfs",
+                "mount",
+                "--helper",
+                "--sloppy",
+                "--fake",
+                "-o",
+                "ro",
+                "--namespace",
+                "/proc/1/ns/mnt",
+                "--",
+                "/s",
+                "/m"
+            ]
+        );
+        assert_eq!(
+            helper(&["cowfs", "stats", "/m"]),
+            ["cowfs", "stats", "/m"],
+            "not called as the helper"
+        );
+    }
+
+    #[test]
+    fn as_the_helper_suid_and_dev_are_on_unless_turned_off() -> Result<(), String> {
+        // Regression (issue 13): mount(8) strips suid and dev (its defaults) before calling the
+        // helper, so `mount -t fuse.cowfs -o suid,dev` mounted nosuid,nodev.
+        let args = |helper: bool, o: &str| Args {
+            store: "/s".into(),
+            mountpoint: "/m".into(),
+            foreground: false,
+            options: vec![o.to_string()],
+            lower: None,
+            notify_stdout: false,
+            helper,
+            fake: false,
+            sloppy: false,
+            namespace: None,
+        };
+        let parsed = |a: &Args| options::parse_with(&effective_options(a), false).map(|(o, _)| o);
+        let o = parsed(&args(true, "rw"))?;
+        assert!(o.suid && o.dev);
+        let o = parsed(&args(true, "rw,nosuid"))?;
+        assert!(!o.suid && o.dev);
+        let o = parsed(&args(true, "nodev,nosuid,noexec"))?;
+        assert!(!o.suid && !o.dev && o.noexec);
+        let o = parsed(&args(false, "rw"))?;
+        assert!(!o.suid && !o.dev, "cowfs mount itself keeps nosuid,nodev");
+        Ok(())
+    }
 }

@@ -27,6 +27,8 @@ pub struct MountOpts {
     pub writeback_cache: bool,
     pub log: Option<PathBuf>,
     pub debug: bool,
+    /// `remount`: change the flags of the live mount instead of mounting (see `mount::remount`).
+    pub remount: bool,
 }
 
 impl Default for MountOpts {
@@ -52,6 +54,7 @@ impl Default for MountOpts {
             writeback_cache: false,
             log: None,
             debug: false,
+            remount: false,
         }
     }
 }
@@ -66,6 +69,7 @@ const IGNORED: &[&str] = &[
     "nouser",
     "users",
     "owner",
+    "group",
     "_netdev",
     "nofail",
     "lazytime",
@@ -100,23 +104,34 @@ Mount options (-o OPT[,OPT...]):
   writeback_cache        let the kernel batch writes in its page cache
   log=FILE               daemon log file (default STORE/cowfs.log; -f logs to stderr)
   debug                  log every request (very verbose)
+  remount                change the live mount: ro/rw, suid, dev, exec, sync, dirsync (the
+                         others keep the values the mount was made with); going read-only
+                         commits the store
 Accepted and ignored: rw, defaults, auto, noauto, user, nouser, _netdev, nofail, lazytime, exec,
-  nosuid, nodev, async, x-*, and other fstab-only options.";
+  nosuid, nodev, async, x-*, and other fstab-only options.
+As the mount helper of mount(8) (mount -t fuse.cowfs, fstab), suid and dev are on unless nosuid
+  or nodev is given, as for every filesystem mount(8) mounts: it passes only the ones that are
+  off (and adds them itself for user mounts).";
 
 fn num(key: &str, v: &str) -> Result<u64, String> {
     v.parse()
         .map_err(|_| format!("mount option {key}={v}: not a number"))
 }
 
-/// Parse `-o` arguments (each may hold several comma-separated options).
-pub fn parse(args: &[String]) -> Result<MountOpts, String> {
+/// Parse `-o` arguments (each may hold several comma-separated options). `sloppy` (mount(8)'s
+/// `-s`) skips unknown options instead of refusing them, and returns them.
+pub fn parse_with(args: &[String], sloppy: bool) -> Result<(MountOpts, Vec<String>), String> {
     let mut o = MountOpts::default();
-    for opt in args
+    let mut skipped = Vec::new();
+    let all: Vec<&str> = args
         .iter()
         .flat_map(|a| a.split(','))
         .map(str::trim)
         .filter(|s| !s.is_empty())
-    {
+        .collect();
+    // mount(8) hands a remount the options of the live mount, the kernel's FUSE ones included.
+    let remount = all.contains(&"remount");
+    for &opt in &all {
         let (key, val) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (opt, None),
@@ -161,9 +176,15 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
             ("no_writeback_cache", None) => o.writeback_cache = false,
             ("log", Some(v)) => o.log = Some(PathBuf::from(v)),
             ("debug", None) => o.debug = true,
+            ("remount", None) => o.remount = true,
+            // Set by the kernel's FUSE from the daemon's ids; they come back in a remount.
+            ("user_id" | "group_id", Some(v)) if remount => {
+                num(key, v)?;
+            }
             // fstab and mount(8) bookkeeping.
             (k, _) if k.starts_with("x-") || k == "fsname" || k == "subtype" => {}
             (k, None) if IGNORED.contains(&k) => {}
+            _ if sloppy => skipped.push(opt.to_string()),
             _ => {
                 return Err(format!(
                     "unknown mount option {opt:?} (see cowfs mount --help)"
@@ -171,10 +192,10 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
             }
         }
     }
-    if o.suid && args.iter().any(|a| a.split(',').any(|s| s == "nosuid")) {
+    if o.suid && all.contains(&"nosuid") {
         return Err("mount options suid and nosuid conflict".into());
     }
-    Ok(o)
+    Ok((o, skipped))
 }
 
 impl MountOpts {
@@ -230,6 +251,10 @@ impl MountOpts {
 mod tests {
     use super::*;
 
+    fn parse(args: &[String]) -> Result<MountOpts, String> {
+        parse_with(args, false).map(|(o, _)| o)
+    }
+
     fn p(s: &str) -> Result<MountOpts, String> {
         parse(&[s.to_string()])
     }
@@ -283,6 +308,30 @@ mod tests {
         assert!(p("commit=soon").is_err());
         assert!(p("copy_mode=mmap").is_err());
         assert!(p("suid,nosuid").is_err());
+    }
+
+    #[test]
+    fn remount_takes_what_mount_passes_from_the_live_mount() -> Result<(), String> {
+        // Regression (issue 13): `mount -o remount,ro MNT` hands the helper the mount's own
+        // options, the kernel's user_id and group_id included, which were refused.
+        let o =
+            p("ro,nosuid,nodev,noexec,relatime,remount,user_id=0,group_id=0,default_permissions")?;
+        assert!(o.remount && o.read_only && o.noexec && !o.suid && !o.dev);
+        assert!(
+            p("user_id=0").is_err(),
+            "user_id is the kernel's, not a mount option"
+        );
+        assert!(p("remount,user_id=zero").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn sloppy_skips_unknown_options_and_still_refuses_bad_values() -> Result<(), String> {
+        let (o, skipped) = parse_with(&["ro,bogus=1,frob".into()], true)?;
+        assert!(o.read_only);
+        assert_eq!(skipped, ["bogus=1", "frob"]);
+        assert!(parse_with(&["commit=soon".into()], true).is_err());
+        Ok(())
     }
 
     #[test]

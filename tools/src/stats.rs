@@ -17,17 +17,17 @@ pub struct Args {
 pub fn run(a: Args) -> CmdResult {
     let s = control::query(&a.mountpoint)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        out!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(ExitCode::SUCCESS);
     }
     let c = &s.counters;
-    println!("mountpoint              {}", s.mountpoint);
-    println!("store                   {}", s.store);
-    println!("daemon pid              {}", s.pid);
-    println!("FUSE protocol           {}", s.fuse_protocol);
-    println!("copy mode               {}", s.copy_mode);
-    println!("max write               {}", s.max_write);
-    println!("commits                 {}", s.commits);
+    out!("mountpoint              {}", s.mountpoint);
+    out!("store                   {}", s.store);
+    out!("daemon pid              {}", s.pid);
+    out!("FUSE protocol           {}", s.fuse_protocol);
+    out!("copy mode               {}", s.copy_mode);
+    out!("max write               {}", s.max_write);
+    out!("commits                 {}", s.commits);
     for (name, v) in [
         ("read bytes spliced", c.read_bytes_spliced),
         ("read bytes passthrough", c.read_bytes_passthrough),
@@ -42,7 +42,7 @@ pub fn run(a: Args) -> CmdResult {
         ("errors", c.errors),
         ("I/O errors", c.io_errors),
     ] {
-        println!("{name:<24}{v}");
+        out!("{name:<24}{v}");
     }
     Ok(ExitCode::SUCCESS)
 }

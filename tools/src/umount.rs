@@ -1,6 +1,7 @@
 //! `cowfs umount`: unmount and wait until the daemon has committed, closed the store and exited.
+//! The mount is named by its mountpoint or by its store.
 
-use crate::CmdResult;
+use crate::{mountinfo, CmdResult};
 use cowfs_fs::control::{self, QueryError};
 use nix::errno::Errno;
 use nix::mount::{umount2, MntFlags};
@@ -8,9 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-/// Unmount MOUNTPOINT; returns once its daemon has committed the store and exited.
+/// Unmount MOUNTPOINT (or the mount of store STORE); returns once its daemon has committed the
+/// store and exited.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "umount(8) finds a mount by its store too, but only for a relative path (or \
+                  with -c): it takes an absolute path to a directory for a mountpoint, as it \
+                  does for every filesystem whose source is a directory."
+)]
 pub struct Args {
+    /// The mountpoint, or the store directory that is mounted.
+    #[arg(value_name = "MOUNTPOINT|STORE")]
     pub mountpoint: PathBuf,
     /// Give up waiting for the daemon after this many seconds.
     #[arg(long, default_value_t = 300)]
@@ -73,8 +82,20 @@ fn unmount(mp: &Path) -> Result<(), String> {
     }
 }
 
+/// The mountpoint `path` names: itself, unless it is not a cowfs mount but a store that is
+/// mounted (`cowfs umount STORE`).
+fn resolve(path: &Path) -> std::io::Result<PathBuf> {
+    let mp = std::path::absolute(path)?;
+    let mounts = mountinfo::cowfs_mounts();
+    let canonical = mp.canonicalize().unwrap_or_else(|_| mp.clone());
+    if mounts.iter().any(|m| m.mountpoint == canonical) {
+        return Ok(mp);
+    }
+    Ok(mountinfo::mount_of_store(&mp).unwrap_or(mp))
+}
+
 pub fn run(a: Args) -> CmdResult {
-    let mp = std::path::absolute(&a.mountpoint)?;
+    let mp = resolve(&a.mountpoint)?;
     let mut stale_socket = None;
     let daemon = match control::query(&mp) {
         Ok(s) => Some(Daemon::new(s.pid)),
@@ -91,7 +112,7 @@ pub fn run(a: Args) -> CmdResult {
         let _ = std::fs::remove_file(socket);
     }
     let Some(daemon) = daemon else {
-        eprintln!(
+        err!(
             "cowfs umount: {}: the daemon was not running; unmounted",
             mp.display()
         );

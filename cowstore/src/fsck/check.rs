@@ -505,7 +505,16 @@ fn check_connectivity(
     orphans: &HashSet<u64>,
 ) -> Result<()> {
     let mut reachable: HashSet<u64> = HashSet::new();
+    // An orphan directory is the root of a detached tree (a snapshot being built, a tree
+    // being removed: ns::rmtree), whose entries count as reachable.
     let mut stack = vec![InodeNo::ROOT.0];
+    let mut detached: Vec<u64> = orphans
+        .iter()
+        .copied()
+        .filter(|&o| inodes.is_dir(o))
+        .collect();
+    detached.sort_unstable();
+    stack.extend(detached);
     while let Some(d) = stack.pop() {
         if !reachable.insert(d) {
             c.problem(

@@ -308,6 +308,10 @@ impl InodeFlags {
     pub const NODUMP: InodeFlags = InodeFlags(0x40);
     /// `FS_NOATIME_FL`: reads do not update the access time.
     pub const NOATIME: InodeFlags = InodeFlags(0x80);
+    /// Not a `chattr` flag: the inode belongs to a read-only snapshot, and every change to it
+    /// fails with EROFS (bit 31, `FS_RESERVED_FL`, which no filesystem hands out; never shown
+    /// by FS_IOC_GETFLAGS nor accepted by SETFLAGS).
+    pub const READONLY: InodeFlags = InodeFlags(0x8000_0000);
     pub const NONE: InodeFlags = InodeFlags(0);
     /// Every flag the store keeps; `set_flags` refuses others.
     pub const SUPPORTED: InodeFlags = InodeFlags(0x10 | 0x20 | 0x40 | 0x80);
@@ -365,7 +369,10 @@ impl AtimePolicy {
         ctime: Timespec,
         now: Timespec,
     ) -> bool {
-        if flags.contains(InodeFlags::NOATIME) || (self.nodiratime && kind == FileKind::Directory) {
+        if flags.contains(InodeFlags::NOATIME)
+            || flags.contains(InodeFlags::READONLY)
+            || (self.nodiratime && kind == FileKind::Directory)
+        {
             return false;
         }
         match self.mode {

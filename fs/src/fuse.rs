@@ -68,6 +68,15 @@ impl Kernel for Shared {
             }
         }
     }
+
+    fn entry_changed(&self, parent: InodeNo, name: &[u8]) {
+        if let Some(n) = self.notifier.get() {
+            let name = std::ffi::OsStr::from_bytes(name);
+            if let Err(e) = n.inval_entry(INodeNo(parent.0), name) {
+                debug!("invalidating entry {name:?} of inode {}: {e}", parent.0);
+            }
+        }
+    }
 }
 
 /// The filesystem fuser serves: the [`Core`] and the state shared with the daemon.
@@ -734,8 +743,8 @@ impl Filesystem for CowFs {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
-        let who = caller(req);
-        match self.run("ioctl", |c| c.ioctl(ino(i), cmd, in_data, out_size, who)) {
+        let who = cred(req);
+        match self.run("ioctl", |c| c.ioctl(ino(i), cmd, in_data, out_size, &who)) {
             Ok(out) => reply.ioctl(0, &out),
             Err(e) => reply.error(e),
         }

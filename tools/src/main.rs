@@ -20,6 +20,7 @@ mod mkfs;
 mod mount;
 mod mountinfo;
 mod options;
+mod snapshot;
 mod stats;
 mod sync;
 #[allow(unsafe_code)]
@@ -55,6 +56,8 @@ enum Command {
     Umount(umount::Args),
     Stats(stats::Args),
     Sync(sync::Args),
+    /// Copy a tree or file as `cp -a` would, sharing every block (or --delete a tree).
+    Snapshot(snapshot::Args),
     Capabilities(capabilities::Args),
     /// Check a store's consistency (exit codes as e2fsck: 0 clean, 1 corrected, 4 uncorrected, 8 error).
     Fsck(fsck::FsckArgs),
@@ -72,6 +75,7 @@ impl Command {
             Command::Umount(_) => "umount",
             Command::Stats(_) => "stats",
             Command::Sync(_) => "sync",
+            Command::Snapshot(_) => "snapshot",
             Command::Capabilities(_) => "capabilities",
             Command::Fsck(_) => "fsck",
             Command::Inspect(_) => "inspect",
@@ -128,6 +132,7 @@ fn run(cmd: Command) -> CmdResult {
         Command::Umount(a) => umount::run(a),
         Command::Stats(a) => stats::run(a),
         Command::Sync(a) => sync::run(a),
+        Command::Snapshot(a) => snapshot::run(a),
         Command::Capabilities(a) => capabilities::run(a),
         Command::Fsck(a) => Ok(exit(fsck::run(&a))),
         Command::Inspect(a) => Ok(exit(inspect::run(&a))),

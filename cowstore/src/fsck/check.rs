@@ -509,7 +509,16 @@ fn check_connectivity(
     orphans: &HashSet<InodeNo>,
 ) -> Result<()> {
     let mut reachable: HashSet<InodeNo> = HashSet::new();
+    // An orphan directory is the root of a detached tree (a snapshot being built, a tree
+    // being removed: ns::rmtree), whose entries count as reachable.
     let mut stack = vec![InodeNo::ROOT];
+    let mut detached: Vec<InodeNo> = orphans
+        .iter()
+        .copied()
+        .filter(|&o| inodes.is_dir(o))
+        .collect();
+    detached.sort_unstable();
+    stack.extend(detached);
     while let Some(d) = stack.pop() {
         if !reachable.insert(d) {
             c.problem(

@@ -273,10 +273,20 @@ pub fn inherit(dir_default: Option<&Acl>, kind: FileKind, perm: u16, umask: u16)
 /// A capability a rule asks about (numbers of `linux/capability.h`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Capability {
+    /// Give files away (keep owners in a snapshot).
+    Chown = 0,
+    /// Bypass read, write and search permission checks.
+    DacOverride = 1,
+    /// Bypass read and search permission checks.
+    DacReadSearch = 2,
+    /// Act as the owner of any file (the sticky-bit rule).
+    Fowner = 3,
     /// Keep setuid/setgid bits on modification; set setgid outside the file's group.
     Fsetid = 4,
     /// trusted.* attributes, among much else.
     SysAdmin = 21,
+    /// Make device nodes.
+    Mknod = 27,
 }
 
 /// What the store's rules need to know of the process asking: the adapter knows its uid, gid

@@ -60,8 +60,14 @@ pub(crate) enum Change {
 /// immutable inode allows nothing; an append-only one allows adding data at the end, touching
 /// its times and adding entries (a directory), nothing else. Only the flags themselves may still
 /// be changed ([`Ctx::set_flags`]).
+///
+/// An inode of a read-only snapshot ([`InodeFlags::READONLY`]) refuses every change with
+/// EROFS; only `Store::remove_tree` removes it, and it does not ask here.
 pub(crate) fn check_flags(rec: &InodeRecord, change: Change) -> Result<()> {
     let flags = InodeFlags(rec.flags);
+    if flags.contains(InodeFlags::READONLY) {
+        return Err(Error::ReadOnly);
+    }
     if flags.contains(InodeFlags::IMMUTABLE) {
         return Err(Error::NotPermitted);
     }
@@ -145,7 +151,7 @@ impl Ctx<'_> {
         Ok(self.get_dirent(parent, name)?.ok_or(Error::NotFound)?.ino)
     }
 
-    fn add_dirent(
+    pub(crate) fn add_dirent(
         &mut self,
         parent: InodeNo,
         prec: &mut InodeRecord,
@@ -163,19 +169,19 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn remove_dirent(&mut self, parent: InodeNo, name: &[u8]) -> Result<DirentRecord> {
+    pub(crate) fn remove_dirent(&mut self, parent: InodeNo, name: &[u8]) -> Result<DirentRecord> {
         let d = self.get_dirent(parent, name)?.ok_or(Error::NotFound)?;
         self.dirents.remove((parent, name))?;
         self.cookies.remove((parent, d.cookie))?;
         Ok(d)
     }
 
-    fn dir_is_empty(&mut self, ino: InodeNo) -> Result<bool> {
+    pub(crate) fn dir_is_empty(&mut self, ino: InodeNo) -> Result<bool> {
         self.ensure_imported(ino)?;
         Ok(self.dirents.of_ino(ino)?.next().transpose()?.is_none())
     }
 
-    fn alloc_ino(&mut self) -> InodeNo {
+    pub(crate) fn alloc_ino(&mut self) -> InodeNo {
         let ino = self.mem.state.next_ino;
         self.mem.state.next_ino.0 += 1;
         ino
@@ -298,7 +304,12 @@ impl Ctx<'_> {
     }
 
     /// Drop one link of `ino`; with none left it is freed, or made an orphan while open.
-    fn drop_link(&mut self, ino: InodeNo, rec: &mut InodeRecord, now: Timespec) -> Result<()> {
+    pub(crate) fn drop_link(
+        &mut self,
+        ino: InodeNo,
+        rec: &mut InodeRecord,
+        now: Timespec,
+    ) -> Result<()> {
         let last = if rec.kind == FileKind::Directory {
             true
         } else {
@@ -383,7 +394,7 @@ impl Ctx<'_> {
     }
 
     /// True if `ino` is `dir` or one of its ancestors.
-    fn is_ancestor(&self, ino: InodeNo, dir: InodeNo) -> Result<bool> {
+    pub(crate) fn is_ancestor(&self, ino: InodeNo, dir: InodeNo) -> Result<bool> {
         let mut cur = dir;
         for _ in 0..100_000 {
             if cur == ino {
@@ -574,6 +585,9 @@ impl Ctx<'_> {
         caller: Caller,
     ) -> Result<InodeRecord> {
         let mut rec = self.get_inode(ino)?;
+        if InodeFlags(rec.flags).contains(InodeFlags::READONLY) {
+            return Err(Error::ReadOnly);
+        }
         if !matches!(rec.kind, FileKind::Regular | FileKind::Directory) {
             return Err(Error::Unsupported);
         }
@@ -843,7 +857,7 @@ impl Ctx<'_> {
     }
 
     /// The ACL stored under `name` (`ACL_ACCESS` or `ACL_DEFAULT`) of `ino`, if any.
-    fn stored_acl(&self, ino: InodeNo, name: &[u8]) -> Result<Option<Acl>> {
+    pub(crate) fn stored_acl(&self, ino: InodeNo, name: &[u8]) -> Result<Option<Acl>> {
         let key = (ino, String::from_utf8_lossy(name));
         let value = match self.xattrs.get((ino, name))? {
             Some(v) => decode::<XattrRecord>(&v, &key)?.value,

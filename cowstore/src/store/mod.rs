@@ -5,7 +5,7 @@
 mod api;
 pub(crate) mod ctx;
 mod open;
-mod txn;
+pub(crate) mod txn;
 
 pub use api::{PinnedRead, Store};
 pub use open::{EngineKind, MkfsOptions, OpenOptions, META_FILE, POOL_FILE};

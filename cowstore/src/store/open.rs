@@ -319,15 +319,8 @@ impl Inner {
         // One operation per orphan: one whose record is damaged stays listed (its blocks stay
         // referenced) for fsck to report, and does not keep the store from opening.
         for ino in orphans {
-            let reclaimed = self.write(|cx| {
-                match cx.try_inode(ino)? {
-                    Some(mut rec) => cx.destroy_inode(ino, &mut rec)?,
-                    None => {
-                        cx.orphans.remove(ino)?;
-                    }
-                }
-                Ok(())
-            });
+            // A directory brings its detached tree (ns::rmtree).
+            let reclaimed = self.reclaim_orphan(ino);
             if let Err(e) = reclaimed {
                 log::error!("orphaned {ino} left in place (run cowfs fsck): {e}");
             }

@@ -1,8 +1,10 @@
 //! Attributes: getattr, setattr, readlink, and the inode-flag ioctls of `lsattr`/`chattr`.
 
 use super::filesystem::Core;
+use super::snapshot::COWFS_IOC_SNAPSHOT;
 use crate::error::FsError;
-use cowstore::{Caller, InodeAttr, InodeFlags, InodeNo, SetAttr};
+use cowstore::acl::Cred;
+use cowstore::{InodeAttr, InodeFlags, InodeNo, SetAttr};
 
 /// `FS_IOC_GETFLAGS`/`FS_IOC_SETFLAGS` (`lsattr`/`chattr`): the kernel sends them (as
 /// FUSE_IOCTL, with a 4-byte argument) for its `fileattr_get`/`fileattr_set`.
@@ -47,19 +49,23 @@ impl Core {
         Ok(self.store()?.readlink(ino)?)
     }
 
-    /// FS_IOC_GETFLAGS, SETFLAGS and FSGETXATTR; ENOTTY for any other command. The answer is
-    /// exactly `out_size` bytes, as the kernel expects.
+    /// FS_IOC_GETFLAGS, SETFLAGS and FSGETXATTR, and cowfs's own snapshot ioctl (see
+    /// `super::snapshot`); ENOTTY for any other command. The answer is exactly `out_size`
+    /// bytes, as the kernel expects. GETFLAGS shows only `chattr` flags (not the read-only
+    /// snapshot mark).
     pub fn ioctl(
         &self,
         ino: InodeNo,
         cmd: u32,
         in_data: &[u8],
         out_size: u32,
-        caller: Caller,
+        cred: &dyn Cred,
     ) -> Result<Vec<u8>, FsError> {
         let s = self.store()?;
         let mut out = match cmd {
-            FS_IOC_GETFLAGS => s.getattr(ino)?.flags.0.to_ne_bytes().to_vec(),
+            FS_IOC_GETFLAGS => (s.getattr(ino)?.flags.0 & InodeFlags::SUPPORTED.0)
+                .to_ne_bytes()
+                .to_vec(),
             FS_IOC_SETFLAGS => {
                 let arg = in_data
                     .get(..4)
@@ -68,10 +74,11 @@ impl Core {
                         libc::EINVAL,
                         "FS_IOC_SETFLAGS: no argument",
                     ))?;
-                let a = s.set_flags(ino, InodeFlags(u32::from_ne_bytes(arg)), caller)?;
-                a.flags.0.to_ne_bytes().to_vec()
+                let a = s.set_flags(ino, InodeFlags(u32::from_ne_bytes(arg)), cred.caller())?;
+                (a.flags.0 & InodeFlags::SUPPORTED.0).to_ne_bytes().to_vec()
             }
             FS_IOC_FSGETXATTR => fsxattr(s.getattr(ino)?.flags),
+            COWFS_IOC_SNAPSHOT => self.snapshot_ioctl(ino, in_data, cred)?,
             _ => return Err(FsError::refused(libc::ENOTTY, "ioctl: not supported")),
         };
         out.resize(out_size as usize, 0);
@@ -85,6 +92,7 @@ mod tests {
     use super::*;
     use crate::core::FsConfig;
     use crate::error::ToErrno;
+    use cowstore::Caller;
 
     const ROOT: Caller = Caller { uid: 0, gid: 0 };
 
@@ -103,20 +111,20 @@ mod tests {
         let c = &f.core;
         let root = InodeNo::ROOT;
         let nodump = InodeFlags::NODUMP.0.to_ne_bytes();
-        let set = c.ioctl(root, FS_IOC_SETFLAGS, &nodump, 4, ROOT);
+        let set = c.ioctl(root, FS_IOC_SETFLAGS, &nodump, 4, &ROOT);
         assert_eq!(set.expect("setflags"), nodump);
         let got = c
-            .ioctl(root, FS_IOC_GETFLAGS, &[], 8, ROOT)
+            .ioctl(root, FS_IOC_GETFLAGS, &[], 8, &ROOT)
             .expect("getflags");
         assert_eq!(got[..4], nodump);
         assert_eq!(got.len(), 8, "resized to what the kernel asked for");
         let x = c
-            .ioctl(root, FS_IOC_FSGETXATTR, &[], 28, ROOT)
+            .ioctl(root, FS_IOC_FSGETXATTR, &[], 28, &ROOT)
             .expect("fsx");
         assert_eq!(x[..4], 0x80u32.to_ne_bytes());
-        let short = c.ioctl(root, FS_IOC_SETFLAGS, &[1, 0], 4, ROOT);
+        let short = c.ioctl(root, FS_IOC_SETFLAGS, &[1, 0], 4, &ROOT);
         assert_eq!(short.expect_err("short").to_errno(), libc::EINVAL);
-        let other = c.ioctl(root, 0x5401, &[], 0, ROOT);
+        let other = c.ioctl(root, 0x5401, &[], 0, &ROOT);
         assert_eq!(other.expect_err("TCGETS").to_errno(), libc::ENOTTY);
     }
 

@@ -27,6 +27,10 @@ pub trait Kernel: Send + Sync {
     /// fallocate dropped setuid/setgid): the kernel's cached copy must go, so that stat and exec
     /// see the new mode.
     fn attrs_changed(&self, ino: InodeNo);
+
+    /// Entry `name` of `parent` changed behind the kernel's back (a snapshot made or removed by
+    /// the snapshot ioctl): its cached dentry, positive or negative, must go.
+    fn entry_changed(&self, _parent: InodeNo, _name: &[u8]) {}
 }
 
 /// The filesystem behind the mount: a [`Store`], the adapter's settings, its counters and open

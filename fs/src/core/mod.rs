@@ -11,6 +11,7 @@ mod filesystem;
 mod names;
 mod open;
 mod read;
+mod snapshot;
 mod xattr;
 
 pub use config::{CopyMode, FsConfig};
@@ -18,6 +19,7 @@ pub use dir::{DirSink, Listed, FIRST_BATCH, FIRST_BATCH_PLUS};
 pub use filesystem::{Core, Kernel};
 pub use open::{Access, OpenFlags, Opened};
 pub use read::ReadReply;
+pub use snapshot::{SnapshotArg, COWFS_IOC_SNAPSHOT, SNAPSHOT_ARG_LEN, SNAP_DELETE, SNAP_READONLY};
 pub use xattr::{encode_names, XattrReply};
 
 #[cfg(test)]

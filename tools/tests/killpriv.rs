@@ -1,7 +1,8 @@
 //! Real mounts: what write, truncate, chown and copy_file_range take from a file's privileges
 //! (setuid/setgid bits, `security.capability`) now that cowfs negotiates
 //! FUSE_HANDLE_KILLPRIV_V2 and the kernel leaves that to the daemon; and that writes no longer
-//! cost a GETXATTR each. Every case runs with and without the writeback cache. Other users are
+//! cost a GETXATTR each; and append-only files under the writeback cache. Every case runs with
+//! and without the writeback cache. Other users are
 //! `nobody` through `setpriv`; root without CAP_FSETID through `capsh --drop`.
 
 mod common;
@@ -235,6 +236,26 @@ fn writes_cost_no_getxattr() -> TestResult {
             0,
             "{opt}: {N} writes, no GETXATTR"
         );
+    }
+    Ok(())
+}
+
+// Regression (issue 12, writeback_cache): the kernel wrote an append back as a rewrite of the
+// last page, which append-only refused (EPERM at fsync, the appended bytes lost); writers of an
+// append-only file now write through (FOPEN_DIRECT_IO).
+#[test]
+fn append_only_file_keeps_appends_under_the_writeback_cache() -> TestResult {
+    for opt in MODES {
+        let mut m = Mount::new(&[opt])?;
+        let f = m.path("log");
+        fs::write(&f, b"abc")?;
+        root_sh("chattr +a \"$1\"", &f)?;
+        for i in 0..3 {
+            root_sh(&format!("echo line{i} >> \"$1\""), &f)?;
+        }
+        root_sh("sync \"$1\"", &f)?;
+        m.remount(&[opt])?;
+        assert_eq!(fs::read(&f)?, b"abcline0\nline1\nline2\n", "{opt}");
     }
     Ok(())
 }

@@ -30,5 +30,7 @@ pub use fsck::{CheckReport, Problem, ProblemKind, RepairSummary};
 pub use fsck::{ExtentInfo, Summary, Usage};
 pub use ns::acl;
 pub use ns::{SnapshotOptions, LINK_MAX, NAME_MAX, REMOVE_BATCH, SNAPSHOT_BATCH};
-pub use store::{EngineKind, MkfsOptions, OpenOptions, PinnedRead, Store, META_FILE, POOL_FILE};
+pub use store::{
+    EngineKind, MkfsOptions, OpenOptions, PinnedRead, Privs, Store, META_FILE, POOL_FILE,
+};
 pub use types::*;

@@ -92,6 +92,37 @@ impl Cred for RequestCred {
     }
 }
 
+/// A writer whose CAP_FSETID the kernel told us (FUSE_WRITE_KILL_SUIDGID, computed with
+/// `capable()` at the write) in place of what `/proc` says; groups and other capabilities come
+/// from the request's credentials.
+pub struct KernelFsetid<'a> {
+    cred: &'a dyn Cred,
+    fsetid: bool,
+}
+
+impl<'a> KernelFsetid<'a> {
+    pub fn new(cred: &'a dyn Cred, fsetid: bool) -> KernelFsetid<'a> {
+        KernelFsetid { cred, fsetid }
+    }
+}
+
+impl Cred for KernelFsetid<'_> {
+    fn caller(&self) -> Caller {
+        self.cred.caller()
+    }
+
+    fn in_group(&self, gid: u32) -> bool {
+        self.cred.in_group(gid)
+    }
+
+    fn capable(&self, cap: Capability) -> bool {
+        match cap {
+            Capability::Fsetid => self.fsetid,
+            _ => self.cred.capable(cap),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +158,20 @@ mod tests {
         let gone = RequestCred::new(Caller { uid: 5, gid: 7 }, 0);
         assert!(gone.in_group(7) && !gone.in_group(8));
         assert!(!gone.capable(Capability::Fsetid));
+    }
+
+    #[test]
+    fn the_kernel_answers_for_cap_fsetid_only() {
+        let root = Caller::ROOT;
+        let told = KernelFsetid::new(&root, false);
+        assert!(!told.capable(Capability::Fsetid));
+        assert!(told.capable(Capability::SysAdmin));
+        assert!(told.in_group(0) && !told.in_group(5));
+        let nobody = Caller {
+            uid: 65534,
+            gid: 65534,
+        };
+        assert!(KernelFsetid::new(&nobody, true).capable(Capability::Fsetid));
+        assert_eq!(KernelFsetid::new(&nobody, true).caller(), nobody);
     }
 }

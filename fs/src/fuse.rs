@@ -4,7 +4,7 @@
 //! request means and every decision about it live in `crate::core`; here are only the
 //! conversions between fuser's types and the core's.
 
-use crate::core::{Core, DirSink, Kernel, Opened, ReadReply, XattrReply};
+use crate::core::{Core, DirSink, Kernel, Opened, ReadReply, WriteKind, XattrReply};
 use crate::cred::RequestCred;
 use crate::error::FsError;
 use crate::stats::{CounterSnapshot, Counters};
@@ -169,6 +169,7 @@ fn fopen_flags(o: &Opened) -> FopenFlags {
         (o.keep_cache, FopenFlags::FOPEN_KEEP_CACHE),
         (o.cache_dir, FopenFlags::FOPEN_CACHE_DIR),
         (o.noflush, FopenFlags::FOPEN_NOFLUSH),
+        (o.direct_io, FopenFlags::FOPEN_DIRECT_IO),
     ] {
         if on {
             f |= flag;
@@ -184,7 +185,10 @@ fn fopen_flags(o: &Opened) -> FopenFlags {
 /// (name_to_handle_at/open_by_handle_at, NFS export) are (node id, generation); the kernel
 /// resolves one it no longer caches by looking up "." (and ".." for a parent) of the bare node
 /// id. Inode numbers are never reused and the generation is the commit generation at creation,
-/// so a stale handle gets ESTALE.
+/// so a stale handle gets ESTALE. HANDLE_KILLPRIV_V2: the kernel stops asking for
+/// `security.capability` before every write (it may mark an inode S_NOSEC once it has checked
+/// it) and leaves clearing setuid/setgid and file capabilities on write, truncate, chown,
+/// fallocate and copy_file_range to the store (see `Core::write`, `Core::setattr`).
 fn wanted_capabilities(cfg: &FsConfig) -> InitFlags {
     let mut want = InitFlags::FUSE_DO_READDIRPLUS
         | InitFlags::FUSE_READDIRPLUS_AUTO
@@ -192,7 +196,8 @@ fn wanted_capabilities(cfg: &FsConfig) -> InitFlags {
         | InitFlags::FUSE_CACHE_SYMLINKS
         | InitFlags::FUSE_POSIX_ACL
         | InitFlags::FUSE_DONT_MASK
-        | InitFlags::FUSE_EXPORT_SUPPORT;
+        | InitFlags::FUSE_EXPORT_SUPPORT
+        | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
     if cfg.writeback_cache {
         want |= InitFlags::FUSE_WRITEBACK_CACHE;
     }
@@ -219,12 +224,13 @@ fn negotiate(config: &mut KernelConfig, cfg: &FsConfig, want_write: u32) -> Kern
     let (abi, caps) = (config.kernel_abi(), config.capabilities());
     info!(
         "FUSE protocol {}.{}, max_write {max_write}, copy_mode {}, writeback_cache {}, \
-         posix_acl {}",
+         posix_acl {}, handle_killpriv_v2 {}",
         abi.0,
         abi.1,
         cfg.copy_mode.name(),
         cfg.writeback_cache && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE),
         caps.contains(InitFlags::FUSE_POSIX_ACL),
+        caps.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2),
     );
     KernelInfo {
         protocol: (abi.0, abi.1),
@@ -337,6 +343,11 @@ impl CowFs {
 impl Filesystem for CowFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let agreed = negotiate(config, self.core.config(), self.core.max_write());
+        let caps = InitFlags::from_bits_retain(agreed.capabilities);
+        let writeback =
+            self.core.config().writeback_cache && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE);
+        self.core
+            .negotiated(caps.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2), writeback);
         *self.shared.kernel.lock() = agreed;
         Ok(())
     }
@@ -366,7 +377,7 @@ impl Filesystem for CowFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -391,7 +402,8 @@ impl Filesystem for CowFs {
             mtime: mtime.map(time_set),
             ctime: ctime.map(Timespec::from),
         };
-        self.attr(reply, self.run("setattr", |c| c.setattr(ino(i), set)));
+        let who = cred(req);
+        self.attr(reply, self.run("setattr", |c| c.setattr(ino(i), set, &who)));
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
@@ -516,15 +528,19 @@ impl Filesystem for CowFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let who = cred(req);
+        let kind = WriteKind {
+            cache: write_flags.contains(WriteFlags::FUSE_WRITE_CACHE),
+            kill_suidgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
+        };
         Self::written(
             reply,
-            self.run("write", |c| c.write(ino(i), offset, data, &who)),
+            self.run("write", |c| c.write(ino(i), offset, data, &who, kind)),
         );
     }
 
@@ -752,7 +768,7 @@ impl Filesystem for CowFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         _fh_in: FileHandle,
         offset_in: u64,
@@ -763,9 +779,9 @@ impl Filesystem for CowFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let (src, dst, flags) = (ino(ino_in), ino(ino_out), flags.bits());
+        let (src, dst, flags, who) = (ino(ino_in), ino(ino_out), flags.bits(), cred(req));
         let r = self.run("copy_file_range", |c| {
-            c.copy_file_range(src, offset_in, dst, offset_out, len, flags)
+            c.copy_file_range(src, offset_in, dst, offset_out, len, flags, &who)
         });
         Self::written(reply, r);
     }

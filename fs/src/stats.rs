@@ -48,6 +48,11 @@ counters!(
     reads,
     /// Write requests.
     writes,
+    /// GETXATTR requests (the kernel asks for `security.capability` before a write unless
+    /// FUSE_HANDLE_KILLPRIV_V2 lets it remember that a file has none).
+    getxattrs,
+    /// SETATTR requests.
+    setattrs,
     /// fsync and fsyncdir requests (each a commit).
     fsyncs,
     /// Requests answered with an error.

@@ -320,15 +320,32 @@ fn keeps_setgid(cred: &dyn Cred, gid: u32) -> bool {
     cred.in_group(gid) || cred.capable(Capability::Fsetid)
 }
 
-/// The permission bits a file keeps when `cred` modifies its data other than by write(2)
-/// (fallocate), as `file_remove_privs` would leave them on ext4: an unprivileged modifier drops
-/// setuid, and setgid when the group may execute or the modifier is outside the group.
+/// The file capabilities xattr (`XATTR_NAME_CAPS`): removed by every change to a file's data,
+/// size or owner, whoever makes it (`cap_inode_killpriv`).
+pub const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
+/// The permission bits a file keeps when `cred` modifies its data (write, truncate, fallocate,
+/// copy_file_range), as `file_remove_privs` leaves them on ext4 (`setattr_should_drop_suidgid`):
+/// an unprivileged modifier (no CAP_FSETID) drops setuid, and setgid when the group may execute
+/// or the modifier is outside the group.
 pub fn modified_perm(perm: u16, gid: u32, cred: &dyn Cred) -> u16 {
     if perm & (S_ISUID | S_ISGID) == 0 || cred.capable(Capability::Fsetid) {
         return perm;
     }
     let mut out = perm & !S_ISUID;
     if perm & S_ISGID != 0 && (perm & S_IXGRP != 0 || !cred.in_group(gid)) {
+        out &= !S_ISGID;
+    }
+    out
+}
+
+/// The permission bits a non-directory owned by group `gid` keeps when `cred` changes its owner
+/// or group (`chown_common`): setuid goes whoever asks, even with CAP_FSETID; setgid as
+/// `setattr_should_drop_sgid` says (when the group may execute, or the caller is neither in the
+/// file's group nor privileged).
+pub fn chowned_perm(perm: u16, gid: u32, cred: &dyn Cred) -> u16 {
+    let mut out = perm & !S_ISUID;
+    if perm & S_ISGID != 0 && (perm & S_IXGRP != 0 || !keeps_setgid(cred, gid)) {
         out &= !S_ISGID;
     }
     out
@@ -625,6 +642,14 @@ mod tests {
         };
         assert_eq!(modified_perm(0o6666, 100, &fsetid), 0o6666);
         assert_eq!(modified_perm(0o0755, 100, &out), 0o0755);
+        // chown: setuid goes even for CAP_FSETID; setgid as for a modification, but the
+        // privileged keep a setgid that is not group-executable.
+        assert_eq!(chowned_perm(0o6555, 100, &Caller::ROOT), 0o0555);
+        assert_eq!(chowned_perm(0o6444, 100, &Caller::ROOT), 0o2444);
+        assert_eq!(chowned_perm(0o6444, 100, &fsetid), 0o2444);
+        assert_eq!(chowned_perm(0o6444, 100, &member), 0o2444);
+        assert_eq!(chowned_perm(0o6444, 100, &out), 0o0444);
+        assert_eq!(chowned_perm(0o0755, 100, &out), 0o0755);
         // Setting an access ACL: the mode follows it; setgid goes for a setter outside.
         let a = named();
         assert_eq!(perm_after_set(&a, 0o2644, 100, &out), (0o0670, true));

@@ -576,7 +576,25 @@ impl Store {
         Ok(())
     }
 
+    /// Set attributes as given, and nothing else (tools and tests; see [`Store::setattr_as`]).
     pub fn setattr(&self, ino: InodeNo, set: &SetAttr) -> Result<InodeAttr> {
+        self.setattr_inner(ino, set, None)
+    }
+
+    /// setattr as truncate(2) or chown(2) by `cred` do it: a size change or a change of owner or
+    /// group of a non-directory removes file capabilities and the setuid/setgid bits
+    /// [`acl::modified_perm`] (truncate) or [`acl::chowned_perm`] (chown) say go, unless `set`
+    /// gives the mode itself.
+    pub fn setattr_as(&self, ino: InodeNo, set: &SetAttr, cred: &dyn Cred) -> Result<InodeAttr> {
+        self.setattr_inner(ino, set, Some(cred))
+    }
+
+    fn setattr_inner(
+        &self,
+        ino: InodeNo,
+        set: &SetAttr,
+        cred: Option<&dyn Cred>,
+    ) -> Result<InodeAttr> {
         let _lower = match set.size {
             Some(size) => self.hold_lower(ino, &self.edge_blocks(size, 1))?,
             None => None,
@@ -585,6 +603,18 @@ impl Store {
             let mut rec = cx.get_inode(ino)?;
             check_flags(&rec, setattr_change(set))?;
             let now = Timespec::now();
+            if let Some(cred) = cred {
+                let chown =
+                    (set.uid.is_some() || set.gid.is_some()) && rec.kind != FileKind::Directory;
+                if chown || set.size.is_some() {
+                    remove_capability(cx, ino)?;
+                }
+                if set.mode.is_none() && chown {
+                    rec.perm = acl::chowned_perm(rec.perm, rec.gid, cred);
+                } else if set.mode.is_none() && set.size.is_some() {
+                    drop_privs(&mut rec, cred);
+                }
+            }
             if let Some(size) = set.size {
                 require_regular(&rec)?;
                 if size != rec.size {
@@ -708,6 +738,18 @@ impl Store {
         data: &[u8],
         cred: &dyn Cred,
     ) -> Result<(usize, bool)> {
+        self.write_with(ino, off, data, Privs::KilledBy(cred))
+    }
+
+    /// Write `data` at `off`, doing to the file's privileges what `privs` says; returns the
+    /// bytes written and whether setuid/setgid bits were dropped.
+    pub fn write_with(
+        &self,
+        ino: InodeNo,
+        off: u64,
+        data: &[u8],
+        privs: Privs<'_>,
+    ) -> Result<(usize, bool)> {
         let _lower = self.hold_lower(ino, &self.edge_blocks(off, data.len() as u64))?;
         self.inner.write(|cx| {
             let mut rec = cx.get_inode(ino)?;
@@ -720,7 +762,10 @@ impl Store {
             )?;
             cx.write_data(ino, &mut rec, off, data.len() as u64, &Source::Bytes(data))?;
             touch_data(&mut rec);
-            let dropped = drop_privs(&mut rec, cred);
+            let dropped = match privs {
+                Privs::KilledBy(cred) => kill_privs(cx, ino, &mut rec, cred)?,
+                Privs::Kept => false,
+            };
             cx.put_inode(ino, &rec)?;
             Ok((data.len(), dropped))
         })
@@ -733,7 +778,7 @@ impl Store {
     }
 
     /// fallocate(2) by `cred`; like a write, it drops the setuid and setgid bits an
-    /// unprivileged modifier may not keep, and says whether it did.
+    /// unprivileged modifier may not keep (and file capabilities), and says whether it did.
     pub fn fallocate_as(
         &self,
         ino: InodeNo,
@@ -791,7 +836,7 @@ impl Store {
             } else {
                 rec.ctime = Timespec::now();
             }
-            let dropped = drop_privs(&mut rec, cred);
+            let dropped = kill_privs(cx, ino, &mut rec, cred)?;
             cx.put_inode(ino, &rec)?;
             Ok(dropped)
         })
@@ -815,6 +860,22 @@ impl Store {
         dst_off: u64,
         len: u64,
     ) -> Result<u64> {
+        self.clone_range_as(src, src_off, dst, dst_off, len, &Caller::ROOT)
+            .map(|(n, _)| n)
+    }
+
+    /// [`Store::clone_range`] by `cred` (copy_file_range(2)): like a write, a clone that
+    /// changes the destination drops the privileges `cred` may not keep there; returns the
+    /// bytes cloned and whether setuid/setgid bits were dropped.
+    pub fn clone_range_as(
+        &self,
+        src: InodeNo,
+        src_off: u64,
+        dst: InodeNo,
+        dst_off: u64,
+        len: u64,
+        cred: &dyn Cred,
+    ) -> Result<(u64, bool)> {
         // Where source and destination blocks do not line up the whole range is copied.
         let bs = self.inner.bs;
         let src_blocks = (src_off / bs, len.div_ceil(bs).saturating_add(1));
@@ -836,11 +897,13 @@ impl Store {
                 },
             )?;
             let n = cx.clone_range((src, &src_rec, src_off), (dst, &mut dst_rec, dst_off), len)?;
+            let mut dropped = false;
             if n > 0 {
                 touch_data(&mut dst_rec);
+                dropped = kill_privs(cx, dst, &mut dst_rec, cred)?;
                 cx.put_inode(dst, &dst_rec)?;
             }
-            Ok(n)
+            Ok((n, dropped))
         })
     }
 
@@ -977,6 +1040,18 @@ fn setattr_change(set: &SetAttr) -> Change {
     }
 }
 
+/// What a write does to the written file's privileges.
+#[derive(Clone, Copy)]
+pub enum Privs<'a> {
+    /// What write(2) by this modifier does (`file_remove_privs`): setuid/setgid bits go as
+    /// [`acl::modified_perm`] says, file capabilities go.
+    KilledBy(&'a dyn Cred),
+    /// Nothing: the writeback of pages the kernel cached. It stripped the privileges when
+    /// write(2) put the bytes there; pages dirtied through a shared mapping keep them, as on
+    /// ext4.
+    Kept,
+}
+
 /// Drop the setuid/setgid bits `cred` may not keep when it modifies a file's data; true if
 /// any went (the kernel's cached mode is then stale).
 fn drop_privs(rec: &mut InodeRecord, cred: &dyn Cred) -> bool {
@@ -984,6 +1059,27 @@ fn drop_privs(rec: &mut InodeRecord, cred: &dyn Cred) -> bool {
     let dropped = perm != rec.perm;
     rec.perm = perm;
     dropped
+}
+
+/// Everything a modification of a regular file's data by `cred` takes away: the setuid/setgid
+/// bits it may not keep ([`drop_privs`]) and file capabilities. True if the mode changed.
+fn kill_privs(
+    cx: &mut Ctx<'_>,
+    ino: InodeNo,
+    rec: &mut InodeRecord,
+    cred: &dyn Cred,
+) -> Result<bool> {
+    remove_capability(cx, ino)?;
+    Ok(drop_privs(rec, cred))
+}
+
+/// Remove `security.capability` if the inode has it (looked up first: a removal of a missing
+/// key would still be recorded as a change).
+fn remove_capability(cx: &mut Ctx<'_>, ino: InodeNo) -> Result<()> {
+    if cx.xattrs.contains((ino, acl::CAPABILITY_XATTR))? {
+        cx.xattrs.remove((ino, acl::CAPABILITY_XATTR))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

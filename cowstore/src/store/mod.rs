@@ -7,5 +7,5 @@ pub(crate) mod ctx;
 mod open;
 pub(crate) mod txn;
 
-pub use api::{PinnedRead, Store};
+pub use api::{PinnedRead, Privs, Store};
 pub use open::{EngineKind, MkfsOptions, OpenOptions, META_FILE, POOL_FILE};

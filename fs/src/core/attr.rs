@@ -3,6 +3,7 @@
 use super::filesystem::Core;
 use super::snapshot::COWFS_IOC_SNAPSHOT;
 use crate::error::FsError;
+use crate::stats::Counters;
 use cowstore::acl::Cred;
 use cowstore::{InodeAttr, InodeFlags, InodeNo, SetAttr};
 
@@ -40,9 +41,23 @@ impl Core {
 
     /// `set.mode` may carry the file type bits the kernel sends; only the permission bits
     /// (with setuid, setgid, sticky) are set.
-    pub fn setattr(&self, ino: InodeNo, mut set: SetAttr) -> Result<InodeAttr, FsError> {
+    ///
+    /// A truncate or chown by `cred` clears setuid/setgid and file capabilities as ext4 does
+    /// (`Store::setattr_as`). Under FUSE_HANDLE_KILLPRIV_V2 the kernel leaves that to us and
+    /// says so with FATTR_KILL_SUIDGID, which fuser 0.18 does not pass on; the rule it stands
+    /// for is the one applied: set for a truncate by a caller without CAP_FSETID (read from
+    /// /proc, only when the file has a bit to lose) and for every chown of a non-directory.
+    /// Without V2 the kernel sends the cleared mode with the same request, and an explicit
+    /// mode is kept as sent.
+    pub fn setattr(
+        &self,
+        ino: InodeNo,
+        mut set: SetAttr,
+        cred: &dyn Cred,
+    ) -> Result<InodeAttr, FsError> {
+        Counters::add(&self.counters.setattrs, 1);
         set.mode = set.mode.map(|m| m & 0o7777);
-        Ok(self.store()?.setattr(ino, &set)?)
+        Ok(self.store()?.setattr_as(ino, &set, cred)?)
     }
 
     pub fn readlink(&self, ino: InodeNo) -> Result<Vec<u8>, FsError> {
@@ -128,6 +143,59 @@ mod tests {
         assert_eq!(other.expect_err("TCGETS").to_errno(), libc::ENOTTY);
     }
 
+    // Regression (issue 12, killpriv): with FUSE_HANDLE_KILLPRIV_V2 the kernel leaves the
+    // setuid/setgid bits and file capabilities of truncate and chown to the daemon.
+    #[test]
+    fn truncate_and_chown_kill_privileges_as_ext4() {
+        let f = fixture(FsConfig::default());
+        let nobody = Caller {
+            uid: 65534,
+            gid: 65534,
+        };
+        let (a, _) = f
+            .core
+            .create(InodeNo::ROOT, b"f", 0o6755, 0, nobody)
+            .expect("create");
+        let cap = cowstore::acl::CAPABILITY_XATTR;
+        f.store.setxattr(a.ino, cap, b"\x01", 0).expect("setcap");
+        let size = |n| SetAttr {
+            size: Some(n),
+            ..SetAttr::default()
+        };
+        // Root (CAP_FSETID) truncates: the bits stay, the capability goes.
+        let got = f.core.setattr(a.ino, size(10), &ROOT).expect("truncate");
+        assert_eq!(got.perm, 0o6755);
+        assert!(matches!(
+            f.store.getxattr(a.ino, cap),
+            Err(cowstore::Error::NoAttr)
+        ));
+        // An unprivileged truncate drops setuid and group-executable setgid.
+        let got = f.core.setattr(a.ino, size(5), &nobody).expect("truncate");
+        assert_eq!(got.perm, 0o0755);
+        // chown drops setuid whoever asks; root keeps a setgid that is not group-executable.
+        let set = SetAttr {
+            mode: Some(0o6745),
+            ..SetAttr::default()
+        };
+        f.core.setattr(a.ino, set, &ROOT).expect("chmod");
+        let chown = SetAttr {
+            uid: Some(0),
+            ..SetAttr::default()
+        };
+        let got = f.core.setattr(a.ino, chown, &ROOT).expect("chown");
+        assert_eq!(got.perm, 0o2745);
+        // An explicit mode in the same request (the kernel's own clearing, without V2) wins.
+        let both = SetAttr {
+            uid: Some(0),
+            mode: Some(0o6745),
+            ..SetAttr::default()
+        };
+        assert_eq!(
+            f.core.setattr(a.ino, both, &ROOT).expect("both").perm,
+            0o6745
+        );
+    }
+
     #[test]
     fn setattr_keeps_only_permission_bits_of_the_mode() {
         let f = fixture(FsConfig::default());
@@ -135,7 +203,7 @@ mod tests {
             mode: Some(libc::S_IFDIR | 0o1750),
             ..SetAttr::default()
         };
-        let a = f.core.setattr(InodeNo::ROOT, set).expect("setattr");
+        let a = f.core.setattr(InodeNo::ROOT, set, &ROOT).expect("setattr");
         assert_eq!(a.perm, 0o1750);
     }
 }

@@ -44,6 +44,9 @@ pub struct Core {
     pub(super) kernel: Arc<dyn Kernel>,
     pub(super) handles: Handles,
     pub(super) dirs: DirStreams,
+    /// The kernel agreed to FUSE_HANDLE_KILLPRIV_V2 at INIT: it leaves clearing setuid/setgid
+    /// and file capabilities on write, truncate and chown to us (see [`Core::write`]).
+    pub(super) killpriv_v2: bool,
 }
 
 impl std::fmt::Debug for Core {
@@ -71,11 +74,19 @@ impl Core {
             kernel,
             handles: Handles::default(),
             dirs: DirStreams::default(),
+            killpriv_v2: false,
         }
     }
 
     pub fn config(&self) -> &FsConfig {
         &self.cfg
+    }
+
+    /// What INIT agreed that changes how requests are served: FUSE_HANDLE_KILLPRIV_V2 and
+    /// whether the kernel caches writes (FUSE_WRITEBACK_CACHE).
+    pub fn negotiated(&mut self, killpriv_v2: bool, writeback_cache: bool) {
+        self.killpriv_v2 = killpriv_v2;
+        self.cfg.writeback_cache = writeback_cache;
     }
 
     /// The store, until [`Core::close`].

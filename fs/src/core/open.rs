@@ -5,7 +5,7 @@
 use super::filesystem::Core;
 use crate::error::FsError;
 use crate::stats::Counters;
-use cowstore::{Caller, FileKind, InodeAttr, InodeNo, Timespec};
+use cowstore::{Caller, FileKind, InodeAttr, InodeFlags, InodeNo, Timespec};
 
 /// The flags of an `open(2)` that reach the daemon. The kernel keeps O_CREAT, O_EXCL and
 /// O_NOCTTY to itself, and O_TRUNC too (cowfs does not ask for FUSE_ATOMIC_O_TRUNC: the kernel
@@ -60,6 +60,8 @@ pub struct Opened {
     pub cache_dir: bool,
     /// FOPEN_NOFLUSH: close need not send FLUSH (writes reach the store as they arrive).
     pub noflush: bool,
+    /// FOPEN_DIRECT_IO: reads and writes through this handle bypass the page cache.
+    pub direct_io: bool,
 }
 
 impl Opened {
@@ -73,6 +75,7 @@ impl Opened {
             keep_cache: !(flags.reads() && atime_due),
             cache_dir: false,
             noflush: true,
+            direct_io: false,
         }
     }
 
@@ -85,6 +88,7 @@ impl Opened {
             keep_cache: !atime_due,
             cache_dir: !atime_due,
             noflush: false,
+            direct_io: false,
         }
     }
 }
@@ -103,7 +107,14 @@ impl Core {
         let s = self.store()?;
         let a = s.open_file(ino, flags.checks_as_writer(), flags.append())?;
         let fh = self.handles.open(s.error_seq());
-        Ok(Opened::file(fh, flags, self.atime_due(&a)))
+        let mut opened = Opened::file(fh, flags, self.atime_due(&a));
+        // The writeback cache writes back whole pages, so an append to an append-only file
+        // would reach the store as a rewrite of its last page, which the flag refuses: such a
+        // file's writers write through, at the end of file as the kernel sees it.
+        opened.direct_io = self.cfg.writeback_cache
+            && flags.checks_as_writer()
+            && a.flags.contains(InodeFlags::APPEND);
+        Ok(opened)
     }
 
     /// FUSE create: a new regular file, counted open, and its handle.
@@ -124,6 +135,7 @@ impl Core {
             keep_cache: true,
             cache_dir: false,
             noflush: true,
+            direct_io: false,
         };
         Ok((a, opened))
     }

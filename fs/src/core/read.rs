@@ -7,12 +7,13 @@
 
 use super::config::CopyMode;
 use super::filesystem::Core;
+use crate::cred::KernelFsetid;
 use crate::error::FsError;
 use crate::splice::{self, SpliceError};
 use crate::stats::Counters;
 use crate::sys;
 use cowstore::acl::Cred;
-use cowstore::{FallocMode, InodeNo, PinnedRead, SeekWhence, Segment};
+use cowstore::{FallocMode, InodeNo, PinnedRead, Privs, SeekWhence, Segment};
 use log::{debug, warn};
 use std::io;
 
@@ -23,6 +24,17 @@ pub enum ReadReply {
     Sent,
     /// The bytes, to send as an ordinary reply.
     Data(Vec<u8>),
+}
+
+/// What the kernel says of a WRITE in its `write_flags`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteKind {
+    /// FUSE_WRITE_CACHE: writeback of pages the kernel cached, sent without the writer's
+    /// credentials.
+    pub cache: bool,
+    /// FUSE_WRITE_KILL_SUIDGID (sent under FUSE_HANDLE_KILLPRIV_V2): the writer lacks
+    /// CAP_FSETID, so setuid and setgid go as for any unprivileged writer.
+    pub kill_suidgid: bool,
 }
 
 /// Which way a read reply goes.
@@ -188,15 +200,34 @@ impl Core {
 
     /// WRITE by `cred`; a write that drops setuid/setgid tells the kernel (see
     /// [`super::Kernel::attrs_changed`]).
+    ///
+    /// The kernel's own share of `file_remove_privs` depends on FUSE_HANDLE_KILLPRIV_V2. Without
+    /// it the kernel clears setuid (and group-executable setgid) with a SETATTR before the
+    /// write and removes file capabilities itself; the store adds what it leaves (setgid of a
+    /// writer outside the group). With it the kernel leaves all of it to us and says, by
+    /// `kill_suidgid`, whether the writer lacks CAP_FSETID; that answer, exact where ours
+    /// (read from /proc) is racy, decides. Writeback of cached pages (`cache`) kills nothing:
+    /// the kernel sends it with no credentials, and it stripped the privileges when write(2)
+    /// put the bytes in its cache (a writeback-cache write to a file with bits to kill is sent
+    /// through at once, with the flag, instead of being cached).
     pub fn write(
         &self,
         ino: InodeNo,
         offset: u64,
         data: &[u8],
         cred: &dyn Cred,
+        kind: WriteKind,
     ) -> Result<u32, FsError> {
         Counters::add(&self.counters.writes, 1);
-        let (n, dropped) = self.store()?.write_as(ino, offset, data, cred)?;
+        let fsetid = KernelFsetid::new(cred, !kind.kill_suidgid);
+        let privs = if kind.cache {
+            Privs::Kept
+        } else if self.killpriv_v2 {
+            Privs::KilledBy(&fsetid)
+        } else {
+            Privs::KilledBy(cred)
+        };
+        let (n, dropped) = self.store()?.write_with(ino, offset, data, privs)?;
         let n = u32::try_from(n).map_err(|_| FsError::refused(libc::EINVAL, "write: too large"))?;
         self.attrs_changed(ino, dropped);
         Counters::add(&self.counters.write_bytes, u64::from(n));
@@ -230,6 +261,10 @@ impl Core {
     /// copy_file_range: shares the blocks (a reflink) rather than copying them; no flags are
     /// defined (EINVAL for any).
     #[allow(clippy::too_many_arguments)]
+    ///
+    /// The kernel strips no privileges for it under FUSE_HANDLE_KILLPRIV_V2 (its
+    /// `file_modified` leaves them to us and the request carries no flag), so the clone drops
+    /// what `cred` may not keep, as a write would.
     pub fn copy_file_range(
         &self,
         ino_in: InodeNo,
@@ -238,13 +273,15 @@ impl Core {
         offset_out: u64,
         len: u64,
         flags: u64,
+        cred: &dyn Cred,
     ) -> Result<u32, FsError> {
         if flags != 0 {
             return Err(FsError::refused(libc::EINVAL, "copy_file_range: flags"));
         }
         let len = clone_len(len, self.block_size);
         let s = self.store()?;
-        let n = s.clone_range(ino_in, offset_in, ino_out, offset_out, len)?;
+        let (n, dropped) = s.clone_range_as(ino_in, offset_in, ino_out, offset_out, len, cred)?;
+        self.attrs_changed(ino_out, dropped);
         let n = u32::try_from(n)
             .map_err(|_| FsError::refused(libc::EOVERFLOW, "copy_file_range: count"))?;
         Counters::add(&self.counters.reflinks, 1);
@@ -305,7 +342,12 @@ mod tests {
             .core
             .create(InodeNo::ROOT, b"f", 0o644, 0, ROOT)
             .expect("create");
-        assert_eq!(f.core.write(a.ino, 4096, b"tail", &ROOT).expect("write"), 4);
+        assert_eq!(
+            f.core
+                .write(a.ino, 4096, b"tail", &ROOT, WriteKind::default())
+                .expect("write"),
+            4
+        );
         let r = f.core.read(a.ino, 4090, 100, 1).expect("read");
         let mut want = vec![0u8; 6];
         want.extend_from_slice(b"tail");
@@ -331,15 +373,61 @@ mod tests {
             .core
             .create(InodeNo::ROOT, b"suid", 0o4777, 0, owner)
             .expect("create");
-        f.core.write(a.ino, 0, b"x", &ROOT).expect("root keeps it");
+        let plain = WriteKind::default();
+        f.core
+            .write(a.ino, 0, b"x", &ROOT, plain)
+            .expect("root keeps it");
         assert!(f.kernel.invalidated.lock().is_empty());
         let other = Caller {
             uid: 2000,
             gid: 2000,
         };
-        f.core.write(a.ino, 0, b"y", &other).expect("write");
+        f.core.write(a.ino, 0, b"y", &other, plain).expect("write");
         assert_eq!(*f.kernel.invalidated.lock(), vec![a.ino]);
         assert_eq!(f.core.getattr(a.ino).expect("stat").perm & 0o4000, 0);
+    }
+
+    // Regression (issue 12, killpriv): under FUSE_HANDLE_KILLPRIV_V2 the kernel's
+    // FUSE_WRITE_KILL_SUIDGID decides whether setuid goes, cached writeback kills nothing, and
+    // every other write removes security.capability.
+    #[test]
+    fn under_killpriv_v2_the_write_flag_decides_and_capabilities_go() {
+        let mut f = fixture(FsConfig::default());
+        f.core.negotiated(true, false);
+        let other = Caller {
+            uid: 2000,
+            gid: 2000,
+        };
+        let (a, _) = f
+            .core
+            .create(InodeNo::ROOT, b"suid", 0o6755, 0, other)
+            .expect("create");
+        let perm = |f: &crate::core::testing::Fixture| f.core.getattr(a.ino).expect("stat").perm;
+        let cache = WriteKind {
+            cache: true,
+            kill_suidgid: false,
+        };
+        f.core
+            .write(a.ino, 0, b"c", &other, cache)
+            .expect("writeback");
+        assert_eq!(perm(&f), 0o6755, "writeback of cached pages kills nothing");
+        // No flag: the kernel found CAP_FSETID, whatever the uid says.
+        f.core
+            .write(a.ino, 0, b"x", &other, WriteKind::default())
+            .expect("write");
+        assert_eq!(perm(&f), 0o6755);
+        let kill = WriteKind {
+            cache: false,
+            kill_suidgid: true,
+        };
+        f.store
+            .setxattr(a.ino, cowstore::acl::CAPABILITY_XATTR, b"\x01", 0)
+            .expect("setcap");
+        f.core.write(a.ino, 0, b"y", &ROOT, kill).expect("write");
+        assert_eq!(perm(&f), 0o0755, "setuid and group-executable setgid go");
+        assert_eq!(*f.kernel.invalidated.lock(), vec![a.ino]);
+        let cap = f.store.getxattr(a.ino, cowstore::acl::CAPABILITY_XATTR);
+        assert!(matches!(cap, Err(cowstore::Error::NoAttr)), "{cap:?}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use super::filesystem::Core;
 use crate::error::FsError;
+use crate::stats::Counters;
 use cowstore::acl::Cred;
 use cowstore::InodeNo;
 
@@ -63,6 +64,7 @@ impl Core {
     }
 
     pub fn getxattr(&self, ino: InodeNo, name: &[u8], size: u32) -> Result<XattrReply, FsError> {
+        Counters::add(&self.counters.getxattrs, 1);
         XattrReply::sized(size, self.store()?.getxattr(ino, name)?)
     }
 

@@ -68,6 +68,84 @@ pub trait FileIo: Send + Sync + Debug {
     }
 }
 
+/// A file whose `sync` is a no-op when nothing was written since the last successful one: a
+/// commit of metadata alone (a create, a chmod, a rename and their fsync) then costs the metadata
+/// engine's flush only, not also the pool's. Every call that changes the file's bytes or length
+/// marks it; a failed sync leaves it marked, so the next commit syncs again.
+#[derive(Debug)]
+pub struct SyncTracked {
+    inner: Arc<dyn FileIo>,
+    unsynced: std::sync::atomic::AtomicBool,
+}
+
+impl SyncTracked {
+    pub fn new(inner: Arc<dyn FileIo>) -> SyncTracked {
+        SyncTracked {
+            inner,
+            unsynced: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    fn mark(&self) {
+        self.unsynced
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl FileIo for SyncTracked {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.mark();
+        self.inner.set_len(len)
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.inner.read_at(buf, off)
+    }
+    fn write_at(&self, data: &[u8], off: u64) -> io::Result<()> {
+        self.mark();
+        self.inner.write_at(data, off)
+    }
+    fn sync(&self) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        // Taken before the sync: a write racing with it marks the file again.
+        if !self.unsynced.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let r = self.inner.sync();
+        if r.is_err() {
+            self.mark();
+        }
+        r
+    }
+    fn copy_within(&self, src: u64, dst: u64, len: u64) -> io::Result<()> {
+        self.mark();
+        self.inner.copy_within(src, dst, len)
+    }
+    fn punch(&self, off: u64, len: u64) -> io::Result<()> {
+        // Freed blocks only: whether a punch is durable changes nothing anyone reads.
+        self.inner.punch(off, len)
+    }
+    fn copy_from(&self, src: &File, src_off: u64, dst_off: u64, len: u64) -> io::Result<()> {
+        self.mark();
+        self.inner.copy_from(src, src_off, dst_off, len)
+    }
+    fn allocate(&self, off: u64, len: u64) -> io::Result<()> {
+        self.mark();
+        self.inner.allocate(off, len)
+    }
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inner.fd()
+    }
+    fn raw_fd(&self) -> Option<RawFd> {
+        self.inner.raw_fd()
+    }
+    fn host_space(&self) -> io::Result<Option<(u64, u64)>> {
+        self.inner.host_space()
+    }
+}
+
 /// The store's directory: named files and the exclusive lock.
 pub trait Env: Send + Sync + Debug {
     /// Open a file of the store, creating it (empty) if `create`.

@@ -1101,6 +1101,37 @@ mod tests {
         NewInode::regular(0o644)
     }
 
+    #[test]
+    fn a_commit_of_metadata_alone_does_not_sync_the_pool() -> Result<()> {
+        // Regression (issue 12): every commit synced the pool file, so an fsync after a create
+        // or a chmod cost two flushes of the host's disk, though no pool byte had changed.
+        let env = MemEnv::new();
+        Store::mkfs_env(Arc::new(env.clone()), &MkfsOptions::default())?;
+        let s = Store::open_env(Arc::new(env.clone()), &opts())?;
+        let pool_syncs = |env: &MemEnv| {
+            env.log()
+                .iter()
+                .filter(|op| matches!(op, crate::io::MemOp::Sync { file } if file == POOL_FILE))
+                .count()
+        };
+        let f = s.create(InodeNo::ROOT, b"f", &regular(), Caller::ROOT)?.ino;
+        s.write(f, 0, &[1; 4096])?;
+        s.commit()?;
+        env.set_recording(true);
+        s.create(InodeNo::ROOT, b"g", &regular(), Caller::ROOT)?;
+        s.commit()?;
+        assert_eq!(pool_syncs(&env), 0, "metadata alone: no pool flush");
+        s.write(f, 0, &[2; 4096])?;
+        s.commit()?;
+        assert_eq!(
+            pool_syncs(&env),
+            1,
+            "a data write is flushed before its commit"
+        );
+        assert_eq!(s.read_to_vec(f, 0, 4096)?, vec![2; 4096]);
+        Ok(())
+    }
+
     type Hook = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
 
     /// A store directory whose pool runs a hook (once) at its next punch.

@@ -5,7 +5,7 @@ use super::api::Store;
 use super::txn::{Inner, TxnState};
 use crate::codec::{decode, encode, StateRecord};
 use crate::error::{Error, Result};
-use crate::io::{DirEnv, Env, FileIo, ScratchFile, SpaceReserve, RESERVE_FILE};
+use crate::io::{DirEnv, Env, FileIo, ScratchFile, SpaceReserve, SyncTracked, RESERVE_FILE};
 use crate::meta::{key, Delta, Engine, IntKey, RedbEngine, Snapshot, TableId};
 #[cfg(feature = "testing")]
 use crate::meta::{MemEngine, MEM_META_FILE};
@@ -214,7 +214,7 @@ impl Store {
         let sb = read_superblock(env.as_ref())?;
         let guard = env.lock()?;
         let bs = u64::from(sb.block_size);
-        let pool = env.open(POOL_FILE, false)?;
+        let pool: Arc<dyn FileIo> = Arc::new(SyncTracked::new(env.open(POOL_FILE, false)?));
         // Only a store on a real host filesystem can run out of host space.
         let reserve = match pool.host_space() {
             Ok(Some((total, _))) if !opts.read_only => {

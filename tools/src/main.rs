@@ -11,6 +11,7 @@
 mod output;
 mod bug;
 mod capabilities;
+mod dedupe;
 mod du;
 mod fsck;
 mod human;
@@ -62,6 +63,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Show total, exclusive and shared space per file and directory.
     Du(du::DuArgs),
+    /// Share the data blocks of identical content across files (like duperemove).
+    Dedupe(dedupe::Args),
 }
 
 impl Command {
@@ -76,6 +79,7 @@ impl Command {
             Command::Fsck(_) => "fsck",
             Command::Inspect(_) => "inspect",
             Command::Du(_) => "du",
+            Command::Dedupe(_) => "dedupe",
         }
     }
 }
@@ -132,5 +136,6 @@ fn run(cmd: Command) -> CmdResult {
         Command::Fsck(a) => Ok(exit(fsck::run(&a))),
         Command::Inspect(a) => Ok(exit(inspect::run(&a))),
         Command::Du(a) => Ok(exit(du::run(&a))),
+        Command::Dedupe(a) => dedupe::run(a),
     }
 }

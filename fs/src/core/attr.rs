@@ -72,6 +72,7 @@ impl Core {
                 a.flags.0.to_ne_bytes().to_vec()
             }
             FS_IOC_FSGETXATTR => fsxattr(s.getattr(ino)?.flags),
+            super::dedupe::COWFS_IOC_DEDUPE => self.dedupe_ioctl(ino, in_data, caller)?,
             _ => return Err(FsError::refused(libc::ENOTTY, "ioctl: not supported")),
         };
         out.resize(out_size as usize, 0);

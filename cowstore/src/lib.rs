@@ -25,7 +25,7 @@ pub mod testing;
 pub mod types;
 
 pub use error::{Error, Result};
-pub use file::MAX_FILE_SIZE;
+pub use file::{DedupeIndex, DedupeStats, DEDUPE_BATCH_BYTES, MAX_FILE_SIZE};
 pub use fsck::{CheckReport, Problem, ProblemKind, RepairSummary};
 pub use fsck::{ExtentInfo, Summary, Usage};
 pub use ns::acl;

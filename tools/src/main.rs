@@ -11,6 +11,7 @@
 mod output;
 mod bug;
 mod capabilities;
+mod dedupe;
 mod du;
 mod fsck;
 mod human;
@@ -65,6 +66,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Show total, exclusive and shared space per file and directory.
     Du(du::DuArgs),
+    /// Share the data blocks of identical content across files (like duperemove).
+    Dedupe(dedupe::Args),
 }
 
 impl Command {
@@ -80,6 +83,7 @@ impl Command {
             Command::Fsck(_) => "fsck",
             Command::Inspect(_) => "inspect",
             Command::Du(_) => "du",
+            Command::Dedupe(_) => "dedupe",
         }
     }
 }
@@ -137,5 +141,6 @@ fn run(cmd: Command) -> CmdResult {
         Command::Fsck(a) => Ok(exit(fsck::run(&a))),
         Command::Inspect(a) => Ok(exit(inspect::run(&a))),
         Command::Du(a) => Ok(exit(du::run(&a))),
+        Command::Dedupe(a) => dedupe::run(a),
     }
 }

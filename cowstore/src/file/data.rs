@@ -142,7 +142,7 @@ impl Ctx<'_> {
     }
 
     /// Unmap a range and drop the references it held.
-    fn unmap_and_release(
+    pub(super) fn unmap_and_release(
         &mut self,
         ino: InodeNo,
         rec: &mut InodeRecord,
@@ -159,7 +159,7 @@ impl Ctx<'_> {
 
     /// Map `[fb, fb+len)` (which must be unmapped) to pool blocks from `phys`, merging with
     /// neighbouring extents that continue physically.
-    fn map(
+    pub(super) fn map(
         &mut self,
         ino: InodeNo,
         rec: &mut InodeRecord,

@@ -907,6 +907,22 @@ impl Store {
         })
     }
 
+    /// Dedupe `ino` against the blocks `index` has seen (see [`DedupeIndex`]): its blocks are
+    /// hashed and remembered; when `replace`, blocks whose bytes equal an earlier one's (compared
+    /// under the store lock, so no write slips between comparison and remap) are remapped to
+    /// share it and their own blocks are released. `replace` needs `cred` to own the file, be
+    /// allowed to write it, or have CAP_SYS_ADMIN (FIDEDUPERANGE's rule), else `Denied`.
+    /// Nothing is committed here.
+    pub fn dedupe_file(
+        &self,
+        index: &mut crate::file::DedupeIndex,
+        ino: InodeNo,
+        replace: bool,
+        cred: &dyn Cred,
+    ) -> Result<crate::file::DedupeStats> {
+        crate::file::dedupe_file(self, index, ino, replace, cred)
+    }
+
     // ------------------------------------------------------------------ xattrs
 
     pub fn getxattr(&self, ino: InodeNo, name: &[u8]) -> Result<Vec<u8>> {

@@ -94,6 +94,7 @@ impl Core {
             }
             FS_IOC_FSGETXATTR => fsxattr(s.getattr(ino)?.flags),
             COWFS_IOC_SNAPSHOT => self.snapshot_ioctl(ino, in_data, cred)?,
+            super::dedupe::COWFS_IOC_DEDUPE => self.dedupe_ioctl(ino, in_data, cred)?,
             _ => return Err(FsError::refused(libc::ENOTTY, "ioctl: not supported")),
         };
         out.resize(out_size as usize, 0);

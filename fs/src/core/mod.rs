@@ -6,6 +6,7 @@
 
 mod attr;
 mod config;
+mod dedupe;
 mod dir;
 mod filesystem;
 mod names;

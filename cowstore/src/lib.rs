@@ -26,8 +26,8 @@ pub mod types;
 
 pub use error::{Error, Result};
 pub use file::MAX_FILE_SIZE;
+pub use fsck::{At, DuRow, ExtentInfo, InodeReport, Summary, Usage};
 pub use fsck::{CheckReport, Problem, ProblemKind, RepairSummary};
-pub use fsck::{ExtentInfo, Summary, Usage};
 pub use ns::acl;
 pub use ns::{LINK_MAX, NAME_MAX};
 pub use store::{EngineKind, MkfsOptions, OpenOptions, PinnedRead, Store, META_FILE, POOL_FILE};

@@ -67,6 +67,11 @@ pub fn report_source(store: Weak<Store>) -> impl Fn(Request, Sink<'_>) -> io::Re
         };
         match answer(&store, &req, sink) {
             Ok(()) => sink(&Line::End),
+            Err(Failure::Store(cowstore::Error::NotFound)) => sink(&Line::Error(
+                "no such file or directory in the last commit (if it is new: cowfs sync \
+                 MOUNTPOINT, then ask again)"
+                    .into(),
+            )),
             Err(Failure::Store(e)) => sink(&Line::Error(e.to_string())),
             Err(Failure::Sink(e)) => Err(e),
         }

@@ -103,8 +103,8 @@ fn du(args: &DuArgs) -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             for (p, ino) in targets {
-                let found = live_rows(&p, At::Inode(ino), args.summarize)
-                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                // The error names the path already.
+                let found = live_rows(&p, At::Inode(ino), args.summarize)?;
                 add(&p.to_string_lossy(), found);
             }
         }

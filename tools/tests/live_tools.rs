@@ -232,6 +232,11 @@ fn live_du_shows_the_last_commit_and_does_not_hold_up_a_writer() -> TestResult {
     // A file the last commit does not have yet is not found, and says so.
     let o = cowfs(&["du", path_str(&m.path("w"))])?;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("in the last commit"),
+        "{}",
+        text(&o)
+    );
     run_ok(&["sync", path_str(&m.mnt)])?;
     let after = run_ok(&["du", "--raw", "-s", path_str(&m.path("w"))])?;
     let total: u64 = after

@@ -26,8 +26,8 @@ pub mod types;
 
 pub use error::{Error, Result};
 pub use file::{DedupeIndex, DedupeStats, DEDUPE_BATCH_BYTES, MAX_FILE_SIZE};
+pub use fsck::{At, DuRow, ExtentInfo, InodeReport, Summary, Usage};
 pub use fsck::{CheckReport, Problem, ProblemKind, RepairSummary};
-pub use fsck::{ExtentInfo, Summary, Usage};
 pub use ns::acl;
 pub use ns::{SnapshotOptions, LINK_MAX, NAME_MAX, REMOVE_BATCH, SNAPSHOT_BATCH};
 pub use store::{

@@ -3,9 +3,13 @@
 //! `stat MOUNTPOINT` shows as st_dev). A request is one short line: `stats` answers one JSON
 //! line of [`Stats`] (which includes the daemon's pid, so `cowfs umount` can wait for the daemon
 //! to exit); `sync` commits the store and answers `{"ok":true}` or `{"error":"..."}` once the
-//! commit is durable or has failed. Only root and the daemon's own user may ask (SO_PEERCRED);
-//! requests and replies are read with a hard byte bound and a deadline.
+//! commit is durable or has failed. A line that is a JSON object is a report request
+//! ([`crate::live::Request`]: du, inspect, fsck of the last committed state), answered by a
+//! stream of JSON lines ([`crate::live::Line`]) that ends with an `end` or `error` line.
+//! Only root and the daemon's own user may ask (SO_PEERCRED); requests and reply lines are read
+//! with a hard byte bound, requests also with a deadline.
 
+use crate::live::{Line, ReportHandler, Request};
 use crate::stats::Stats;
 use crate::sys;
 use log::{debug, warn};
@@ -17,12 +21,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The longest request line the daemon reads (the requests are a few bytes).
-pub const MAX_REQUEST: usize = 4096;
+/// The longest request line the daemon reads (a report request may carry a path of up to
+/// PATH_MAX bytes, JSON-escaped).
+pub const MAX_REQUEST: usize = 16 << 10;
 /// The longest reply line a client reads.
 pub const MAX_REPLY: usize = 1 << 20;
 /// How long the daemon waits for a request line.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the daemon waits for a client to take a line of a report (a report holds a
+/// snapshot of the last commit until it is sent).
+const REPORT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections served at once; more are answered "busy".
 const MAX_CONNECTIONS: usize = 8;
 
@@ -159,6 +167,9 @@ pub struct Handlers {
     pub stats: Box<dyn Fn() -> Stats + Send + Sync>,
     /// `sync`: commit the store now; `Err` carries the error text for the client.
     pub sync: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    /// Report requests (du, inspect, fsck): writes the reply's lines, the last one `end` or
+    /// `error`, to the sink; `Err` only when the sink failed.
+    pub report: ReportHandler,
 }
 
 /// The daemon's end: answers requests until the process exits; the socket file is removed
@@ -306,6 +317,13 @@ fn serve_one(conn: &UnixStream, h: &Handlers) -> io::Result<()> {
     let deadline = Instant::now() + REQUEST_DEADLINE;
     let reply = match read_line_bounded(conn, MAX_REQUEST, Some(deadline))? {
         None => error_line(&format!("request longer than {MAX_REQUEST} bytes")),
+        // A report request is JSON: an object, or a bare string for those without arguments.
+        Some(line) if matches!(line.first(), Some(b'{' | b'"')) => {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => return serve_report(conn, h, req),
+                Err(e) => error_line(&format!("bad report request: {e}")),
+            }
+        }
         Some(line) => match String::from_utf8_lossy(&line).trim() {
             "stats" => {
                 let mut s = serde_json::to_string(&(h.stats)()).map_err(io::Error::other)?;
@@ -324,6 +342,26 @@ fn serve_one(conn: &UnixStream, h: &Handlers) -> io::Result<()> {
     // Whatever the peer still sends is not read: closing drops it.
     let _ = conn.shutdown(std::net::Shutdown::Both);
     Ok(())
+}
+
+/// Answer a report request, one JSON line at a time (each bounded by [`MAX_REPLY`]: a longer
+/// one is replaced by an error line, which ends the report).
+fn serve_report(conn: &UnixStream, h: &Handlers, req: Request) -> io::Result<()> {
+    conn.set_write_timeout(Some(REPORT_WRITE_TIMEOUT))?;
+    let mut out = conn;
+    let mut sink = |line: &Line| -> io::Result<()> {
+        let mut s = serde_json::to_string(line).map_err(io::Error::other)?;
+        if s.len() > MAX_REPLY {
+            let e = format!("a line of the report is longer than {MAX_REPLY} bytes");
+            out.write_all(error_line(&e).as_bytes())?;
+            return Err(io::Error::other(e));
+        }
+        s.push('\n');
+        out.write_all(s.as_bytes())
+    };
+    let r = (h.report)(req, &mut sink);
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+    r
 }
 
 /// Why the daemon of a mount could not be asked, or what it answered.
@@ -348,6 +386,87 @@ fn request(
     request: &str,
     timeout: Option<Duration>,
 ) -> Result<String, QueryError> {
+    let conn = send(mountpoint, request)?;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    read_reply(mountpoint, &conn, deadline)
+}
+
+/// One reply line of at most [`MAX_REPLY`] bytes.
+fn read_reply(
+    mountpoint: &Path,
+    conn: &UnixStream,
+    deadline: Option<Instant>,
+) -> Result<String, QueryError> {
+    let io_err = |e: io::Error| QueryError::Io(mountpoint.to_path_buf(), e);
+    let line = read_line_bounded(conn, MAX_REPLY, deadline)
+        .map_err(io_err)?
+        .ok_or_else(|| {
+            io_err(io::Error::other(format!(
+                "reply longer than {MAX_REPLY} bytes"
+            )))
+        })?;
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// Ask the daemon of the mount that `path` is in (its mountpoint, or any file or directory in
+/// it: the socket is found by the st_dev of `path`) for a report; `on_line` gets each line of
+/// the reply but the last. Ends with the daemon's `error` line as [`QueryError::Failed`].
+pub fn report(
+    path: &Path,
+    req: &Request,
+    mut on_line: impl FnMut(Line) -> Result<(), QueryError>,
+) -> Result<(), QueryError> {
+    let bad = |e: String| QueryError::Io(path.to_path_buf(), io::Error::other(e));
+    let line = serde_json::to_string(req).map_err(|e| bad(e.to_string()))?;
+    let conn = send(path, &line)?;
+    let mut lines = io::BufReader::new(&conn);
+    loop {
+        let line = read_buffered_line(&mut lines, MAX_REPLY)
+            .map_err(|e| QueryError::Io(path.to_path_buf(), e))?;
+        if let Some(e) = reply_error(&line) {
+            return Err(QueryError::Failed(path.to_path_buf(), e));
+        }
+        match serde_json::from_str::<Line>(&line) {
+            Ok(Line::End) => return Ok(()),
+            Ok(Line::Error(e)) => return Err(QueryError::Failed(path.to_path_buf(), e)),
+            Ok(l) => on_line(l)?,
+            Err(e) => return Err(bad(format!("bad reply {line:?}: {e}"))),
+        }
+    }
+}
+
+/// The next line of a stream of lines, of at most `max` bytes.
+fn read_buffered_line(r: &mut impl io::BufRead, max: usize) -> io::Result<String> {
+    let mut line = Vec::new();
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed mid-line",
+            ));
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(nl) => (nl, true),
+            None => (buf.len(), false),
+        };
+        line.extend_from_slice(&buf[..take]);
+        r.consume(take + usize::from(done));
+        if line.len() > max {
+            return Err(io::Error::other(format!("reply longer than {max} bytes")));
+        }
+        if done {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+    }
+}
+
+/// Connect to the daemon serving the mount that `mountpoint` is in and send `request`.
+fn send(mountpoint: &Path, request: &str) -> Result<UnixStream, QueryError> {
     let mp = mountpoint.to_path_buf();
     let md = std::fs::metadata(mountpoint).map_err(|e| QueryError::Stat(mp.clone(), e))?;
     let dev = md.dev();
@@ -382,15 +501,7 @@ fn request(
     (&conn)
         .write_all(format!("{request}\n").as_bytes())
         .map_err(io_err)?;
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let line = read_line_bounded(&conn, MAX_REPLY, deadline)
-        .map_err(io_err)?
-        .ok_or_else(|| {
-            io_err(io::Error::other(format!(
-                "reply longer than {MAX_REPLY} bytes"
-            )))
-        })?;
-    Ok(String::from_utf8_lossy(&line).into_owned())
+    Ok(conn)
 }
 
 /// The `error` of a reply, if it is one.

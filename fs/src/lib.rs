@@ -13,6 +13,7 @@ pub mod cred;
 pub mod error;
 pub mod fuse;
 mod handles;
+pub mod live;
 pub mod probe;
 pub mod session;
 mod splice;

@@ -133,6 +133,7 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
                     spec,
                 )),
                 sync: Box::new(sync_source(Arc::downgrade(&store))),
+                report: Box::new(crate::live::report_source(Arc::downgrade(&store))),
             };
             match ControlServer::start(devno, handlers) {
                 Ok(c) => Some(c),

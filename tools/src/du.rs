@@ -1,17 +1,31 @@
 //! `cowfs du`: per file and directory, total, exclusive and shared space, like
 //! `btrfs filesystem du`. "Set shared" of a directory counts each shared block once.
+//!
+//! Of an unmounted store it opens the store read-only; of a mounted store, or of paths inside a
+//! live mount, the mount's daemon runs the same report (`Store::du_report`) on the last
+//! committed state and streams the rows back. Either way the rows are those of the last commit
+//! and are printed by the same code here.
 
 use crate::human::bytes;
-use crate::inspect::open_read_only;
-use cowstore::{FileKind, InodeNo, Store, Usage};
-use serde::Serialize;
-use std::path::PathBuf;
+use crate::inspect::{locate, open_read_only, Located};
+use cowfs_fs::control;
+use cowfs_fs::live::{Line, Request};
+use cowstore::{At, DuRow};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "TARGET is a store directory (mounted or not; PATHS are then paths inside the \
+                  store, default /), or a file or directory inside a cowfs mount (PATHS are then \
+                  more of those). A mounted store is asked of its daemon: the numbers are those \
+                  of the last commit (run cowfs sync MOUNTPOINT first to include the latest \
+                  changes)."
+)]
 pub struct DuArgs {
-    /// The store directory.
+    /// A store directory, or a file or directory inside a cowfs mount.
+    #[arg(value_name = "TARGET")]
     pub store: PathBuf,
-    /// Paths inside the store (default: /).
+    /// Paths inside the store (default: /), or more paths inside mounts.
     pub paths: Vec<String>,
     /// Only the total of each path, not every file under it.
     #[arg(short = 's', long)]
@@ -24,15 +38,6 @@ pub struct DuArgs {
     pub json: bool,
 }
 
-#[derive(Serialize)]
-struct Row {
-    path: String,
-    total: u64,
-    exclusive: u64,
-    /// Only for directories: shared blocks counted once.
-    set_shared: Option<u64>,
-}
-
 pub fn run(args: &DuArgs) -> i32 {
     match du(args) {
         Ok(()) => 0,
@@ -43,28 +48,71 @@ pub fn run(args: &DuArgs) -> i32 {
     }
 }
 
-fn du(args: &DuArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let store = open_read_only(&args.store)?;
-    let paths = if args.paths.is_empty() {
-        vec!["/".to_string()]
-    } else {
-        args.paths.clone()
-    };
+/// Rows for `at` as asked of the daemon of the mount that `via` is in.
+pub fn live_rows(via: &Path, at: At, summarize: bool) -> Result<Vec<DuRow>, control::QueryError> {
     let mut rows = Vec::new();
-    for p in &paths {
-        let a = store
-            .resolve(p.as_bytes())
-            .map_err(|e| format!("{p}: {e}"))?;
-        walk(
-            &store,
-            a.ino,
-            a.kind,
-            p.trim_end_matches('/').to_string(),
-            args.summarize,
-            true,
-            &mut rows,
-        )?;
+    control::report(via, &Request::Du { at, summarize }, |line| {
+        if let Line::Du(r) = line {
+            rows.push(r);
+        }
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+fn du(args: &DuArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut rows = Vec::new();
+    // Each row's path is relative to where its report started: prefix the name it was asked by.
+    let mut add = |label: &str, found: Vec<DuRow>| {
+        let label = label.trim_end_matches('/');
+        rows.extend(found.into_iter().map(|mut r| {
+            r.path = format!("{label}{}", r.path);
+            r
+        }));
+    };
+    let store_paths = || {
+        if args.paths.is_empty() {
+            vec!["/".to_string()]
+        } else {
+            args.paths.clone()
+        }
+    };
+    match locate(&args.store) {
+        Located::Offline => {
+            let store = open_read_only(&args.store)?;
+            for p in store_paths() {
+                let found = store
+                    .du_report(&At::Path(p.clone()), args.summarize)
+                    .map_err(|e| format!("{p}: {e}"))?;
+                add(&p, found);
+            }
+        }
+        Located::MountedStore(mp) => {
+            for p in store_paths() {
+                let found = live_rows(&mp, At::Path(p.clone()), args.summarize)
+                    .map_err(|e| format!("{p}: {e}"))?;
+                add(&p, found);
+            }
+        }
+        Located::InMount(ino) => {
+            let mut targets = vec![(args.store.clone(), ino)];
+            for p in &args.paths {
+                match locate(Path::new(p)) {
+                    Located::InMount(ino) => targets.push((PathBuf::from(p), ino)),
+                    _ => return Err(format!("{p}: not inside a cowfs mount").into()),
+                }
+            }
+            for (p, ino) in targets {
+                // The error names the path already.
+                let found = live_rows(&p, At::Inode(ino), args.summarize)?;
+                add(&p.to_string_lossy(), found);
+            }
+        }
     }
+    print(args, rows)
+}
+
+fn print(args: &DuArgs, rows: Vec<DuRow>) -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         out!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -90,44 +138,4 @@ fn du(args: &DuArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
-}
-
-/// Rows for `ino` (and, unless summarizing, everything under it), children before parents.
-fn walk(
-    store: &Store,
-    ino: InodeNo,
-    kind: FileKind,
-    path: String,
-    summarize: bool,
-    top: bool,
-    rows: &mut Vec<Row>,
-) -> Result<Usage, cowstore::Error> {
-    if kind != FileKind::Directory {
-        let u = store.usage(&[ino])?;
-        if !summarize || top {
-            rows.push(Row {
-                path,
-                total: u.total,
-                exclusive: u.exclusive,
-                set_shared: None,
-            });
-        }
-        return Ok(u);
-    }
-    if !summarize {
-        for e in store.entries(ino) {
-            let e = e?;
-            let child = format!("{path}/{}", String::from_utf8_lossy(&e.name));
-            walk(store, e.ino, e.kind, child, false, false, rows)?;
-        }
-    }
-    let files = store.files_under(ino)?;
-    let u = store.usage(&files)?;
-    rows.push(Row {
-        path,
-        total: u.total,
-        exclusive: u.exclusive,
-        set_shared: Some(u.set_shared),
-    });
-    Ok(u)
 }

@@ -1,11 +1,16 @@
 //! `cowfs fsck`: prove a store consistent with cowstore's own check API, and repair it.
 //! Exit codes follow e2fsck: 0 clean, 1 errors corrected, 4 errors left uncorrected,
-//! 8 operational error (store in use, not a store, I/O).
+//! 8 operational error (store in use, not a store, I/O). A mounted store is checked by its
+//! daemon: the last commit, read-only, while the mount keeps serving; `--repair` and `--scrub`
+//! of a mounted store are refused (exit 8).
 
 use crate::human::Progress;
+use crate::inspect::{locate, Located};
+use cowfs_fs::control;
+use cowfs_fs::live::{Line, Request};
 use cowstore::{CheckReport, Error, OpenOptions, Problem, ProblemKind, Store};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 pub const EXIT_CLEAN: i32 = 0;
@@ -15,7 +20,7 @@ pub const EXIT_OPERATIONAL: i32 = 8;
 
 #[derive(clap::Args, Debug)]
 pub struct FsckArgs {
-    /// The store directory.
+    /// The store directory (mounted or not), or the mountpoint of a cowfs mount.
     pub store: PathBuf,
     /// Fix what is safely fixable (leaks, refcounts, link counts, orphans, lost+found, inodes
     /// rebuilt from their extents) and commit; blocks a record points at are never freed.
@@ -75,7 +80,7 @@ fn open_error(store: &std::path::Path, e: &Error) -> i32 {
                 .map(|p| format!(" by process {p}"))
                 .unwrap_or_default();
             err!(
-                "cowfs fsck: {}: store is in use{who} (mounted?); unmount it first — a check of a live store could see a commit half-way",
+                "cowfs fsck: {}: store is in use{who}, but not by a cowfs mount of this mount namespace (whose daemon would check it live); close it or run fsck where it is mounted",
                 store.display()
             );
             EXIT_OPERATIONAL
@@ -92,6 +97,75 @@ fn open_error(store: &std::path::Path, e: &Error) -> i32 {
 }
 
 fn fsck(args: &FsckArgs) -> i32 {
+    match locate(&args.store) {
+        Located::Offline => fsck_offline(args),
+        Located::MountedStore(mp) => fsck_live(args, &mp),
+        Located::InMount(_) => fsck_live(args, &args.store),
+    }
+}
+
+/// A mounted store: its daemon checks the last commit read-only (the same `Store::check`), while
+/// the mount keeps serving. Repair needs the store to itself.
+fn fsck_live(args: &FsckArgs, via: &std::path::Path) -> i32 {
+    let refuse = |what: &str| {
+        err!(
+            "cowfs fsck: {}: {what} of a mounted store is not possible; unmount it first (without it, the last commit is checked read-only while mounted)",
+            args.store.display()
+        );
+        EXIT_OPERATIONAL
+    };
+    if args.repair {
+        return refuse("--repair");
+    }
+    if args.scrub {
+        return refuse("--scrub");
+    }
+    let mut report = CheckReport::default();
+    let mut paths = HashMap::new();
+    let asked = control::report(via, &Request::Check, |line| {
+        match line {
+            Line::Checked {
+                generation,
+                inodes,
+                directories,
+                extents,
+            } => {
+                report.generation = generation;
+                report.inodes = inodes;
+                report.directories = directories;
+                report.extents = extents;
+            }
+            Line::Problem(p) => report.problems.push(p),
+            Line::Path(ino, path) => {
+                paths.insert(ino, path);
+            }
+            _ => {}
+        }
+        Ok(())
+    });
+    if let Err(e) = asked {
+        err!("cowfs fsck: {}: {e}", args.store.display());
+        return EXIT_OPERATIONAL;
+    }
+    let problems = report.problems.clone();
+    let code = if problems.is_empty() {
+        EXIT_CLEAN
+    } else {
+        EXIT_UNCORRECTED
+    };
+    finish(
+        args,
+        &report,
+        &problems,
+        &paths,
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        code,
+    )
+}
+
+fn fsck_offline(args: &FsckArgs) -> i32 {
     let opts = OpenOptions {
         read_only: !args.repair,
         commit_interval: None,
@@ -151,7 +225,23 @@ fn fsck(args: &FsckArgs) -> i32 {
         err!("cowfs fsck: closing the store: {e}");
         return EXIT_OPERATIONAL;
     }
+    finish(
+        args, &report, &problems, &paths, repaired, unfixable, after, code,
+    )
+}
 
+/// Print the outcome (text or JSON) the same way for a live and an offline check; the exit code.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    args: &FsckArgs,
+    report: &CheckReport,
+    problems: &[Problem],
+    paths: &HashMap<u64, String>,
+    repaired: Vec<String>,
+    unfixable: Vec<String>,
+    after: Vec<Problem>,
+    code: i32,
+) -> i32 {
     if args.json {
         let doc = FsckJson {
             store: args.store.display().to_string(),
@@ -160,10 +250,10 @@ fn fsck(args: &FsckArgs) -> i32 {
             inodes: report.inodes,
             directories: report.directories,
             extents: report.extents,
-            problems: json_problems(&problems, &paths),
+            problems: json_problems(problems, paths),
             repaired,
             unfixable,
-            problems_after_repair: json_problems(&after, &paths),
+            problems_after_repair: json_problems(&after, paths),
             exit_code: code,
         };
         match serde_json::to_string_pretty(&doc) {
@@ -176,7 +266,7 @@ fn fsck(args: &FsckArgs) -> i32 {
         return code;
     }
     print_text(
-        args, &report, &problems, &paths, &repaired, &unfixable, &after, code,
+        args, report, problems, paths, &repaired, &unfixable, &after, code,
     );
     code
 }
@@ -248,7 +338,7 @@ fn paths_for(store: &Store, problems: &[Problem]) -> std::collections::HashMap<u
     if wanted.is_empty() {
         return Default::default();
     }
-    store.paths_of(&wanted).unwrap_or_default()
+    store.committed_paths_of(&wanted).unwrap_or_default()
 }
 
 /// Read every block referenced by a reachable file.

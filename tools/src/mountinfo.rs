@@ -9,6 +9,8 @@ pub struct CowfsMount {
     pub mountpoint: PathBuf,
     /// The mount's source: the store directory.
     pub store: PathBuf,
+    /// The mount's device (`major:minor`), what `stat` shows as st_dev of every file in it.
+    pub dev: Option<(u32, u32)>,
 }
 
 /// Every cowfs mount, in mount order (a later one may be on top of an earlier one).
@@ -25,9 +27,14 @@ fn parse(info: &str) -> Vec<CowfsMount> {
             let sep = fields.iter().position(|f| *f == "-")?;
             let (mountpoint, fstype, source) =
                 (fields.get(4)?, fields.get(sep + 1)?, fields.get(sep + 2)?);
+            let dev = fields.get(2).and_then(|d| {
+                let (a, b) = d.split_once(':')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            });
             (*fstype == "fuse.cowfs").then(|| CowfsMount {
                 mountpoint: PathBuf::from(unescape(mountpoint)),
                 store: PathBuf::from(unescape(source)),
+                dev,
             })
         })
         .collect()
@@ -41,6 +48,15 @@ pub fn mount_of_store(store: &Path) -> Option<PathBuf> {
         .rev()
         .find(|m| m.store == store)
         .map(|m| m.mountpoint)
+}
+
+/// The cowfs mount (on top) whose device is `dev` (a st_dev), if there is one.
+pub fn mount_of_dev(dev: u64) -> Option<CowfsMount> {
+    let want = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    cowfs_mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.dev == Some(want))
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.
@@ -79,5 +95,6 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].mountpoint.to_str(), Some("/tmp/a b/mnt"));
         assert_eq!(m[0].store.to_str(), Some("/tmp/a b/store"));
+        assert_eq!(m[0].dev, Some((0, 40)));
     }
 }

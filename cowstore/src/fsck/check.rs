@@ -13,11 +13,11 @@ use crate::error::{Error, Result};
 use crate::store::ctx::Ctx;
 use crate::store::Store;
 use crate::types::{BlockNo, BlockRun, FileKind, InodeNo, SpaceStats};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 
 /// What kind of inconsistency a [`Problem`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ProblemKind {
     /// A value or record that does not decode (checksum, version, layout).
     Corrupt,
@@ -50,7 +50,7 @@ pub enum ProblemKind {
 }
 
 /// One inconsistency, precise enough to act on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     pub kind: ProblemKind,
     /// The inode concerned, if any.
@@ -146,35 +146,7 @@ impl Store {
 
     /// Space accounting of the current (including uncommitted) state.
     pub fn stats(&self) -> Result<SpaceStats> {
-        let bs = u64::from(self.block_size());
-        self.inner().read(|cx| {
-            let mut free = 0u64;
-            for item in cx.free.iter()? {
-                let (k, v) = item?;
-                free += decode::<FreeRecord>(&v, &k)?.len;
-            }
-            free += cx.mem.pending_free().total();
-            let (mut shared, mut extra_refs) = (0u64, 0u64);
-            for item in cx.refcounts.iter()? {
-                let (k, v) = item?;
-                let r = decode::<RefcountRecord>(&v, &k)?;
-                shared += r.len;
-                extra_refs += r.len * (r.count.saturating_sub(1));
-            }
-            let st = cx.mem.state;
-            let referenced = st.pool_blocks.saturating_sub(free);
-            Ok(SpaceStats {
-                block_size: bs,
-                referenced_bytes: referenced * bs,
-                exclusive_bytes: referenced.saturating_sub(shared) * bs,
-                shared_bytes: shared * bs,
-                logical_bytes: (referenced + extra_refs) * bs,
-                free_bytes: free * bs,
-                pool_bytes: st.pool_blocks * bs,
-                inodes: st.inodes,
-                generation: st.generation,
-            })
-        })
+        self.inner().read(|cx| cx.space_stats())
     }
 }
 

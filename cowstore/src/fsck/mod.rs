@@ -8,4 +8,4 @@ mod usage;
 
 pub use check::{CheckReport, Problem, ProblemKind, Progress};
 pub use repair::{RepairSummary, LOST_FOUND};
-pub use usage::{ExtentInfo, Summary, Usage};
+pub use usage::{At, DuRow, ExtentInfo, InodeReport, Summary, Usage};

@@ -1,15 +1,19 @@
 //! Where space goes: per-file extent maps with their refcounts, and per-file/per-tree usage split
-//! into exclusive and shared bytes (what `cowfs inspect` and `cowfs du` show).
+//! into exclusive and shared bytes (what `cowfs inspect` and `cowfs du` show). The reports of
+//! the tools (`Store::du_report`, `Store::inode_report`, `Store::committed_summary`,
+//! `Store::committed_paths_of`) read the last committed state through one snapshot, without the
+//! store's state lock: the same functions answer for an unmounted store and, through a mount's
+//! daemon, for a live one.
 
-use crate::codec::{decode, FreeRecord, RefcountRecord};
+use crate::codec::{decode, FreeRecord, InodeRecord, RefcountRecord};
 use crate::error::{Error, Result};
 use crate::store::ctx::Ctx;
 use crate::store::Store;
-use crate::types::{BlockRun, FileKind, InodeAttr, InodeNo};
-use serde::Serialize;
+use crate::types::{BlockRun, DirEntry, FileKind, InodeAttr, InodeNo, SpaceStats};
+use serde::{Deserialize, Serialize};
 
 /// One piece of a file's extent map with a single refcount.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtentInfo {
     pub file_offset: u64,
     pub pool_offset: u64,
@@ -35,7 +39,7 @@ pub struct Usage {
 }
 
 /// A whole-store summary (`cowfs inspect` without a path).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
     pub format_version: u32,
     pub block_size: u32,
@@ -55,6 +59,42 @@ pub struct Summary {
     pub avg_extents_per_file: f64,
     /// Bytes the pool file takes on the host (sparse: freed blocks are punched out).
     pub pool_host_bytes: Option<u64>,
+}
+
+/// Where a report starts: a path from the store's root ("/" or "" is the root; no symlinks are
+/// followed), or an inode number (what `stat` shows as st_ino inside a mount).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum At {
+    Path(String),
+    Inode(u64),
+}
+
+/// One line of `cowfs du`: a file or directory and the space it uses. `path` is relative to
+/// where the report started ("" for that place itself, "/name/..." below it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DuRow {
+    pub path: String,
+    pub total: u64,
+    pub exclusive: u64,
+    /// Only for directories: shared blocks counted once.
+    pub set_shared: Option<u64>,
+}
+
+/// One inode and its extent map (`cowfs inspect PATH`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InodeReport {
+    pub ino: u64,
+    pub kind: String,
+    /// Octal, file type bits included.
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub allocated: u64,
+    /// Regular files only (empty for others).
+    pub extents: Vec<ExtentInfo>,
 }
 
 /// Iterator over a directory's entries (see [`Store::entries`]).
@@ -94,6 +134,146 @@ impl Iterator for Entries<'_> {
 }
 
 impl Ctx<'_> {
+    /// The inode a report starts at.
+    fn report_start(&self, at: &At) -> Result<(InodeNo, InodeRecord)> {
+        let mut ino = InodeNo::ROOT;
+        match at {
+            At::Inode(n) => ino = InodeNo(*n),
+            At::Path(p) => {
+                for comp in p.as_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+                    ino = self.lookup(ino, comp)?;
+                }
+            }
+        }
+        Ok((ino, self.get_inode(ino)?))
+    }
+
+    /// The entries of a directory other than "." and "..".
+    fn entries_of(&self, dir: InodeNo) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        let mut cookie = 0;
+        loop {
+            let batch = self.readdir(dir, cookie, u64::MAX, 1024)?;
+            let Some(last) = batch.last() else {
+                return Ok(out);
+            };
+            cookie = last.cookie;
+            out.extend(
+                batch
+                    .into_iter()
+                    .filter(|e| e.name != b"." && e.name != b".."),
+            );
+        }
+    }
+
+    /// Every regular file under `dir` (recursively).
+    fn files_below(&self, dir: InodeNo) -> Result<Vec<InodeNo>> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for e in self.entries_of(d)? {
+                match e.kind {
+                    FileKind::Directory => stack.push(e.ino),
+                    FileKind::Regular => out.push(e.ino),
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rows for `ino` (and, unless summarizing, everything under it), children before parents.
+    fn du_walk(
+        &self,
+        ino: InodeNo,
+        kind: FileKind,
+        path: String,
+        summarize: bool,
+        top: bool,
+        rows: &mut Vec<DuRow>,
+    ) -> Result<()> {
+        if kind != FileKind::Directory {
+            let u = usage_of(&[ino], |i| self.extent_infos(i))?;
+            if !summarize || top {
+                rows.push(DuRow {
+                    path,
+                    total: u.total,
+                    exclusive: u.exclusive,
+                    set_shared: None,
+                });
+            }
+            return Ok(());
+        }
+        if !summarize {
+            for e in self.entries_of(ino)? {
+                let child = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+                self.du_walk(e.ino, e.kind, child, false, false, rows)?;
+            }
+        }
+        let files = self.files_below(ino)?;
+        let u = usage_of(&files, |i| self.extent_infos(i))?;
+        rows.push(DuRow {
+            path,
+            total: u.total,
+            exclusive: u.exclusive,
+            set_shared: Some(u.set_shared),
+        });
+        Ok(())
+    }
+
+    /// Space accounting of the state this context reads.
+    pub(crate) fn space_stats(&self) -> Result<SpaceStats> {
+        let bs = self.bs;
+        let mut free = 0u64;
+        for item in self.free.iter()? {
+            let (k, v) = item?;
+            free += decode::<FreeRecord>(&v, &k)?.len;
+        }
+        free += self.mem.pending_free().total();
+        let (mut shared, mut extra_refs) = (0u64, 0u64);
+        for item in self.refcounts.iter()? {
+            let (k, v) = item?;
+            let r = decode::<RefcountRecord>(&v, &k)?;
+            shared += r.len;
+            extra_refs += r.len * (r.count.saturating_sub(1));
+        }
+        let st = self.mem.state;
+        let referenced = st.pool_blocks.saturating_sub(free);
+        Ok(SpaceStats {
+            block_size: bs,
+            referenced_bytes: referenced * bs,
+            exclusive_bytes: referenced.saturating_sub(shared) * bs,
+            shared_bytes: shared * bs,
+            logical_bytes: (referenced + extra_refs) * bs,
+            free_bytes: free * bs,
+            pool_bytes: st.pool_blocks * bs,
+            inodes: st.inodes,
+            generation: st.generation,
+        })
+    }
+
+    /// Number of extents, of free runs, and of files with data.
+    fn table_counts(&self) -> Result<(u64, u64, u64)> {
+        let extents = self.extents.len()?;
+        let mut free_runs = 0u64;
+        for item in self.free.iter()? {
+            let (k, v) = item?;
+            decode::<FreeRecord>(&v, &k)?;
+            free_runs += 1;
+        }
+        let mut files = 0u64;
+        let mut last = None;
+        for item in self.extents.iter()? {
+            let (k, _) = item?;
+            let ino = k.0;
+            if last != Some(ino) {
+                files += 1;
+                last = Some(ino);
+            }
+        }
+        Ok((extents, free_runs, files))
+    }
+
     /// Refcount runs overlapping `run`, clipped, with implied count 1 filled in.
     fn refcount_pieces(&self, run: BlockRun) -> Result<Vec<(BlockRun, u64)>> {
         let (start, end) = (run.start, run.end());
@@ -178,34 +358,7 @@ impl Store {
     /// Usage of a set of inodes (a file, or every file under a directory). Hard-linked files
     /// are counted once.
     pub fn usage(&self, inos: &[InodeNo]) -> Result<Usage> {
-        let mut seen = std::collections::HashSet::new();
-        let mut shared_ranges = Vec::new();
-        let mut u = Usage::default();
-        for &ino in inos {
-            if !seen.insert(ino) {
-                continue;
-            }
-            // Lower data takes no space in the store.
-            for e in self.extents(ino)?.into_iter().filter(|e| e.lower_file == 0) {
-                u.total += e.len;
-                if e.refcount > 1 {
-                    u.shared += e.len;
-                    shared_ranges.push((e.pool_offset, e.len));
-                } else {
-                    u.exclusive += e.len;
-                }
-            }
-        }
-        shared_ranges.sort_unstable();
-        let mut end = 0u64;
-        for (s, l) in shared_ranges {
-            let a = s.max(end);
-            if s + l > a {
-                u.set_shared += s + l - a;
-            }
-            end = end.max(s + l);
-        }
-        Ok(u)
+        usage_of(inos, |ino| self.extents(ino))
     }
 
     /// The entries of a directory other than "." and "..", fetched in batches.
@@ -266,30 +419,28 @@ impl Store {
         Ok(found)
     }
 
-    /// A summary of the whole store.
+    /// A summary of the whole store (its current state, uncommitted changes included).
     pub fn summary(&self) -> Result<Summary> {
-        let st = self.stats()?;
+        let (st, counts) = self
+            .inner()
+            .read(|cx| Ok((cx.space_stats()?, cx.table_counts()?)))?;
+        Ok(self.summary_from(st, counts))
+    }
+
+    /// [`Store::summary`] of the last committed state.
+    pub fn committed_summary(&self) -> Result<Summary> {
+        let (st, counts) = self
+            .inner()
+            .read_committed(|cx| Ok((cx.space_stats()?, cx.table_counts()?)))?;
+        Ok(self.summary_from(st, counts))
+    }
+
+    fn summary_from(
+        &self,
+        st: SpaceStats,
+        (extents, free_runs, files_with_data): (u64, u64, u64),
+    ) -> Summary {
         let sb = self.superblock().clone();
-        let (extents, free_runs, files_with_data) = self.inner().read(|cx| {
-            let extents = cx.extents.len()?;
-            let mut free_runs = 0u64;
-            for item in cx.free.iter()? {
-                let (k, v) = item?;
-                decode::<FreeRecord>(&v, &k)?;
-                free_runs += 1;
-            }
-            let mut files = 0u64;
-            let mut last = None;
-            for item in cx.extents.iter()? {
-                let (k, _) = item?;
-                let ino = k.0;
-                if last != Some(ino) {
-                    files += 1;
-                    last = Some(ino);
-                }
-            }
-            Ok((extents, free_runs, files))
-        })?;
         let pool_host_bytes = self.pool().raw_fd().and_then(|fd| {
             std::fs::metadata(format!("/proc/self/fd/{fd}"))
                 .ok()
@@ -298,7 +449,7 @@ impl Store {
                     m.blocks() * 512
                 })
         });
-        Ok(Summary {
+        Summary {
             format_version: sb.version as u32,
             block_size: sb.block_size,
             store_id: sb.id_hex(),
@@ -318,6 +469,106 @@ impl Store {
                 0.0
             },
             pool_host_bytes,
+        }
+    }
+
+    /// `cowfs du` of the last committed state: rows for `at` (with paths relative to it) and,
+    /// unless `summarize`, for everything under it, children before parents.
+    pub fn du_report(&self, at: &At, summarize: bool) -> Result<Vec<DuRow>> {
+        self.inner().read_committed(|cx| {
+            let (ino, rec) = cx.report_start(at)?;
+            let mut rows = Vec::new();
+            cx.du_walk(ino, rec.kind, String::new(), summarize, true, &mut rows)?;
+            Ok(rows)
         })
     }
+
+    /// `cowfs inspect PATH` of the last committed state: the inode at `at` and its extent map.
+    pub fn inode_report(&self, at: &At) -> Result<InodeReport> {
+        let bs = self.inner().bs;
+        self.inner().read_committed(|cx| {
+            let (ino, rec) = cx.report_start(at)?;
+            let extents = if rec.kind == FileKind::Regular {
+                cx.extent_infos(ino)?
+            } else {
+                Vec::new()
+            };
+            Ok(InodeReport {
+                ino: ino.0,
+                kind: format!("{:?}", rec.kind),
+                mode: format!("{:o}", rec.kind.mode_bits() | u32::from(rec.perm)),
+                uid: rec.uid,
+                gid: rec.gid,
+                nlink: rec.nlink,
+                size: rec.size,
+                allocated: rec.blocks * bs,
+                extents,
+            })
+        })
+    }
+
+    /// [`Store::paths_of`] in the last committed state (what fsck checked).
+    pub fn committed_paths_of(
+        &self,
+        wanted: &std::collections::HashSet<u64>,
+    ) -> Result<std::collections::HashMap<u64, String>> {
+        self.inner().read_committed(|cx| {
+            let mut found = std::collections::HashMap::new();
+            if wanted.contains(&InodeNo::ROOT.0) {
+                found.insert(InodeNo::ROOT.0, "/".to_string());
+            }
+            let mut stack = vec![(InodeNo::ROOT, String::new())];
+            let mut visited = std::collections::HashSet::new();
+            while let Some((d, path)) = stack.pop() {
+                if found.len() == wanted.len() || !visited.insert(d) {
+                    continue;
+                }
+                for e in cx.entries_of(d)? {
+                    let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+                    if wanted.contains(&e.ino.0) {
+                        found.entry(e.ino.0).or_insert_with(|| p.clone());
+                    }
+                    if e.kind == FileKind::Directory {
+                        stack.push((e.ino, p));
+                    }
+                }
+            }
+            Ok(found)
+        })
+    }
+}
+
+/// Usage of a set of inodes whose extent maps `extents` gives; hard links counted once.
+fn usage_of(
+    inos: &[InodeNo],
+    mut extents: impl FnMut(InodeNo) -> Result<Vec<ExtentInfo>>,
+) -> Result<Usage> {
+    let mut seen = std::collections::HashSet::new();
+    let mut shared_ranges = Vec::new();
+    let mut u = Usage::default();
+    for &ino in inos {
+        if !seen.insert(ino) {
+            continue;
+        }
+        // Lower data takes no space in the store.
+        for e in extents(ino)?.into_iter().filter(|e| e.lower_file == 0) {
+            u.total += e.len;
+            if e.refcount > 1 {
+                u.shared += e.len;
+                shared_ranges.push((e.pool_offset, e.len));
+            } else {
+                u.exclusive += e.len;
+            }
+        }
+    }
+    shared_ranges.sort_unstable();
+    let mut end = 0u64;
+    for (s, l) in shared_ranges {
+        let a = s.max(end);
+        if s + l > a {
+            u.set_shared += s + l - a;
+        }
+        end = end.max(s + l);
+    }
+    Ok(u)
 }

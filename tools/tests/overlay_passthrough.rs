@@ -19,8 +19,11 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const SIZE: usize = 8 << 20;
 
-/// The lower files compared before and after: content hash, size, mtime, ctime.
-fn lower_state(lower: &Path) -> Result<BTreeMap<PathBuf, (u64, u64, i64, i64)>, std::io::Error> {
+/// Content hash, size, mtime and ctime (ns) of a lower file.
+type FileState = (u64, u64, i64, i64);
+
+/// The lower files compared before and after.
+fn lower_state(lower: &Path) -> Result<BTreeMap<PathBuf, FileState>, std::io::Error> {
     let mut out = BTreeMap::new();
     for e in fs::read_dir(lower)? {
         let p = e?.path();

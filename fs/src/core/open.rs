@@ -242,8 +242,8 @@ impl IoModes {
     }
 
     /// Try to open `ino` read-only in passthrough as handle `fh`; `None` if it does not qualify
-    /// now (another open exists, the file was changed, registration failed): the caller opens
-    /// it the ordinary way.
+    /// now (another open exists, the file was written, its lower file changed under the store,
+    /// registration failed): the caller opens it the ordinary way.
     fn open_passthrough(
         &self,
         ino: InodeNo,
@@ -280,8 +280,11 @@ impl IoModes {
                 return Ok(None);
             }
             Err(err) => {
+                // A lower file changed under the store (EIO, logged by the store): opened the
+                // ordinary way, its reads fail as they would without passthrough.
+                debug!("no passthrough for inode {}: {err}", ino.0);
                 t.tidy(ino);
-                return Err(err);
+                return Ok(None);
             }
         };
         let backing = match e.backing.clone().filter(|_| e.passthrough > 0) {

@@ -4,16 +4,17 @@
 //! request means and every decision about it live in `crate::core`; here are only the
 //! conversions between fuser's types and the core's.
 
-use crate::core::{Core, DirSink, Kernel, Opened, ReadReply, WriteKind, XattrReply};
+use crate::core::{Backing, Core, DirSink, Kernel, Opened, ReadReply, WriteKind, XattrReply};
 use crate::cred::RequestCred;
 use crate::error::FsError;
 use crate::stats::{CounterSnapshot, Counters};
 use cowstore::{Caller, DirEntry, FileKind, InodeAttr, InodeNo, SetAttr, Store, TimeSet, Timespec};
 use fuser::{
-    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use log::{debug, info};
 use parking_lot::Mutex;
@@ -32,6 +33,8 @@ pub struct KernelInfo {
     pub protocol: (u32, u32),
     pub max_write: u32,
     pub capabilities: u64,
+    /// FUSE_PASSTHROUGH asked for and offered (with a stack depth the kernel takes).
+    pub passthrough: bool,
 }
 
 /// State shared between the mounted filesystem and the daemon around it (control socket,
@@ -200,6 +203,9 @@ fn wanted_capabilities(cfg: &FsConfig) -> InitFlags {
         | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
     if cfg.writeback_cache {
         want |= InitFlags::FUSE_WRITEBACK_CACHE;
+    } else if cfg.passthrough {
+        // The kernel turns passthrough off when the writeback cache is on.
+        want |= InitFlags::FUSE_PASSTHROUGH;
     }
     want
 }
@@ -221,21 +227,28 @@ fn negotiate(config: &mut KernelConfig, cfg: &FsConfig, want_write: u32) -> Kern
             info!("kernel does not offer {missing:?}");
         }
     }
+    // Backing files (lower files) may sit on any filesystem that is not itself stacked; and the
+    // mount stays stackable once (e.g. under overlayfs).
+    let passthrough = wanted_capabilities(cfg).contains(InitFlags::FUSE_PASSTHROUGH)
+        && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+        && config.set_max_stack_depth(1).is_ok();
     let (abi, caps) = (config.kernel_abi(), config.capabilities());
     info!(
         "FUSE protocol {}.{}, max_write {max_write}, copy_mode {}, writeback_cache {}, \
-         posix_acl {}, handle_killpriv_v2 {}",
+         posix_acl {}, handle_killpriv_v2 {}, passthrough {}",
         abi.0,
         abi.1,
         cfg.copy_mode.name(),
         cfg.writeback_cache && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE),
         caps.contains(InitFlags::FUSE_POSIX_ACL),
         caps.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2),
+        passthrough,
     );
     KernelInfo {
         protocol: (abi.0, abi.1),
         max_write,
         capabilities: caps.bits(),
+        passthrough,
     }
 }
 
@@ -319,7 +332,10 @@ impl CowFs {
 
     fn opened(reply: ReplyOpen, r: Result<Opened, Errno>) {
         match r {
-            Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
+            Ok(o) => match o.passthrough.as_ref().and_then(Backing::get::<BackingId>) {
+                Some(id) => reply.opened_passthrough(FileHandle(o.fh), fopen_flags(&o), id),
+                None => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
+            },
             Err(e) => reply.error(e),
         }
     }
@@ -346,8 +362,11 @@ impl Filesystem for CowFs {
         let caps = InitFlags::from_bits_retain(agreed.capabilities);
         let writeback =
             self.core.config().writeback_cache && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE);
-        self.core
-            .negotiated(caps.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2), writeback);
+        self.core.negotiated(
+            caps.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2),
+            writeback,
+            agreed.passthrough,
+        );
         *self.shared.kernel.lock() = agreed;
         Ok(())
     }
@@ -499,7 +518,9 @@ impl Filesystem for CowFs {
     }
 
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        Self::opened(reply, self.run("open", |c| c.open(ino(i), flags.0)));
+        let mut register = |fd: BorrowedFd<'_>| reply.open_backing(fd).map(Backing::new);
+        let r = self.run("open", |c| c.open(ino(i), flags.0, &mut register));
+        Self::opened(reply, r);
     }
 
     fn read(

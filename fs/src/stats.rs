@@ -31,8 +31,9 @@ macro_rules! counters {
 counters!(
     /// Read bytes moved from the pool to /dev/fuse with splice (no userspace copy).
     read_bytes_spliced,
-    /// Read bytes the kernel served from a backing file (FUSE passthrough); not used yet.
-    read_bytes_passthrough,
+    /// Opens served by FUSE passthrough: the kernel reads (and maps) such a file straight from
+    /// its lower file, so those bytes never reach the daemon and are not counted here.
+    passthrough_opens,
     /// Read bytes copied through a userspace buffer.
     read_bytes_buffered,
     /// Read requests that wanted splice but took the buffered path (reply too fragmented for

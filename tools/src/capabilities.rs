@@ -70,7 +70,7 @@ pub fn run(a: Args) -> CmdResult {
         read("/proc/sys/fs/pipe-max-size").unwrap_or_else(|| "unknown".into())
     );
     out!(
-        "passthrough             {}: cowfs does not use it yet (a file's extents do not map onto one backing file)",
+        "passthrough             {}: cowfs serves read-only opens of unmodified lower files by it (-o passthrough=off to stop)",
         show(offers("FUSE_PASSTHROUGH"))
     );
     let cfr64 = offer.as_ref().map(|o| o.protocol >= (7, 45));

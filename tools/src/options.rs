@@ -25,6 +25,8 @@ pub struct MountOpts {
     pub ttl_secs: u64,
     pub readahead_kb: Option<u32>,
     pub writeback_cache: bool,
+    /// FUSE passthrough for read-only opens of unmodified lower files (when the kernel has it).
+    pub passthrough: bool,
     pub log: Option<PathBuf>,
     pub debug: bool,
     /// `remount`: change the flags of the live mount instead of mounting (see `mount::remount`).
@@ -52,6 +54,7 @@ impl Default for MountOpts {
             ttl_secs: 10,
             readahead_kb: None,
             writeback_cache: false,
+            passthrough: true,
             log: None,
             debug: false,
             remount: false,
@@ -102,6 +105,10 @@ Mount options (-o OPT[,OPT...]):
   readahead_kb=N         kernel readahead for the mount (default 8192: several ~1 MiB read
                          requests in flight; 0 keeps the kernel's 128)
   writeback_cache        let the kernel batch writes in its page cache
+  passthrough=on|off     the kernel reads unmodified lower files opened read-only straight
+                         from the lower file (FUSE passthrough; default on where the kernel
+                         offers it, off with writeback_cache). While such an open exists, a
+                         writer of that file waits up to 0.5 s for it to close, then gets ETXTBSY
   log=FILE               daemon log file (default STORE/cowfs.log; -f logs to stderr)
   debug                  log every request (very verbose)
   remount                change the live mount: ro/rw, suid, dev, exec, sync, dirsync (the
@@ -174,6 +181,11 @@ pub fn parse_with(args: &[String], sloppy: bool) -> Result<(MountOpts, Vec<Strin
             }
             ("writeback_cache", None) => o.writeback_cache = true,
             ("no_writeback_cache", None) => o.writeback_cache = false,
+            ("passthrough", Some("on")) => o.passthrough = true,
+            ("passthrough", Some("off")) => o.passthrough = false,
+            ("passthrough", Some(v)) => {
+                return Err(format!("mount option passthrough={v}: use on or off"))
+            }
             ("log", Some(v)) => o.log = Some(PathBuf::from(v)),
             ("debug", None) => o.debug = true,
             ("remount", None) => o.remount = true,
@@ -234,6 +246,7 @@ impl MountOpts {
             ttl: Duration::from_secs(self.ttl_secs),
             writeback_cache: self.writeback_cache,
             atime: self.atime,
+            passthrough: self.passthrough,
             ..FsConfig::default()
         }
     }
@@ -299,6 +312,15 @@ mod tests {
         assert!(!p("relatime")?
             .kernel_options()
             .contains(&MountOption::NoAtime));
+        Ok(())
+    }
+
+    #[test]
+    fn passthrough_is_on_unless_turned_off() -> Result<(), String> {
+        assert!(p("rw")?.fs_config().passthrough);
+        assert!(!p("passthrough=off")?.fs_config().passthrough);
+        assert!(p("passthrough=off,passthrough=on")?.fs_config().passthrough);
+        assert!(p("passthrough=maybe").is_err());
         Ok(())
     }
 

@@ -5,7 +5,8 @@ use cowfs_fs::control;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Show a mount's counters: bytes read by splice / passthrough / buffer, reflinked, written.
+/// Show a mount's counters: bytes read by splice / buffer, opens served by passthrough,
+/// reflinked and written bytes.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     pub mountpoint: PathBuf,
@@ -30,7 +31,7 @@ pub fn run(a: Args) -> CmdResult {
     out!("commits                 {}", s.commits);
     for (name, v) in [
         ("read bytes spliced", c.read_bytes_spliced),
-        ("read bytes passthrough", c.read_bytes_passthrough),
+        ("passthrough opens", c.passthrough_opens),
         ("read bytes buffered", c.read_bytes_buffered),
         ("splice fallbacks", c.splice_fallbacks),
         ("reflink bytes", c.reflink_bytes),

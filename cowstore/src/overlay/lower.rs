@@ -505,7 +505,7 @@ impl std::error::Error for LowerIoError {
 mod tests {
     use super::*;
     use crate::store::{MkfsOptions, OpenOptions, Store};
-    use crate::types::InodeNo;
+    use crate::types::{InodeNo, SetAttr};
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -752,6 +752,57 @@ mod tests {
         assert_eq!(s.getattr(big)?.nlink, 2);
         s.commit()?;
         assert!(s.check()?.is_clean(), "{:#?}", s.check()?.problems);
+        Ok(())
+    }
+
+    #[test]
+    fn only_an_unmodified_lower_file_maps_whole_onto_its_lower_file() -> Result<()> {
+        use std::io::Read;
+        let (_t, lower, store) = setup(0)?;
+        std::fs::write(lower.join("blocks"), vec![3u8; 3 * 4096 + 100])?;
+        std::fs::write(lower.join("grown"), vec![4u8; 4096])?;
+        let s = Store::open(&store, &opts(Some(&lower)))?;
+        let whole = |name: &[u8]| -> Result<Option<File>> {
+            s.whole_lower_file(s.lookup(InodeNo::ROOT, name)?.ino)
+        };
+        let mut f = whole(b"other")?.ok_or(Error::Invalid("other is not whole"))?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes)?;
+        assert_eq!(
+            bytes,
+            vec![7u8; 10_000],
+            "the descriptor reads the lower bytes"
+        );
+        assert!(whole(b"blocks")?.is_some());
+        assert!(whole(b"big")?.is_none(), "a directory");
+        // One block written: that block now lives in the pool.
+        let blocks = s.lookup(InodeNo::ROOT, b"blocks")?.ino;
+        s.write(blocks, 4096, b"x")?;
+        assert!(s.whole_lower_file(blocks)?.is_none());
+        // Grown past the lower file: the extents still match, the size does not.
+        let grown = s.lookup(InodeNo::ROOT, b"grown")?.ino;
+        s.setattr(
+            grown,
+            &SetAttr {
+                size: Some(8192),
+                ..Default::default()
+            },
+        )?;
+        assert!(s.whole_lower_file(grown)?.is_none());
+        // Shrunk: the size differs from the lower file's.
+        let small = s.lookup(InodeNo::ROOT, b"small")?.ino;
+        s.setattr(
+            small,
+            &SetAttr {
+                size: Some(5),
+                ..Default::default()
+            },
+        )?;
+        assert!(s.whole_lower_file(small)?.is_none());
+        // A store without a lower directory has none.
+        let (_t2, _lower2, store2) = setup(0)?;
+        let plain = Store::open(&store2, &opts(None))?;
+        assert!(plain.whole_lower_file(InodeNo::ROOT)?.is_none());
         Ok(())
     }
 

@@ -698,6 +698,45 @@ impl Store {
         })
     }
 
+    /// The lower file that backs all of regular file `ino` at identical offsets, if one does:
+    /// every block `n` of the file maps block `n` of one lower file, no block is a hole, and the
+    /// file's size is the lower file's. Such a file's bytes are exactly that lower file's, so
+    /// the kernel may read them from it directly (FUSE passthrough). The answer is a duplicate
+    /// of the store's own open descriptor, verified against the import record (EIO if the lower
+    /// file changed under the store); never a new open by path. `None` for anything else: a
+    /// store without a lower directory, another kind of inode, an empty file, a file written to.
+    pub fn whole_lower_file(&self, ino: InodeNo) -> Result<Option<std::fs::File>> {
+        let Some(tree) = self.inner.lower.as_ref() else {
+            return Ok(None);
+        };
+        let found = self.inner.read(|cx| {
+            let rec = cx.get_inode(ino)?;
+            if rec.kind != FileKind::Regular || rec.size == 0 {
+                return Ok(None);
+            }
+            let blocks = rec.size.div_ceil(cx.bs);
+            let mut lower = None;
+            let mut next = 0;
+            for m in cx.mappings(ino, 0, blocks)? {
+                let same_file = m.lower != 0 && *lower.get_or_insert(m.lower) == m.lower;
+                if !same_file || m.fb != next || m.phys != m.fb {
+                    return Ok(None);
+                }
+                next = m.fb + m.len;
+            }
+            let Some(id) = lower.filter(|_| next == blocks) else {
+                return Ok(None);
+            };
+            let lrec = cx.lower_file_record(id)?;
+            Ok((lrec.size == rec.size).then_some((id, lrec)))
+        })?;
+        let Some((id, lrec)) = found else {
+            return Ok(None);
+        };
+        // Opened (or taken from the cache) and verified with no store lock held.
+        Ok(Some(tree.file(id, &lrec)?.file.try_clone()?))
+    }
+
     /// Read into a buffer (tests and tools; the mount splices segments instead).
     pub fn read_to_vec(&self, ino: InodeNo, off: u64, len: u64) -> Result<Vec<u8>> {
         let segs = self.read(ino, off, len)?;

@@ -35,6 +35,9 @@ pub struct FsConfig {
     /// When reads and listings update access times (`relatime`, `strictatime`, `noatime`,
     /// `nodiratime`).
     pub atime: AtimePolicy,
+    /// Serve read-only opens of unmodified lower files by FUSE passthrough when the kernel
+    /// offers it (`-o passthrough=off` turns it off).
+    pub passthrough: bool,
 }
 
 impl Default for FsConfig {
@@ -45,6 +48,7 @@ impl Default for FsConfig {
             writeback_cache: false,
             max_write: 1 << 20,
             atime: AtimePolicy::default(),
+            passthrough: true,
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Core {
     pub(super) kernel: Arc<dyn Kernel>,
     pub(super) handles: Handles,
     pub(super) dirs: DirStreams,
+    /// FUSE passthrough: which inodes are open in which I/O mode.
+    pub(super) io: super::open::IoModes,
     /// The kernel agreed to FUSE_HANDLE_KILLPRIV_V2 at INIT: it leaves clearing setuid/setgid
     /// and file capabilities on write, truncate and chown to us (see [`Core::write`]).
     pub(super) killpriv_v2: bool,
@@ -74,6 +76,7 @@ impl Core {
             kernel,
             handles: Handles::default(),
             dirs: DirStreams::default(),
+            io: super::open::IoModes::default(),
             killpriv_v2: false,
         }
     }
@@ -82,11 +85,12 @@ impl Core {
         &self.cfg
     }
 
-    /// What INIT agreed that changes how requests are served: FUSE_HANDLE_KILLPRIV_V2 and
-    /// whether the kernel caches writes (FUSE_WRITEBACK_CACHE).
-    pub fn negotiated(&mut self, killpriv_v2: bool, writeback_cache: bool) {
+    /// What INIT agreed that changes how requests are served: FUSE_HANDLE_KILLPRIV_V2,
+    /// whether the kernel caches writes (FUSE_WRITEBACK_CACHE) and FUSE_PASSTHROUGH.
+    pub fn negotiated(&mut self, killpriv_v2: bool, writeback_cache: bool, passthrough: bool) {
         self.killpriv_v2 = killpriv_v2;
         self.cfg.writeback_cache = writeback_cache;
+        self.io.enable(passthrough && self.cfg.passthrough);
     }
 
     /// The store, until [`Core::close`].

@@ -393,7 +393,7 @@ mod tests {
     #[test]
     fn under_killpriv_v2_the_write_flag_decides_and_capabilities_go() {
         let mut f = fixture(FsConfig::default());
-        f.core.negotiated(true, false);
+        f.core.negotiated(true, false, false);
         let other = Caller {
             uid: 2000,
             gid: 2000,

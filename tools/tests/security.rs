@@ -317,7 +317,7 @@ fn overlong_control_request_is_rejected() -> TestResult {
     let _ = conn.read_to_end(&mut reply);
     let reply = String::from_utf8_lossy(&reply).into_owned();
     assert!(
-        reply.contains("request longer than 4096 bytes"),
+        reply.contains("request longer than 16384 bytes"),
         "reply {reply:?}"
     );
     assert!(

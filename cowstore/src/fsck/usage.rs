@@ -395,28 +395,7 @@ impl Store {
         &self,
         wanted: &std::collections::HashSet<u64>,
     ) -> Result<std::collections::HashMap<u64, String>> {
-        let mut found = std::collections::HashMap::new();
-        if wanted.contains(&InodeNo::ROOT.0) {
-            found.insert(InodeNo::ROOT.0, "/".to_string());
-        }
-        let mut stack = vec![(InodeNo::ROOT, String::new())];
-        let mut visited = std::collections::HashSet::new();
-        while let Some((d, path)) = stack.pop() {
-            if found.len() == wanted.len() || !visited.insert(d) {
-                continue;
-            }
-            for e in self.entries(d) {
-                let e = e?;
-                let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
-                if wanted.contains(&e.ino.0) {
-                    found.entry(e.ino.0).or_insert_with(|| p.clone());
-                }
-                if e.kind == FileKind::Directory {
-                    stack.push((e.ino, p));
-                }
-            }
-        }
-        Ok(found)
+        find_paths(wanted, |d| self.entries(d).collect())
     }
 
     /// A summary of the whole store (its current state, uncommitted changes included).
@@ -512,29 +491,8 @@ impl Store {
         &self,
         wanted: &std::collections::HashSet<u64>,
     ) -> Result<std::collections::HashMap<u64, String>> {
-        self.inner().read_committed(|cx| {
-            let mut found = std::collections::HashMap::new();
-            if wanted.contains(&InodeNo::ROOT.0) {
-                found.insert(InodeNo::ROOT.0, "/".to_string());
-            }
-            let mut stack = vec![(InodeNo::ROOT, String::new())];
-            let mut visited = std::collections::HashSet::new();
-            while let Some((d, path)) = stack.pop() {
-                if found.len() == wanted.len() || !visited.insert(d) {
-                    continue;
-                }
-                for e in cx.entries_of(d)? {
-                    let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
-                    if wanted.contains(&e.ino.0) {
-                        found.entry(e.ino.0).or_insert_with(|| p.clone());
-                    }
-                    if e.kind == FileKind::Directory {
-                        stack.push((e.ino, p));
-                    }
-                }
-            }
-            Ok(found)
-        })
+        self.inner()
+            .read_committed(|cx| find_paths(wanted, |d| cx.entries_of(d)))
     }
 }
 
@@ -571,4 +529,33 @@ fn usage_of(
         end = end.max(s + l);
     }
     Ok(u)
+}
+
+/// Paths (from the root) of the `wanted` inodes, walking the tree with `entries` (a directory's
+/// entries); inodes that are not reachable are absent. Stops as soon as all are found.
+fn find_paths(
+    wanted: &std::collections::HashSet<u64>,
+    mut entries: impl FnMut(InodeNo) -> Result<Vec<DirEntry>>,
+) -> Result<std::collections::HashMap<u64, String>> {
+    let mut found = std::collections::HashMap::new();
+    if wanted.contains(&InodeNo::ROOT.0) {
+        found.insert(InodeNo::ROOT.0, "/".to_string());
+    }
+    let mut stack = vec![(InodeNo::ROOT, String::new())];
+    let mut visited = std::collections::HashSet::new();
+    while let Some((d, path)) = stack.pop() {
+        if found.len() == wanted.len() || !visited.insert(d) {
+            continue;
+        }
+        for e in entries(d)? {
+            let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+            if wanted.contains(&e.ino.0) {
+                found.entry(e.ino.0).or_insert_with(|| p.clone());
+            }
+            if e.kind == FileKind::Directory {
+                stack.push((e.ino, p));
+            }
+        }
+    }
+    Ok(found)
 }

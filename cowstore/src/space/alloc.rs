@@ -361,7 +361,10 @@ impl Ctx<'_> {
 
     /// Make sure no refcount record straddles block `at`.
     fn refcount_split(&mut self, at: BlockNo) -> Result<()> {
-        if at == BlockNo::ZERO {
+        // Records never overlap: one starting at `at` means none straddles it. Checked first
+        // because it is one lookup, where the search for the record before `at` steps over
+        // every record the open transaction removed below it (a tree being deleted in order).
+        if at == BlockNo::ZERO || self.refcounts.contains(at)? {
             return Ok(());
         }
         if let Some((s, rec)) = self.refcount_at_or_before(at - 1)? {
@@ -402,6 +405,9 @@ impl Ctx<'_> {
 
     /// Whether any block of the run is referenced more than once.
     pub fn is_shared(&self, run: BlockRun) -> Result<bool> {
+        if self.refcounts.contains(run.start)? {
+            return Ok(true);
+        }
         match self.refcount_at_or_before(run.end() - 1)? {
             Some((s, rec)) => Ok(s + rec.len > run.start),
             None => Ok(false),

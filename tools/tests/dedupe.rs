@@ -32,18 +32,6 @@ fn dedupe_json(args: &[&str]) -> Result<serde_json::Value, Box<dyn std::error::E
     Ok(serde_json::from_str(&run_ok(&all)?)?)
 }
 
-fn fsck_clean(m: &mut Mount) -> TestResult {
-    m.umount()?;
-    let out = cowfs(&["fsck", path_str(&m.store)])?;
-    assert!(
-        out.status.success(),
-        "fsck: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 #[test]
 fn identical_files_give_back_their_size_and_stay_intact() -> TestResult {
     let mut m = Mount::new(&[])?;

@@ -96,18 +96,6 @@ fn pool_bytes(m: &Mount) -> std::io::Result<u64> {
     Ok(fs::metadata(m.store.join("pool"))?.blocks() * 512)
 }
 
-fn fsck_clean(m: &mut Mount) -> TestResult {
-    m.umount()?;
-    let out = cowfs(&["fsck", path_str(&m.store)])?;
-    assert!(
-        out.status.success(),
-        "fsck: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 #[test]
 fn snapshot_is_what_cp_a_makes_and_copies_no_data() -> TestResult {
     let mut m = Mount::new(&[])?;

@@ -193,3 +193,17 @@ impl Drop for Mount {
 pub fn errno<T>(r: io::Result<T>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
 }
+
+/// Unmount `m` and check its store with `cowfs fsck`: clean, or the test fails with fsck's output.
+pub fn fsck_clean(m: &mut Mount) -> TestResult {
+    m.umount()?;
+    let store = m.store.to_string_lossy().into_owned();
+    let out = cowfs(&["fsck", &store])?;
+    assert!(
+        out.status.success(),
+        "fsck: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

@@ -237,3 +237,62 @@ fn plain_umount_commits_and_closes() -> TestResult {
     store.close()?;
     Ok(())
 }
+
+#[test]
+fn a_write_is_read_back_while_other_processes_open_the_file() -> TestResult {
+    // Regression (issue 12 follow-up, found by scripts/concurrency): an open whose read was due
+    // to update the access time dropped the file's page cache. The kernel copies a
+    // write-through write into its cached page and sends it afterwards; a read by another
+    // opener between the drop and the write's arrival cached the old bytes, and the writer's
+    // own next read returned them (about 15 a second on this machine).
+    let m = Mount::new(&[])?;
+    let p = m.path("f");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&p)?;
+    f.write_all_at(&[0; 4 * 4096], 0)?;
+    f.sync_all()?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stale = std::thread::scope(|s| -> Result<Vec<(u8, u8)>, std::io::Error> {
+        let openers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| -> std::io::Result<()> {
+                    let mut buf = vec![0; 4 * 4096];
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        fs::File::open(&p)?.read_exact_at(&mut buf, 0)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let mut stale = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(4);
+        let mut v = 0u8;
+        let mut got = [0u8; 100];
+        while Instant::now() < deadline {
+            v = v % 250 + 1;
+            // Inside a page the readers keep cached, so the page stays uptodate.
+            f.write_all_at(&[v; 100], 4096 + 1000)?;
+            f.read_exact_at(&mut got, 4096 + 1000)?;
+            if got != [v; 100] {
+                stale.push((v, got[0]));
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for o in openers {
+            o.join()
+                .map_err(|_| std::io::Error::other("opener panicked"))??;
+        }
+        Ok(stale)
+    })?;
+    assert!(
+        stale.is_empty(),
+        "{} reads right after a write returned older bytes (written, read): {:?}",
+        stale.len(),
+        &stale[..stale.len().min(8)]
+    );
+    Ok(())
+}

@@ -351,13 +351,15 @@ pub struct Opened {
 
 impl Opened {
     /// A file: nothing changes a file's bytes behind the kernel's back, so its page cache stays
-    /// valid across opens. Except when a read through this handle must update the access time
-    /// (`atime_due`: relatime's first read since the file changed): reads from the page cache
-    /// never reach the daemon, so such an open drops it.
-    pub fn file(fh: u64, flags: OpenFlags, atime_due: bool) -> Opened {
+    /// valid across opens, always. (Dropping it at an open races with a write in flight through
+    /// another handle: the kernel copies a write-through write into its cached page and sends it
+    /// afterwards, and a read between the drop and the write's arrival caches the old bytes for
+    /// good, so the writer's own next read returns them. An access time that a cached read
+    /// would not update is recorded at the open instead: see [`Core::open`].)
+    pub fn file(fh: u64) -> Opened {
         Opened {
             fh,
-            keep_cache: !(flags.reads() && atime_due),
+            keep_cache: true,
             cache_dir: false,
             noflush: true,
             direct_io: false,
@@ -443,12 +445,22 @@ impl Core {
                     self.io.release(fh);
                     return Err(e.into());
                 }
+                if self.atime_due(a) {
+                    self.kernel.attrs_changed(ino);
+                }
                 Counters::add(&self.counters.passthrough_opens, 1);
                 return Ok(Opened::passthrough(fh, b));
             }
         }
         self.io.open_cached(ino, fh, flags.checks_as_writer())?;
-        let mut opened = Opened::file(fh, flags, self.atime_due(a));
+        // Reads through this handle may all come from the page cache and never reach the
+        // daemon: an access that is due (relatime's first read since a change) is recorded now.
+        // The kernel's cached attributes do not know it (no READ goes out to invalidate them).
+        if flags.reads() && self.atime_due(a) {
+            self.accessed(s, ino);
+            self.kernel.attrs_changed(ino);
+        }
+        let mut opened = Opened::file(fh);
         // The writeback cache writes back whole pages, so an append to an append-only file
         // would reach the store as a rewrite of its last page, which the flag refuses: such a
         // file's writers write through, at the end of file as the kernel sees it.
@@ -550,14 +562,12 @@ mod tests {
     }
 
     #[test]
-    fn the_page_cache_is_dropped_only_when_a_read_must_update_the_atime() {
-        let ro = OpenFlags(libc::O_RDONLY);
-        let wo = OpenFlags(libc::O_WRONLY);
-        assert!(Opened::file(1, ro, false).keep_cache);
-        assert!(!Opened::file(1, ro, true).keep_cache);
-        assert!(!Opened::file(1, OpenFlags(libc::O_RDWR), true).keep_cache);
-        assert!(Opened::file(1, wo, true).keep_cache, "no read through it");
-        assert!(Opened::file(1, ro, true).noflush);
+    fn a_files_page_cache_is_kept_across_opens() {
+        // Regression (issue 12 follow-up): an open with a due access time dropped the page
+        // cache, racing with another handle's write in flight (the writer then read its own
+        // write back stale; tools/tests/coherence.rs shows it on a mount).
+        let o = Opened::file(1);
+        assert!(o.keep_cache && o.noflush && !o.direct_io);
         let d = Opened::dir(2, false);
         assert!(d.keep_cache && d.cache_dir && !d.noflush);
         let d = Opened::dir(2, true);
@@ -573,18 +583,28 @@ mod tests {
             .expect("create");
         assert!(created.keep_cache && created.noflush);
         f.core.release(a.ino, created.fh).expect("release");
-        // A new file's atime is not after its mtime: relatime updates it on the first read.
-        let o = f
-            .core
-            .open(a.ino, libc::O_RDONLY, &mut no_backing)
-            .expect("open");
-        assert!(!o.keep_cache);
-        assert_ne!(o.fh, created.fh, "handles are never reused");
+        // A new file's atime is not after its mtime: relatime updates it at the first open
+        // for reading (its reads may all come from the page cache, which stays).
+        let atime =
+            |f: &crate::core::testing::Fixture| f.core.getattr(a.ino).expect("getattr").atime;
         let w = f
             .core
             .open(a.ino, libc::O_WRONLY, &mut no_backing)
             .expect("open");
         assert!(w.keep_cache);
+        assert_eq!(atime(&f), a.atime, "no read through a write-only open");
+        let o = f
+            .core
+            .open(a.ino, libc::O_RDONLY, &mut no_backing)
+            .expect("open");
+        assert!(o.keep_cache);
+        assert_ne!(o.fh, created.fh, "handles are never reused");
+        let touched = atime(&f);
+        assert!(touched > a.atime, "the due access is recorded at the open");
+        f.core
+            .open(a.ino, libc::O_RDONLY, &mut no_backing)
+            .expect("open");
+        assert_eq!(atime(&f), touched, "relatime: once per change");
         let never = FsConfig {
             atime: AtimePolicy {
                 mode: AtimeMode::Never,

@@ -97,23 +97,52 @@ impl Worker<'_> {
     }
 
     fn check_region(&self, p: &Path, want: &[u8]) -> Res {
-        let f = File::open(p).map_err(|e| self.fail(format!("open {}", p.display()), &e))?;
-        let got = read_at_exact(&f, self.base(), REGION as usize)
-            .map_err(|e| self.fail(format!("read {}", p.display()), &e))?;
-        compare(
-            &format!("worker {}: own region of {}", self.a.id, p.display()),
-            &got,
-            want,
-        )
+        let read = || -> io::Result<Vec<u8>> {
+            read_at_exact(&File::open(p)?, self.base(), REGION as usize)
+        };
+        let got = read().map_err(|e| self.fail(format!("read {}", p.display()), &e))?;
+        let what = format!("worker {}: own region of {}", self.a.id, p.display());
+        compare(&what, &got, want).map_err(|f| self.triage(f, p, want, read))
     }
 
     fn check_whole(&self, p: &Path, want: &[u8]) -> Res {
-        let got = fs::read(p).map_err(|e| self.fail(format!("read {}", p.display()), &e))?;
-        compare(
-            &format!("worker {}: {}", self.a.id, p.display()),
-            &got,
-            want,
-        )
+        let read = || fs::read(p);
+        let got = read().map_err(|e| self.fail(format!("read {}", p.display()), &e))?;
+        let what = format!("worker {}: {}", self.a.id, p.display());
+        compare(&what, &got, want).map_err(|f| self.triage(f, p, want, read))
+    }
+
+    /// After a mismatch: drop the file's page cache and read again, so the report says whether
+    /// the daemon holds the wrong bytes or only the kernel's cache did.
+    fn triage(
+        &self,
+        mut f: Fail,
+        p: &Path,
+        want: &[u8],
+        read: impl Fn() -> io::Result<Vec<u8>>,
+    ) -> Fail {
+        let dropped = File::open(p).and_then(|file| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: posix_fadvise only reads its arguments; the descriptor is open.
+            let rc =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::from_raw_os_error(rc))
+            }
+        });
+        let again = dropped.and_then(|()| read());
+        f.msg += &match again {
+            Ok(d) if d == want => "; read again after dropping the page cache: as the model \
+                (only the kernel's cache was stale)"
+                .to_string(),
+            Ok(_) => "; read again after dropping the page cache: still differs (the daemon \
+                holds the wrong bytes)"
+                .to_string(),
+            Err(e) => format!("; read again after dropping the page cache failed: {e}"),
+        };
+        f
     }
 
     /// Write a random part of the own region of a shared file (or of the clone `sI`).

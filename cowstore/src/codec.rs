@@ -302,10 +302,74 @@ pub(crate) struct StateRecord {
     pub inodes: u64,
     /// False while a process has the store open for writing.
     pub clean: bool,
+    /// Records in the `images` table: pool blocks whose bytes this commit holds because the pool
+    /// was not synced for it (version 2; version 1 records have none). A state with images is
+    /// written as version 2, one without as version 1, so a build that predates images refuses
+    /// only a store it would read wrongly.
+    pub images: u64,
+}
+
+/// A version 1 state record: no images.
+#[derive(Deserialize, Serialize)]
+struct StateRecordV1 {
+    generation: u64,
+    next_ino: InodeNo,
+    pool_blocks: u64,
+    inodes: u64,
+    clean: bool,
 }
 
 impl Record for StateRecord {
     const TABLE: &'static str = "state";
+    const VERSION: u8 = 2;
+    fn decode_older(
+        version: u8,
+        payload: &[u8],
+    ) -> Option<std::result::Result<Self, postcard::Error>> {
+        (version == 1).then(|| {
+            let (v1, rest) = postcard::take_from_bytes::<StateRecordV1>(payload)?;
+            if !rest.is_empty() {
+                return Err(postcard::Error::DeserializeBadEncoding);
+            }
+            Ok(StateRecord {
+                generation: v1.generation,
+                next_ino: v1.next_ino,
+                pool_blocks: v1.pool_blocks,
+                inodes: v1.inodes,
+                clean: v1.clean,
+                images: 0,
+            })
+        })
+    }
+}
+
+impl Record for StateRecordV1 {
+    const TABLE: &'static str = "state";
+    const VERSION: u8 = 1;
+}
+
+/// The state record as it is written: version 1 while the commit holds no images.
+pub(crate) fn encode_state(st: &StateRecord) -> Vec<u8> {
+    if st.images > 0 {
+        return encode(st);
+    }
+    encode(&StateRecordV1 {
+        generation: st.generation,
+        next_ino: st.next_ino,
+        pool_blocks: st.pool_blocks,
+        inodes: st.inodes,
+        clean: st.clean,
+    })
+}
+
+/// The bytes of one pool block, carried by a commit (table `images`, key: the block).
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ImageRecord {
+    pub bytes: Vec<u8>,
+}
+
+impl Record for ImageRecord {
+    const TABLE: &'static str = "images";
     const VERSION: u8 = 1;
 }
 
@@ -346,6 +410,26 @@ mod tests {
             postcard::to_stdvec(&typed).ok(),
             postcard::to_stdvec(&plain).ok()
         );
+    }
+
+    #[test]
+    fn the_state_is_written_as_version_1_unless_it_holds_images() -> Result<()> {
+        let mut st = StateRecord {
+            generation: 7,
+            next_ino: InodeNo(9),
+            pool_blocks: 100,
+            inodes: 3,
+            clean: false,
+            images: 0,
+        };
+        let v1 = encode_state(&st);
+        assert_eq!(v1[0], 1, "a build without images reads it");
+        assert_eq!(decode::<StateRecord>(&v1, &0u64)?, st);
+        st.images = 5;
+        let v2 = encode_state(&st);
+        assert_eq!(v2[0], 2, "a build without images refuses it");
+        assert_eq!(decode::<StateRecord>(&v2, &0u64)?, st);
+        Ok(())
     }
 
     #[test]

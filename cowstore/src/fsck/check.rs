@@ -6,8 +6,8 @@
 
 use super::runs::{coverage, pieces_where, unaccounted, value_at, Runs};
 use crate::codec::{
-    decode, DirentRecord, ExtentRecord, FreeRecord, InodeRecord, LowerFileRecord, RefcountRecord,
-    StateRecord,
+    decode, DirentRecord, ExtentRecord, FreeRecord, ImageRecord, InodeRecord, LowerFileRecord,
+    RefcountRecord, StateRecord,
 };
 use crate::error::{Error, Result};
 use crate::store::ctx::Ctx;
@@ -260,6 +260,7 @@ fn check_commit(cx: &Ctx<'_>, progress: Progress<'_>) -> Result<(CheckReport, Ha
     check_refcounts(cx, &mut c, &cover)?;
     (c.progress)("free space", 0, 1);
     check_free_space(cx, &mut c, &cover, state.pool_blocks)?;
+    check_images(cx, &mut c, &cover, &state)?;
     (c.progress)("done", 1, 1);
     Ok((c.report, c.lower_used))
 }
@@ -807,6 +808,51 @@ fn check_refcounts(cx: &Ctx<'_>, c: &mut Checker<'_>, cover: &Runs) -> Result<()
 
 /// Free space is exactly the complement of the referenced blocks: runs inside the pool, not
 /// overlapping each other or a reference, and no block left out (leaked).
+/// Block images a commit carried (`ImagePlan::Images`; an open writes them back, so only the
+/// last commit of a live store has any): each decodes, is one block of a referenced pool block,
+/// and the state counts them.
+fn check_images(
+    cx: &Ctx<'_>,
+    c: &mut Checker<'_>,
+    cover: &Runs,
+    state: &StateRecord,
+) -> Result<()> {
+    let mut n = 0u64;
+    for item in cx.images.iter()? {
+        let (b, v) = item?;
+        n += 1;
+        let at = Some(BlockRun::new(b, 1));
+        match decode::<ImageRecord>(&v, &b) {
+            Ok(r) if r.bytes.len() as u64 != cx.bs => c.problem(
+                ProblemKind::Corrupt,
+                None,
+                at,
+                format!("image of {} bytes, blocks are {}", r.bytes.len(), cx.bs),
+            ),
+            Ok(_) if value_at(cover, b) == 0 => c.problem(
+                ProblemKind::State,
+                None,
+                at,
+                "image of a block no file references".into(),
+            ),
+            Ok(_) => {}
+            Err(e) => c.problem(ProblemKind::Corrupt, None, at, e.to_string()),
+        }
+    }
+    if n != state.images {
+        c.problem(
+            ProblemKind::State,
+            None,
+            None,
+            format!(
+                "the state counts {} block images, the table holds {n}",
+                state.images
+            ),
+        );
+    }
+    Ok(())
+}
+
 fn check_free_space(
     cx: &Ctx<'_>,
     c: &mut Checker<'_>,

@@ -13,7 +13,8 @@
 
 use super::runs::{coverage, pieces_where, unaccounted, value_at, Runs};
 use crate::codec::{
-    decode, encode, DirentRecord, ExtentRecord, FreeRecord, InodeRecord, RefcountRecord,
+    decode, encode, DirentRecord, ExtentRecord, FreeRecord, ImageRecord, InodeRecord,
+    RefcountRecord,
 };
 use crate::error::{Error, Result};
 use crate::ns::new_inode_record;
@@ -107,7 +108,41 @@ fn repair_txn(cx: &mut Ctx<'_>, sum: &mut RepairSummary) -> Result<()> {
     // Allocation now follows the tables alone: forget the open transaction's block sets.
     cx.mem.clear_block_sets();
     repair_state(cx, &ns, sum);
+    repair_images(cx, &cover, sum)?;
     cx.mem.dirty = true;
+    Ok(())
+}
+
+/// Block images that are damaged (do not decode, are not one block, or name a block past the
+/// pool's end or no file references): dropped. The state then counts those left.
+fn repair_images(cx: &mut Ctx<'_>, cover: &Runs, sum: &mut RepairSummary) -> Result<()> {
+    let mut bad = Vec::new();
+    let mut good = 0u64;
+    for item in cx.images.iter()? {
+        let (b, v) = item?;
+        let ok = decode::<ImageRecord>(&v, &b).is_ok_and(|r| r.bytes.len() as u64 == cx.bs)
+            && b.0 < cx.mem.state.pool_blocks
+            && value_at(cover, b) > 0;
+        if ok {
+            good += 1;
+        } else {
+            bad.push(b);
+        }
+    }
+    for &b in &bad {
+        cx.images.remove(b)?;
+    }
+    if !bad.is_empty() {
+        sum.actions
+            .push(format!("{} damaged block images dropped", bad.len()));
+    }
+    if cx.mem.state.images != good {
+        sum.actions.push(format!(
+            "block image count {} corrected to {good}",
+            cx.mem.state.images
+        ));
+        cx.mem.state.images = good;
+    }
     Ok(())
 }
 

@@ -26,10 +26,13 @@ pub(crate) enum TableId {
     LowerFiles = 10,
     LowerPending = 11,
     LowerInodes = 12,
+    /// Pool blocks whose bytes a commit carried itself instead of syncing the pool (see
+    /// `Inner::commit`): replayed into the pool when the store opens.
+    Images = 13,
 }
 
 /// Every table, in discriminant order.
-pub(crate) const TABLES: [TableId; 13] = [
+pub(crate) const TABLES: [TableId; 14] = [
     TableId::State,
     TableId::Inodes,
     TableId::Dirents,
@@ -43,6 +46,7 @@ pub(crate) const TABLES: [TableId; 13] = [
     TableId::LowerFiles,
     TableId::LowerPending,
     TableId::LowerInodes,
+    TableId::Images,
 ];
 
 pub(crate) const N_TABLES: usize = TABLES.len();
@@ -90,6 +94,7 @@ impl TableId {
             TableId::LowerFiles => "lower_files",
             TableId::LowerPending => "lower_pending",
             TableId::LowerInodes => "lower_inodes",
+            TableId::Images => "images",
         }
     }
 
@@ -360,6 +365,7 @@ mod tests {
                 KeyShape::Pair,
                 ValueShape::Int,
             ),
+            (TableId::Images, "images", KeyShape::Int, ValueShape::Bytes),
         ];
         assert_eq!(want.len(), N_TABLES);
         for (t, name, k, v) in want {

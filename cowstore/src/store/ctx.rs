@@ -15,6 +15,7 @@
 //! | lower_files| lower file id         | LowerFileRecord              |
 //! | lower_pending | directory ino      | LowerDirRecord (not imported yet) |
 //! | lower_inodes | (lower dev, lower ino) | store ino (hard links)    |
+//! | images     | pool block            | ImageRecord (bytes a commit carried, pool not synced) |
 
 use crate::codec::{decode, encode, InodeRecord, StateRecord};
 use crate::error::{Error, Result};
@@ -96,6 +97,9 @@ pub(crate) struct TxnMem {
     /// a bound, so a steady overwrite workload reuses blocks instead of punching each one (a
     /// synchronous discard on a host mounted with `discard`). See `Inner::commit`.
     pub unpunched: RangeSet,
+    /// A commit failed or its outcome was in doubt: the next one syncs the pool and drops every
+    /// image, whatever the engine kept (see `ImagePlan`).
+    pub sync_pool_next: bool,
 }
 
 impl TxnMem {
@@ -116,6 +120,7 @@ impl TxnMem {
             to_punch: RangeSet::new(),
             free_index: None,
             unpunched: RangeSet::new(),
+            sync_pool_next: false,
         }
     }
 
@@ -364,6 +369,7 @@ pub(crate) struct Ctx<'t> {
     pub lower_files: Table<'t, IntKey, BytesValue>,
     pub lower_pending: Table<'t, IntKey<InodeNo>, BytesValue>,
     pub lower_inodes: Table<'t, PairKey, IntValue<InodeNo>>,
+    pub images: Table<'t, IntKey<BlockNo>, BytesValue>,
     /// The overlay's lower tree, when the store has one.
     pub lower: Option<&'t crate::overlay::LowerTree>,
     pub mem: &'t mut TxnMem,
@@ -388,6 +394,7 @@ impl<'t> Ctx<'t> {
             lower_files: Table::new(TableId::LowerFiles, below),
             lower_pending: Table::new(TableId::LowerPending, below),
             lower_inodes: Table::new(TableId::LowerInodes, below),
+            images: Table::new(TableId::Images, below),
             lower: None,
             mem,
             pool,
@@ -416,7 +423,8 @@ impl<'t> Ctx<'t> {
             lower_root,
             lower_files,
             lower_pending,
-            lower_inodes
+            lower_inodes,
+            images
         );
         d
     }
@@ -445,7 +453,7 @@ pub(crate) fn state_delta(st: &StateRecord) -> Delta {
     d.set(
         TableId::State,
         crate::meta::key::<IntKey>(STATE_KEY),
-        Some(encode(st)),
+        Some(crate::codec::encode_state(st)),
     );
     d
 }

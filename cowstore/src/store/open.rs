@@ -3,7 +3,7 @@
 
 use super::api::Store;
 use super::txn::{Inner, TxnState};
-use crate::codec::{decode, encode, StateRecord};
+use crate::codec::{decode, encode, ImageRecord, StateRecord};
 use crate::error::{Error, Result};
 use crate::io::{DirEnv, Env, FileIo, ScratchFile, SpaceReserve, SyncTracked, RESERVE_FILE};
 use crate::meta::{key, Delta, Engine, IntKey, RedbEngine, Snapshot, TableId};
@@ -184,6 +184,7 @@ impl Store {
             pool_blocks: 0,
             inodes: 1,
             clean: true,
+            images: 0,
         };
         let mut root = new_inode_record(FileKind::Directory, 0o755, Caller::ROOT, 0, InodeNo::ROOT);
         root.generation = 1;
@@ -260,6 +261,7 @@ impl Store {
             stop: (Mutex::new(false), Condvar::new()),
             _lock: guard,
         });
+        inner.replay_images()?;
         if !opts.read_only {
             inner.recover(!state.clean)?;
         }
@@ -303,6 +305,58 @@ impl Drop for Store {
 }
 
 impl Inner {
+    /// Write the block images the last commit carried back into the pool and sync it, before
+    /// anything reads the pool (see `ImagePlan` in txn.rs). A read-write open then drops them in
+    /// the open transaction; a read-only one leaves them for the next (writing them again is
+    /// harmless: an image is its block's committed content). An image that does not decode is
+    /// left for fsck to report and repair to drop.
+    fn replay_images(&self) -> Result<()> {
+        let images: Vec<(BlockNo, Vec<u8>)> = self.read(|cx| {
+            let mut v = Vec::new();
+            for item in cx.images.iter()? {
+                let (b, raw) = item?;
+                match decode::<ImageRecord>(&raw, &b) {
+                    Ok(r) if r.bytes.len() as u64 == cx.bs && b.0 < cx.mem.state.pool_blocks => {
+                        v.push((b, r.bytes))
+                    }
+                    Ok(r) => log::error!(
+                        "meta.redb: table images key {}: an image of {} bytes (blocks are {}) \
+                         or past the pool's end: left for fsck",
+                        b.0,
+                        r.bytes.len(),
+                        cx.bs
+                    ),
+                    Err(e) => log::error!("{e}: left for fsck"),
+                }
+            }
+            Ok(v)
+        })?;
+        if images.is_empty() {
+            return Ok(());
+        }
+        log::info!(
+            "writing back {} pool blocks the last commit carried",
+            images.len()
+        );
+        for (b, bytes) in &images {
+            self.pool
+                .write_at(bytes, b.pos(self.bs))
+                .map_err(Error::from_io)?;
+        }
+        self.pool.sync().map_err(Error::from_io)?;
+        if self.read_only {
+            return Ok(());
+        }
+        self.write(|cx| {
+            for (b, _) in &images {
+                cx.images.remove(*b)?;
+            }
+            cx.mem.state.images = cx.mem.state.images.saturating_sub(images.len() as u64);
+            cx.mem.dirty = true;
+            Ok(())
+        })
+    }
+
     /// After open: reclaim orphans (inodes unlinked while open when the last process stopped);
     /// after an unclean stop also give the host back space of blocks freed by the last commits.
     fn recover(&self, unclean: bool) -> Result<()> {

@@ -3,7 +3,7 @@
 //! uncommitted changes durable in the engine, then releases the blocks it freed.
 
 use super::open::LOW_SPACE_COMMIT_EVERY;
-use crate::codec::{decode, StateRecord};
+use crate::codec::{decode, encode, ImageRecord, StateRecord};
 use crate::error::{Error, Result};
 use crate::io::{Env, FileIo, SpaceReserve};
 use crate::meta::{key, Delta, Engine, IntKey, Layers, Snapshot, TableId};
@@ -11,7 +11,7 @@ use crate::overlay::LowerTree;
 use crate::space::RangeSet;
 use crate::store::ctx::{state_delta, Ctx, TxnMem, STATE_KEY};
 use crate::superblock::Superblock;
-use crate::types::BlockRun;
+use crate::types::{BlockNo, BlockRun};
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -213,26 +213,36 @@ impl Inner {
         // copying from are held back from allocation until a later commit finds them unread
         // (never waiting for the read under the lock). See `TxnMem::committed`.
         let releasable: Vec<BlockRun> = mem.pending_free().iter().collect();
+        // The blocks the new state references that the pool may not hold durably yet: those
+        // allocated since the last commit and not freed again (see `ImagePlan`).
+        let fresh: Vec<BlockRun> = mem
+            .txn_alloc()
+            .iter()
+            .flat_map(|r| mem.pending_free().gaps(r))
+            .collect();
+        let plan = ImagePlan::choose(mem, &fresh, self.bs, closing);
         let mut next = mem.state;
         next.generation += 1;
         next.clean = closing;
         let frees = {
             let deltas = [&*delta];
             let mut cx = self.ctx(TxnState::layers(snap, &deltas), mem);
-            let mut r = Ok(());
-            for &run in &releasable {
-                r = cx.insert_free(run);
-                if r.is_err() {
-                    break;
+            let r = (|| {
+                for &run in &releasable {
+                    cx.insert_free(run)?;
                 }
-            }
+                next.images = plan.apply(&mut cx, &releasable, &fresh)?;
+                Ok(())
+            })();
             let changes = cx.into_delta();
             r.map(|()| changes)
         };
         let mut engine_failed = false;
         let done = frees.and_then(|mut frees| {
             frees.absorb(state_delta(&next));
-            self.pool.sync().map_err(Error::from_io)?;
+            if plan == ImagePlan::SyncPool {
+                self.pool.sync().map_err(Error::from_io)?;
+            }
             engine_failed = true;
             guarded(|| self.engine.commit(&[&*delta, &frees]))?;
             Ok(frees)
@@ -243,6 +253,9 @@ impl Inner {
                 self.failed_commits.fetch_add(1, Ordering::SeqCst);
                 // The free records this commit added are dropped with it.
                 st.mem.forget_free_index();
+                // So are its images; whatever the engine kept, the next commit syncs the pool
+                // and drops every image (`ImagePlan::SyncPool`).
+                st.mem.sync_pool_next = true;
                 log::error!("commit failed; every change stays in memory for the next try: {e}");
                 if engine_failed {
                     // The batch may have reached the disk before the error: find out before
@@ -260,6 +273,7 @@ impl Inner {
         } = &mut *st;
         self.commits.fetch_add(1, Ordering::Relaxed);
         mem.state = next;
+        mem.sync_pool_next = false;
         match self.engine.snapshot() {
             Ok(fresh) => {
                 *snap = fresh;
@@ -305,6 +319,107 @@ impl Inner {
         st.mem.low_space = self.reserve.as_ref().is_some_and(|r| !r.is_held());
         Ok(())
     }
+}
+
+/// A commit carries the bytes of the blocks it newly references (instead of syncing the pool)
+/// when they are at most this many bytes...
+const IMAGE_COMMIT_MAX_BYTES: u64 = 1 << 20;
+/// ...and the images held across commits stay within this.
+const IMAGES_MAX_BYTES: u64 = 16 << 20;
+
+/// How a commit makes the pool data it references durable.
+///
+/// `SyncPool`: sync the pool before the metadata commit (two flushes: the pool's, then the
+/// engine's), and drop every image. `Images`: copy the bytes of the blocks the commit newly
+/// references (few: a small fsync'd write) into the `images` table of the metadata commit
+/// itself and leave the pool unsynced: one flush. The open after a crash writes the images back
+/// into the pool and syncs it before anything reads it (`Inner::replay_images`). Committed
+/// blocks are never rewritten in place, and a block is only reused after the commit that frees
+/// it is durable, which drops its image: so an image is always the block's committed content,
+/// and replaying it is always safe. A clean close syncs the pool, so a clean store has none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ImagePlan {
+    SyncPool,
+    Images,
+}
+
+impl ImagePlan {
+    fn choose(mem: &TxnMem, fresh: &[BlockRun], bs: u64, closing: bool) -> ImagePlan {
+        let new: u64 = fresh.iter().map(|r| r.len).sum::<u64>() * bs;
+        let held = mem.state.images.saturating_mul(bs);
+        if closing
+            || mem.sync_pool_next
+            || new > IMAGE_COMMIT_MAX_BYTES
+            || held.saturating_add(new) > IMAGES_MAX_BYTES
+        {
+            ImagePlan::SyncPool
+        } else {
+            ImagePlan::Images
+        }
+    }
+
+    /// Put this commit's image changes into `cx`; returns how many images the new state holds.
+    fn apply(self, cx: &mut Ctx<'_>, released: &[BlockRun], fresh: &[BlockRun]) -> Result<u64> {
+        match self {
+            ImagePlan::SyncPool => {
+                // The pool is synced before this commit: no image is needed any more.
+                let all: Vec<BlockNo> = cx
+                    .images
+                    .iter()?
+                    .map(|item| item.map(|(k, _)| k))
+                    .collect::<Result<_>>()?;
+                for b in all {
+                    cx.images.remove(b)?;
+                }
+                Ok(0)
+            }
+            ImagePlan::Images => {
+                let mut count = cx.mem.state.images;
+                // Blocks this commit frees lose their images with it.
+                if count > 0 {
+                    for run in released {
+                        let keys: Vec<BlockNo> = cx
+                            .images
+                            .range(run.start..run.end())?
+                            .map(|item| item.map(|(k, _)| k))
+                            .collect::<Result<_>>()?;
+                        for b in keys {
+                            cx.images.remove(b)?;
+                            count = count.saturating_sub(1);
+                        }
+                    }
+                }
+                for &run in fresh {
+                    let bytes = read_blocks(cx.pool, run, cx.bs)?;
+                    for (i, block) in bytes.chunks(cx.bs as usize).enumerate() {
+                        let rec = ImageRecord {
+                            bytes: block.to_vec(),
+                        };
+                        cx.images
+                            .insert(run.start + i as u64, encode(&rec).as_slice())?;
+                        count += 1;
+                    }
+                }
+                Ok(count)
+            }
+        }
+    }
+}
+
+/// The bytes of pool blocks `run`; past the pool file's end (space never written) zeros.
+fn read_blocks(pool: &dyn FileIo, run: BlockRun, bs: u64) -> Result<Vec<u8>> {
+    let (pos, len) = (run.start.pos(bs), run.len * bs);
+    let mut buf = vec![0u8; len as usize];
+    let have = pool
+        .len()
+        .map_err(Error::from_io)?
+        .saturating_sub(pos)
+        .min(len);
+    if have > 0 {
+        pool.read_at(&mut buf[..have as usize], pos)
+            .map_err(Error::from_io)?;
+    }
+    Ok(buf)
 }
 
 /// A free run at least this long (in bytes) is punched at the commit that frees it.

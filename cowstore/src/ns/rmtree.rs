@@ -7,7 +7,9 @@
 
 use crate::error::{Error, Result};
 use crate::ns::acl::{Capability, Cred};
-use crate::ns::snapshot::{require, require_reachable, MAY_EXEC, MAY_READ, MAY_WRITE};
+use crate::ns::snapshot::{
+    require, require_reachable, TreePhase, TreeProgress, MAY_EXEC, MAY_READ, MAY_WRITE,
+};
 use crate::ns::{check_flags, Change};
 use crate::store::ctx::Ctx;
 use crate::store::txn::Inner;
@@ -210,13 +212,15 @@ impl Store {
         self.remove_tree_with_progress(parent, name, cred, &mut |_| {})
     }
 
-    /// [`Store::remove_tree`], calling `progress` with the entries checked, then removed.
+    /// [`Store::remove_tree`], calling `progress` after each batch: the names below DIR
+    /// checked ([`TreePhase::Checking`]), then removed ([`TreePhase::Removing`], DIR itself
+    /// included, so its total is the count checked plus one).
     pub fn remove_tree_with_progress(
         &self,
         parent: InodeNo,
         name: &[u8],
         cred: &dyn Cred,
-        progress: &mut dyn FnMut(u64),
+        progress: &mut dyn FnMut(TreeProgress),
     ) -> Result<u64> {
         if name == b"." || name == b".." || name.is_empty() {
             return Err(Error::Invalid("cannot remove . or .."));
@@ -237,7 +241,11 @@ impl Store {
         })?;
         if kind != FileKind::Directory {
             self.unlink(parent, name)?;
-            progress(1);
+            progress(TreeProgress {
+                phase: TreePhase::Removing,
+                done: 1,
+                total: Some(1),
+            });
             return Ok(1);
         }
         // The walk of rm -r, in read batches: read, write and search on every directory, and
@@ -283,7 +291,11 @@ impl Store {
                 }
                 Ok(())
             })?;
-            progress(checked);
+            progress(TreeProgress {
+                phase: TreePhase::Checking,
+                done: checked,
+                total: None,
+            });
         }
         // Detach: the tree is gone from the namespace from here on.
         inner.write(|cx| {
@@ -307,6 +319,13 @@ impl Store {
             *cx.mem.open_counts.entry(root).or_insert(0) += 1;
             Ok(())
         })?;
-        inner.free_tree(root, true, progress)
+        let total = Some(checked + 1);
+        inner.free_tree(root, true, &mut |done| {
+            progress(TreeProgress {
+                phase: TreePhase::Removing,
+                done,
+                total,
+            })
+        })
     }
 }

@@ -408,7 +408,7 @@ impl Store {
     /// batches (or an earlier, failed or interrupted import) brought in, and an import that
     /// stopped halfway — an error, a crash — resumes where it stopped. The last batch marks the
     /// directory imported.
-    fn import(&self, dir: InodeNo) -> Result<()> {
+    pub(crate) fn import(&self, dir: InodeNo) -> Result<()> {
         let Some(tree) = self.inner.lower.as_deref() else {
             return Ok(());
         };

@@ -161,8 +161,10 @@ impl Inner {
 
     /// Recovery at open: free an orphan, a directory with its whole detached tree (a snapshot
     /// that was being built, or a tree being removed, when the last process stopped).
+    /// One held open (a snapshot's tree being built, a file opened again by handle) is left.
     pub(crate) fn reclaim_orphan(&self, ino: InodeNo) -> Result<()> {
         let dir = self.write(|cx| match cx.try_inode(ino)? {
+            _ if cx.mem.open_counts.contains_key(&ino) => Ok(false),
             Some(rec) if rec.kind == FileKind::Directory => Ok(true),
             Some(mut rec) => {
                 cx.destroy_inode(ino, &mut rec)?;
@@ -175,6 +177,22 @@ impl Inner {
         })?;
         if dir {
             self.free_tree(ino, false, &mut |_| {})?;
+        }
+        Ok(())
+    }
+
+    /// Free the orphans nothing holds open any more: those whose last release came while the
+    /// store was read-only (`Store::set_read_only`), which could not free them then.
+    pub(crate) fn reclaim_released_orphans(&self) -> Result<()> {
+        let released: Vec<InodeNo> = self.read(|cx| {
+            let mut v = Vec::new();
+            for item in cx.orphans.iter()? {
+                v.push(item?.0);
+            }
+            Ok(v)
+        })?;
+        for ino in released {
+            self.reclaim_orphan(ino)?;
         }
         Ok(())
     }

@@ -844,6 +844,9 @@ fn timing() -> Result<()> {
     }
     s.commit()?;
     let t = std::time::Instant::now();
+    let names = s.count_tree(src, &mut |_| {})?;
+    let counted = t.elapsed();
+    let t = std::time::Instant::now();
     let mut last = t;
     let mut worst = std::time::Duration::ZERO;
     s.snapshot_with_progress(
@@ -865,7 +868,8 @@ fn timing() -> Result<()> {
     s.commit()?;
     let removed = t.elapsed();
     eprintln!(
-        "{n} files: snapshot {built:?} (+commit: {committed:?}, longest batch {worst:?}); remove+commit {removed:?}"
+        "{n} files: count of {names} names {counted:?}; snapshot (counting again) {built:?} \
+         (+commit: {committed:?}, longest batch {worst:?}); remove+commit {removed:?}"
     );
     Ok(())
 }

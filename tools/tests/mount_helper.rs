@@ -464,6 +464,15 @@ fn remount_ro_changes_nothing_in_the_store_and_rw_brings_access_times_back() -> 
     );
     let out = ns.run(&["touch", &format!("{mnt}/g")])?;
     assert!(!out.status.success(), "a write on a read-only mount");
+    // The kernel passes ioctls of a read-only mount on: the daemon refuses the snapshot itself.
+    let out = ns.run(&[COWFS, "snapshot", &f, &format!("{mnt}/copy")])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Read-only file system"),
+        "{err}"
+    );
+    assert_eq!(ns.commits()?, commits);
+    assert_eq!(hash_file(&meta)?, meta_hash);
 
     // Writable again, with the mount's own atime policy (relatime): the read is recorded and
     // committed.

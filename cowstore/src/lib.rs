@@ -29,7 +29,9 @@ pub use file::{DedupeIndex, DedupeStats, DEDUPE_BATCH_BYTES, MAX_FILE_SIZE};
 pub use fsck::{At, DuRow, ExtentInfo, InodeReport, Summary, Usage};
 pub use fsck::{CheckReport, Problem, ProblemKind, RepairSummary};
 pub use ns::acl;
-pub use ns::{SnapshotOptions, LINK_MAX, NAME_MAX, REMOVE_BATCH, SNAPSHOT_BATCH};
+pub use ns::{
+    SnapshotOptions, TreePhase, TreeProgress, LINK_MAX, NAME_MAX, REMOVE_BATCH, SNAPSHOT_BATCH,
+};
 pub use store::{
     EngineKind, MkfsOptions, OpenOptions, PinnedRead, Privs, Store, META_FILE, POOL_FILE,
 };

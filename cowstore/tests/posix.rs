@@ -491,6 +491,86 @@ fn rename_whiteout_leaves_a_whiteout_in_the_same_operation() -> Result<()> {
     Ok(())
 }
 
+fn a_store_made_read_only_changes_nothing_until_writable_again() -> Result<()> {
+    // Regression (issue 13): `mount -o remount,ro` left the store writable under the mount:
+    // reads still recorded access times, and the periodic commit made new generations of a
+    // read-only mount. Going read-only commits once, then nothing changes the store (no
+    // atime, no write, no commit) until it is writable again, which records access times again
+    // and frees what was released meanwhile.
+    let (env, s) = fresh();
+    let f = file(&s, InodeNo::ROOT, "f", ME)?.ino;
+    s.write(f, 0, b"hello")?;
+    let now = Timespec::now().sec;
+    // Due under every policy but noatime.
+    times(&s, f, now - 100, now - 50)?;
+    let g = file(&s, InodeNo::ROOT, "g", ME)?.ino;
+    s.open_inode(g)?;
+    s.unlink(InodeNo::ROOT, b"g")?;
+    let commits = s.commit_count();
+    s.set_read_only(true)?;
+    assert!(s.is_read_only());
+    assert_eq!(
+        s.commit_count(),
+        commits + 1,
+        "what came before is committed"
+    );
+    let generation = s.committed_summary()?.generation;
+    let strict = AtimePolicy {
+        mode: AtimeMode::Strict,
+        nodiratime: false,
+    };
+    s.touch_atime(f, strict)?;
+    s.touch_atime(f, AtimePolicy::default())?;
+    s.touch_atime(InodeNo::ROOT, strict)?;
+    assert_eq!(s.getattr(f)?.atime.sec, now - 100, "an access was recorded");
+    assert!(matches!(s.write(f, 0, b"x"), Err(Error::ReadOnly)));
+    assert!(matches!(
+        s.mkdir(InodeNo::ROOT, b"d", 0o755, ME),
+        Err(Error::ReadOnly)
+    ));
+    assert!(matches!(
+        s.unlink(InodeNo::ROOT, b"f"),
+        Err(Error::ReadOnly)
+    ));
+    // The last close of an unlinked file cannot free it now: it stays an orphan.
+    s.release(g)?;
+    assert_eq!(s.getattr(g)?.nlink, 0);
+    s.commit()?;
+    s.set_read_only(true)?;
+    assert_eq!(s.commit_count(), commits + 1, "a read-only store committed");
+    assert_eq!(s.committed_summary()?.generation, generation);
+    assert_eq!(s.read_to_vec(f, 0, 5)?, b"hello");
+
+    s.set_read_only(false)?;
+    assert!(!s.is_read_only());
+    assert!(
+        matches!(s.getattr(g), Err(Error::NotFound)),
+        "the orphan is freed"
+    );
+    s.touch_atime(f, AtimePolicy::default())?;
+    let touched = s.getattr(f)?.atime;
+    assert!(touched.sec >= now, "relatime records the access again");
+    s.commit()?;
+    assert!(s.committed_summary()?.generation > generation);
+    let r = s.check()?;
+    assert!(r.is_clean(), "{r:?}");
+    drop(s);
+
+    // A store opened read-only stays so.
+    let ro = Store::open_env(
+        Arc::new(env),
+        &OpenOptions {
+            read_only: true,
+            ..opts()
+        },
+    )?;
+    assert_eq!(ro.getattr(f)?.atime, touched);
+    ro.set_read_only(true)?;
+    assert!(matches!(ro.set_read_only(false), Err(Error::ReadOnly)));
+    assert!(ro.is_read_only());
+    Ok(())
+}
+
 per_engine!(
     a_directory_stream_never_returns_an_entry_twice,
     access_times_follow_the_mount_policy_without_committing,
@@ -498,4 +578,5 @@ per_engine!(
     file_handles_resolve_by_node_id_and_generations_never_repeat,
     chattr_flags_are_enforced_by_the_store,
     rename_whiteout_leaves_a_whiteout_in_the_same_operation,
+    a_store_made_read_only_changes_nothing_until_writable_again,
 );

@@ -439,8 +439,8 @@ fn crash_during_the_build_leaves_nothing_after_reopen() -> Result<()> {
     let inodes = s.stats()?.inodes;
     let crashed = tempfile::tempdir().expect("tempdir");
     let mut copied = false;
-    let mut progress = |_n: u64| {
-        if !copied {
+    let mut progress = |p: TreeProgress| {
+        if !copied && p.phase == TreePhase::Copying {
             // The first batch is in: commit it and keep the store as a crash would leave it.
             s.commit().expect("commit");
             for e in std::fs::read_dir(dir.path()).expect("read_dir").flatten() {
@@ -500,7 +500,7 @@ fn crash_during_removal_frees_the_rest_at_open() -> Result<()> {
     s.commit()?;
     let crashed = tempfile::tempdir().expect("tempdir");
     let mut copied = false;
-    let mut progress = |_n: u64| {
+    let mut progress = |_p: TreeProgress| {
         // The checks report progress too; copy once the tree is detached and partly freed.
         if !copied && s.lookup(InodeNo::ROOT, b"big").is_err() {
             s.commit().expect("commit");
@@ -664,6 +664,145 @@ fn random_trees_snapshot_equal_and_diverge() {
         .expect("property");
 }
 
+/// Names below `dir`, by a readdir walk.
+fn names_below(s: &Store, dir: InodeNo) -> Result<u64> {
+    let mut n = 0;
+    let mut todo = vec![dir];
+    while let Some(d) = todo.pop() {
+        for e in s.readdir(d, 2, usize::MAX)? {
+            n += 1;
+            if e.kind == FileKind::Directory {
+                todo.push(e.ino);
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn progress_counts_first_then_ends_at_an_exact_total() -> Result<()> {
+    // Issue 13 (progress of `cowfs snapshot`): the count of a tree is exact (every name once,
+    // hard links per name), a snapshot's copying and a removal's removing phases know their
+    // totals from it and end at them, their counts never going back.
+    let (_d, s) = fresh();
+    let src = populate(&s)?;
+    // One directory past a read of the count, and enough for several batches of the copy.
+    let wide = s.mkdir(src, b"wide", 0o755, ME)?.ino;
+    for i in 0..9000 {
+        s.create(
+            wide,
+            format!("{i}").as_bytes(),
+            &NewInode::regular(0o644),
+            ME,
+        )?;
+    }
+    for i in 0..40 {
+        let d = s.mkdir(src, format!("d{i}").as_bytes(), 0o755, ME)?.ino;
+        for j in 0..20 {
+            s.create(d, format!("{j}").as_bytes(), &NewInode::regular(0o644), ME)?;
+        }
+    }
+    s.commit()?;
+    let names = names_below(&s, src)?;
+    let mut counted = Vec::new();
+    assert_eq!(s.count_tree(src, &mut |n| counted.push(n))?, names);
+    assert!(counted.windows(2).all(|w| w[0] <= w[1]), "{counted:?}");
+    assert_eq!(counted.last(), Some(&names));
+
+    let increasing_to = |seen: &[TreeProgress], phase: TreePhase, total: Option<u64>| {
+        let done: Vec<u64> = seen
+            .iter()
+            .filter(|p| p.phase == phase)
+            .map(|p| p.done)
+            .collect();
+        assert!(done.windows(2).all(|w| w[0] <= w[1]), "{phase:?}: {done:?}");
+        assert!(
+            seen.iter()
+                .filter(|p| p.phase == phase)
+                .all(|p| p.total == total),
+            "{phase:?}: {seen:?}"
+        );
+        done.last().copied()
+    };
+    let mut seen = Vec::new();
+    let snap = s.snapshot_with_progress(
+        src,
+        InodeNo::ROOT,
+        b"snap",
+        &SnapshotOptions::default(),
+        &Caller::ROOT,
+        &mut |p| seen.push(p),
+    )?;
+    let first_copy = seen.iter().position(|p| p.phase == TreePhase::Copying);
+    assert!(
+        first_copy.is_some_and(|i| seen[..i].iter().all(|p| p.phase == TreePhase::Counting)
+            && seen[i..].iter().all(|p| p.phase == TreePhase::Copying)),
+        "counting, then copying: {seen:?}"
+    );
+    assert_eq!(increasing_to(&seen, TreePhase::Counting, None), Some(names));
+    // SRC itself, then every name.
+    assert_eq!(
+        increasing_to(&seen, TreePhase::Copying, Some(names + 1)),
+        Some(names + 1)
+    );
+    assert!(
+        seen.iter()
+            .filter(|p| p.phase == TreePhase::Copying)
+            .count()
+            > 3,
+        "one report per batch: {seen:?}"
+    );
+    assert_eq!(s.count_tree(snap.ino, &mut |_| {})?, names);
+    assert_same_tree(&s, src, snap.ino)?;
+
+    let mut seen = Vec::new();
+    let removed =
+        s.remove_tree_with_progress(InodeNo::ROOT, b"snap", &Caller::ROOT, &mut |p| seen.push(p))?;
+    assert_eq!(removed, names + 1);
+    let first_removal = seen.iter().position(|p| p.phase == TreePhase::Removing);
+    assert!(
+        first_removal.is_some_and(|i| seen[..i].iter().all(|p| p.phase == TreePhase::Checking)),
+        "checking, then removing: {seen:?}"
+    );
+    assert_eq!(increasing_to(&seen, TreePhase::Checking, None), Some(names));
+    assert_eq!(
+        increasing_to(&seen, TreePhase::Removing, Some(names + 1)),
+        Some(names + 1)
+    );
+
+    // A single file: nothing below it, one entry copied or removed.
+    let file = s.lookup(src, b"file")?.ino;
+    assert_eq!(s.count_tree(file, &mut |_| {})?, 0);
+    let mut seen = Vec::new();
+    s.snapshot_with_progress(
+        file,
+        InodeNo::ROOT,
+        b"copy",
+        &SnapshotOptions::default(),
+        &Caller::ROOT,
+        &mut |p| seen.push(p),
+    )?;
+    assert_eq!(
+        seen.last(),
+        Some(&TreeProgress {
+            phase: TreePhase::Copying,
+            done: 1,
+            total: Some(1)
+        })
+    );
+    let mut seen = Vec::new();
+    s.remove_tree_with_progress(InodeNo::ROOT, b"copy", &Caller::ROOT, &mut |p| seen.push(p))?;
+    assert_eq!(
+        seen,
+        [TreeProgress {
+            phase: TreePhase::Removing,
+            done: 1,
+            total: Some(1)
+        }]
+    );
+    s.commit()?;
+    assert_clean(&s)
+}
+
 per_engine!(
     snapshot_is_cp_a_and_shares_every_block,
     snapshots_diverge_on_writes_to_either_side,
@@ -675,6 +814,7 @@ per_engine!(
     removal_leaves_open_files_readable_until_closed,
     removal_is_refused_whole_without_rm_r_rights,
     random_trees_snapshot_equal_and_diverge,
+    progress_counts_first_then_ends_at_an_exact_total,
 );
 
 /// Timing of a snapshot and a removal of `COWFS_SNAP_FILES` files (default 10,000) in 100
@@ -704,6 +844,9 @@ fn timing() -> Result<()> {
     }
     s.commit()?;
     let t = std::time::Instant::now();
+    let names = s.count_tree(src, &mut |_| {})?;
+    let counted = t.elapsed();
+    let t = std::time::Instant::now();
     let mut last = t;
     let mut worst = std::time::Duration::ZERO;
     s.snapshot_with_progress(
@@ -725,7 +868,8 @@ fn timing() -> Result<()> {
     s.commit()?;
     let removed = t.elapsed();
     eprintln!(
-        "{n} files: snapshot {built:?} (+commit: {committed:?}, longest batch {worst:?}); remove+commit {removed:?}"
+        "{n} files: count of {names} names {counted:?}; snapshot (counting again) {built:?} \
+         (+commit: {committed:?}, longest batch {worst:?}); remove+commit {removed:?}"
     );
     Ok(())
 }

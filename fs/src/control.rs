@@ -3,13 +3,17 @@
 //! `stat MOUNTPOINT` shows as st_dev). A request is one short line: `stats` answers one JSON
 //! line of [`Stats`] (which includes the daemon's pid, so `cowfs umount` can wait for the daemon
 //! to exit); `sync` commits the store and answers `{"ok":true}` or `{"error":"..."}` once the
-//! commit is durable or has failed. A line that is a JSON object is a report request
+//! commit is durable or has failed; `remount ro` / `remount rw` make the store read-only (and
+//! commit it) or writable again, answering the same way (what `mount -o remount,ro` asks after
+//! the kernel's remount); `progress ID` answers the last report of the snapshot ioctl that
+//! asked for id ID ([`OpProgress`]), or `null`. A line that is a JSON object is a report request
 //! ([`crate::live::Request`]: du, inspect, fsck of the last committed state), answered by a
 //! stream of JSON lines ([`crate::live::Line`]) that ends with an `end` or `error` line.
 //! Only root and the daemon's own user may ask (SO_PEERCRED); requests and reply lines are read
 //! with a hard byte bound, requests also with a deadline.
 
 use crate::live::{Line, ReportHandler, Request};
+use crate::progress::OpProgress;
 use crate::stats::Stats;
 use crate::sys;
 use log::{debug, warn};
@@ -170,6 +174,10 @@ pub struct Handlers {
     /// Report requests (du, inspect, fsck): writes the reply's lines, the last one `end` or
     /// `error`, to the sink; `Err` only when the sink failed.
     pub report: ReportHandler,
+    /// `remount ro` (true) / `remount rw`: make the store read-only, committing it, or writable.
+    pub set_read_only: Box<dyn Fn(bool) -> Result<(), String> + Send + Sync>,
+    /// `progress ID`: the last report of the operation published under ID.
+    pub progress: Box<dyn Fn(u32) -> Option<OpProgress> + Send + Sync>,
 }
 
 /// The daemon's end: answers requests until the process exits; the socket file is removed
@@ -265,6 +273,13 @@ fn accept(conn: UnixStream, handlers: &Arc<Handlers>, active: &Arc<AtomicUsize>)
     }
 }
 
+fn ok_or_error(r: Result<(), String>) -> String {
+    match r {
+        Ok(()) => "{\"ok\":true}\n".to_string(),
+        Err(e) => error_line(&e),
+    }
+}
+
 fn error_line(msg: &str) -> String {
     let mut s = serde_json::json!({ "error": msg }).to_string();
     s.push('\n');
@@ -330,11 +345,18 @@ fn serve_one(conn: &UnixStream, h: &Handlers) -> io::Result<()> {
                 s.push('\n');
                 s
             }
-            "sync" => match (h.sync)() {
-                Ok(()) => "{\"ok\":true}\n".to_string(),
-                Err(e) => error_line(&e),
+            "sync" => ok_or_error((h.sync)()),
+            "remount ro" => ok_or_error((h.set_read_only)(true)),
+            "remount rw" => ok_or_error((h.set_read_only)(false)),
+            other => match other.strip_prefix("progress ").map(str::parse::<u32>) {
+                Some(Ok(id)) => {
+                    let mut s =
+                        serde_json::to_string(&(h.progress)(id)).map_err(io::Error::other)?;
+                    s.push('\n');
+                    s
+                }
+                _ => error_line(&format!("unknown request {other:?}")),
             },
-            other => error_line(&format!("unknown request {other:?}")),
         },
     };
     let mut out = conn;
@@ -467,9 +489,15 @@ fn read_buffered_line(r: &mut impl io::BufRead, max: usize) -> io::Result<String
 
 /// Connect to the daemon serving the mount that `mountpoint` is in and send `request`.
 fn send(mountpoint: &Path, request: &str) -> Result<UnixStream, QueryError> {
+    let md =
+        std::fs::metadata(mountpoint).map_err(|e| QueryError::Stat(mountpoint.to_path_buf(), e))?;
+    send_to_dev(mountpoint, md.dev(), request)
+}
+
+/// Connect to the daemon serving the mount whose device is `dev` (the st_dev of its files) and
+/// send `request`; `mountpoint` names it in errors.
+fn send_to_dev(mountpoint: &Path, dev: u64, request: &str) -> Result<UnixStream, QueryError> {
     let mp = mountpoint.to_path_buf();
-    let md = std::fs::metadata(mountpoint).map_err(|e| QueryError::Stat(mp.clone(), e))?;
-    let dev = md.dev();
     let path = socket_path(rustix::fs::major(dev), rustix::fs::minor(dev));
     let io_err = |e: io::Error| QueryError::Io(mp.clone(), e);
     match check_private_dir(&runtime_dir()) {
@@ -528,7 +556,47 @@ pub fn query(mountpoint: &Path) -> Result<Stats, QueryError> {
 /// the error that made it fail (also an earlier commit's failure that is still latched).
 pub fn sync(mountpoint: &Path) -> Result<(), QueryError> {
     let line = request(mountpoint, "sync", None)?;
+    ok_reply(mountpoint, &line)
+}
+
+/// Have the daemon serving `mountpoint` make its store read-only (committing what was written
+/// before: returns once that is durable, or with the commit's error) or writable again (an
+/// error if it opened the store read-only). For `mount -o remount`.
+pub fn set_read_only(mountpoint: &Path, read_only: bool) -> Result<(), QueryError> {
+    let req = if read_only {
+        "remount ro"
+    } else {
+        "remount rw"
+    };
+    let line = request(mountpoint, req, None)?;
+    ok_reply(mountpoint, &line)
+}
+
+/// The last report of the snapshot ioctl that asked for progress id `id` on the mount whose
+/// device is `dev` (`mountpoint` names it in errors): `None` if there is none (not started
+/// yet, or finished long ago). A daemon too old to know the request answers with an error.
+pub fn tree_progress(
+    mountpoint: &Path,
+    dev: u64,
+    id: u32,
+) -> Result<Option<OpProgress>, QueryError> {
+    let conn = send_to_dev(mountpoint, dev, &format!("progress {id}"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = read_reply(mountpoint, &conn, Some(deadline))?;
     if let Some(e) = reply_error(&line) {
+        return Err(QueryError::Failed(mountpoint.to_path_buf(), e));
+    }
+    serde_json::from_str(&line).map_err(|e| {
+        QueryError::Io(
+            mountpoint.to_path_buf(),
+            io::Error::other(format!("bad reply {line:?}: {e}")),
+        )
+    })
+}
+
+/// `{"ok":true}`, or the daemon's error.
+fn ok_reply(mountpoint: &Path, line: &str) -> Result<(), QueryError> {
+    if let Some(e) = reply_error(line) {
         return Err(QueryError::Failed(mountpoint.to_path_buf(), e));
     }
     if line.trim() == "{\"ok\":true}" {
@@ -572,6 +640,60 @@ mod tests {
         let short = Some(Instant::now() + Duration::from_millis(200));
         assert!(read_line_bounded(&b, MAX_REQUEST, short).is_err());
         assert!(t.elapsed() < Duration::from_secs(2));
+        Ok(())
+    }
+
+    /// Handlers that answer `progress 7` and record `remount` requests.
+    fn handlers(remounts: Arc<parking_lot::Mutex<Vec<bool>>>) -> Handlers {
+        Handlers {
+            stats: Box::new(Stats::default),
+            sync: Box::new(|| Ok(())),
+            report: Box::new(|_, sink| sink(&Line::End)),
+            set_read_only: Box::new(move |ro| {
+                remounts.lock().push(ro);
+                if ro {
+                    Ok(())
+                } else {
+                    Err("opened read-only".into())
+                }
+            }),
+            progress: Box::new(|id| {
+                (id == 7).then(|| OpProgress {
+                    op: "snapshot".into(),
+                    phase: "copying".into(),
+                    done: 3,
+                    total: Some(9),
+                    finished: false,
+                })
+            }),
+        }
+    }
+
+    fn ask(h: &Handlers, line: &str) -> io::Result<String> {
+        let (a, b) = UnixStream::pair()?;
+        (&a).write_all(format!("{line}\n").as_bytes())?;
+        serve_one(&b, h)?;
+        let mut out = String::new();
+        (&a).read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn progress_and_remount_requests() -> io::Result<()> {
+        // Issue 13: `cowfs snapshot` reads a running operation's progress by its id, and
+        // `mount -o remount` tells the daemon to go read-only or writable.
+        let remounts = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let h = handlers(remounts.clone());
+        let p: Option<OpProgress> = serde_json::from_str(&ask(&h, "progress 7")?)?;
+        assert_eq!(p.map(|p| (p.done, p.total)), Some((3, Some(9))));
+        assert_eq!(ask(&h, "progress 8")?, "null\n");
+        assert!(ask(&h, "progress x")?.contains("unknown request"));
+        assert_eq!(ask(&h, "remount ro")?, "{\"ok\":true}\n");
+        assert_eq!(
+            reply_error(&ask(&h, "remount rw")?).as_deref(),
+            Some("opened read-only")
+        );
+        assert_eq!(*remounts.lock(), [true, false]);
         Ok(())
     }
 

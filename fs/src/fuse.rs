@@ -296,6 +296,11 @@ impl CowFs {
         CowFs { core, shared }
     }
 
+    /// Progress of the snapshot ioctls, for the control socket.
+    pub fn tree_ops(&self) -> Arc<crate::progress::TreeOps> {
+        self.core.tree_ops()
+    }
+
     fn ttl(&self) -> Duration {
         self.core.config().ttl
     }

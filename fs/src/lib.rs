@@ -15,6 +15,7 @@ pub mod fuse;
 mod handles;
 pub mod live;
 pub mod probe;
+pub mod progress;
 pub mod session;
 mod splice;
 pub mod stats;

@@ -95,6 +95,7 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
     let store = Arc::new(Store::open(&store_path, &spec.open)?);
     let shared = Arc::new(Shared::default());
     let fs = CowFs::new(store.clone(), spec.fs.clone(), shared.clone());
+    let tree_ops = fs.tree_ops();
 
     let mut options = spec.options.clone();
     options.push(MountOption::FSName(
@@ -134,6 +135,8 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
                 )),
                 sync: Box::new(sync_source(Arc::downgrade(&store))),
                 report: Box::new(crate::live::report_source(Arc::downgrade(&store))),
+                set_read_only: Box::new(read_only_source(Arc::downgrade(&store))),
+                progress: Box::new(move |id| tree_ops.get(id)),
             };
             match ControlServer::start(devno, handlers) {
                 Ok(c) => Some(c),
@@ -196,6 +199,7 @@ fn stats_source(
             copy_mode: mode.clone(),
             max_write: k.max_write,
             commits: store.upgrade().map(|s| s.commit_count()).unwrap_or(0),
+            read_only: store.upgrade().is_some_and(|s| s.is_read_only()),
             counters: shared.snapshot(),
         }
     }
@@ -208,6 +212,41 @@ fn sync_source(store: std::sync::Weak<Store>) -> impl Fn() -> Result<(), String>
         Some(s) => s.commit().map_err(|e| format!("commit failed: {e}")),
         // The store was closed by the unmount, which committed it.
         None => Err("the store is closed (unmounted)".into()),
+    }
+}
+
+/// `mount -o remount,ro` / `rw`, after the kernel's remount: make the store read-only (no
+/// change, no access time, no commit from here on, once what was written before is committed)
+/// or writable again, with the mount's own atime policy.
+fn read_only_source(
+    store: std::sync::Weak<Store>,
+) -> impl Fn(bool) -> Result<(), String> + Send + Sync {
+    move |read_only| {
+        let Some(s) = store.upgrade() else {
+            return Err("the store is closed (unmounted)".into());
+        };
+        match s.set_read_only(read_only) {
+            Ok(()) => {
+                info!(
+                    "remounted {}",
+                    if read_only {
+                        "read-only: the store is committed and does not change"
+                    } else {
+                        "read-write"
+                    }
+                );
+                Ok(())
+            }
+            Err(cowstore::Error::ReadOnly) => Err(
+                "the daemon opened the store read-only (mounted with -o ro); unmount it and \
+                 mount it again without ro to write"
+                    .into(),
+            ),
+            Err(e) if read_only => Err(format!(
+                "read-only now, but committing what was written before failed: {e}"
+            )),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

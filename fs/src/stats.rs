@@ -80,6 +80,9 @@ pub struct Stats {
     pub max_write: u32,
     /// Commits the store made since the mount (periodic, fsync, explicit).
     pub commits: u64,
+    /// The store refuses changes: mounted `-o ro`, or remounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
     #[serde(flatten)]
     pub counters: CounterSnapshot,
 }

@@ -153,10 +153,13 @@ fn enter_mount_namespace(ns: &Path) -> Result<(), String> {
 
 /// `-o remount,...` (what `mount -o remount,ro MOUNTPOINT` runs): change the live mount's flags
 /// with mount(2) MS_REMOUNT, as for a kernel filesystem: read-only or read-write, suid, dev,
-/// exec, sync, dirsync (the kernel keeps the atime flags when none are given). The daemon's own
-/// options keep the values it was started with. Going read-only commits the store afterwards, so
-/// everything written before is durable (the kernel writes back cached pages before it lets the
-/// mount go read-only).
+/// exec, sync, dirsync (the kernel keeps the atime flags when none are given), and tell the
+/// daemon. Going read-only, the kernel first refuses it while a file is open for writing (and
+/// writes back cached pages), then the daemon makes its store read-only: it commits what was
+/// written before, once, and from then on changes nothing, access times included, and commits
+/// nothing. Going read-write, the daemon becomes writable first (with the atime policy the
+/// mount was made with), then the kernel lets writes through. The daemon's other options keep
+/// the values it was started with.
 fn remount(a: &Args, o: &MountOpts) -> CmdResult {
     let mp = absolute(&a.mountpoint);
     let stats = control::query(&mp)?;
@@ -194,18 +197,51 @@ fn remount(a: &Args, o: &MountOpts) -> CmdResult {
             flags |= flag;
         }
     }
-    nix::mount::mount(None::<&str>, &mp, None::<&str>, flags, None::<&str>).map_err(
-        |e| match e {
+    let kernel = || {
+        nix::mount::mount(None::<&str>, &mp, None::<&str>, flags, None::<&str>).map_err(|e| match e
+        {
             Errno::EBUSY => format!(
                 "{}: busy (a file is open for writing); cannot go read-only",
                 mp.display()
             ),
             Errno::EPERM => format!("{}: remounting needs root", mp.display()),
             e => format!("remounting {}: {e}", mp.display()),
-        },
-    )?;
+        })
+    };
     if o.read_only {
-        control::sync(&mp).map_err(|e| format!("remounted read-only, but: {e}"))?;
+        kernel()?;
+        return match control::set_read_only(&mp, true) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            // A daemon of an older cowfs: it keeps recording access times; commit at least.
+            Err(control::QueryError::Failed(_, e)) if e.starts_with("unknown request") => {
+                err!(
+                    "cowfs mount: the daemon of {} is too old to go read-only itself: it still \
+                     records access times",
+                    mp.display()
+                );
+                control::sync(&mp).map_err(|e| format!("remounted read-only, but: {e}"))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(format!("remounted read-only, but: {e}").into()),
+        };
+    }
+    let was_read_only = stats.read_only;
+    match control::set_read_only(&mp, false) {
+        Ok(()) => {}
+        Err(control::QueryError::Failed(_, e)) if e.starts_with("unknown request") => {}
+        Err(e) => return Err(e.into()),
+    }
+    if let Err(e) = kernel() {
+        // The mount stays as it was: so does its daemon.
+        if was_read_only {
+            if let Err(e2) = control::set_read_only(&mp, true) {
+                err!(
+                    "cowfs mount: the daemon of {} stays writable: {e2}",
+                    mp.display()
+                );
+            }
+        }
+        return Err(e.into());
     }
     Ok(ExitCode::SUCCESS)
 }

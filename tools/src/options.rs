@@ -113,7 +113,8 @@ Mount options (-o OPT[,OPT...]):
   debug                  log every request (very verbose)
   remount                change the live mount: ro/rw, suid, dev, exec, sync, dirsync (the
                          others keep the values the mount was made with); going read-only
-                         commits the store
+                         commits the store once, and then nothing changes it (no access
+                         times, no commits) until remount,rw
 Accepted and ignored: rw, defaults, auto, noauto, user, nouser, _netdev, nofail, lazytime, exec,
   nosuid, nodev, async, x-*, and other fstab-only options.
 As the mount helper of mount(8) (mount -t fuse.cowfs, fstab), suid and dev are on unless nosuid

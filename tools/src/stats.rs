@@ -29,6 +29,10 @@ pub fn run(a: Args) -> CmdResult {
     out!("copy mode               {}", s.copy_mode);
     out!("max write               {}", s.max_write);
     out!("commits                 {}", s.commits);
+    out!(
+        "read-only               {}",
+        if s.read_only { "yes" } else { "no" }
+    );
     for (name, v) in [
         ("read bytes spliced", c.read_bytes_spliced),
         ("passthrough opens", c.passthrough_opens),

@@ -405,3 +405,97 @@ fn remount_rw_of_a_store_opened_read_only_is_refused() -> TestResult {
     ns.gone(pid)?;
     Ok(())
 }
+
+#[test]
+fn remount_ro_changes_nothing_in_the_store_and_rw_brings_access_times_back() -> TestResult {
+    // Regression (issue 13): after `mount -o remount,ro` the daemon still recorded access times
+    // of reads and the periodic commit wrote them: the store of a read-only mount kept changing.
+    let ns = Ns::new()?;
+    ns.install_helper()?;
+    let (store, mnt) = (ns.store(), ns.mnt());
+    // Commit every second; no attribute cache, so stat always asks the daemon.
+    ns.ok(&[
+        "mount",
+        "-t",
+        "fuse.cowfs",
+        store,
+        mnt,
+        "-o",
+        "commit=1,ttl=0",
+    ])?;
+    let f = format!("{mnt}/f");
+    ns.sh(&format!("echo data > {f}"))?;
+    let atime = || ns.ok(&["stat", "-c", "%x", &f]);
+    let created = atime()?;
+    let generation = || -> Result<u64, Box<dyn std::error::Error>> {
+        let out = ns.ok(&[COWFS, "inspect", store, "--json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v["generation"].as_u64().ok_or("no generation")?)
+    };
+    let read_only = || -> Result<bool, Box<dyn std::error::Error>> {
+        let out = ns.ok(&[COWFS, "stats", "--json", mnt])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v["read_only"].as_bool().ok_or("no read_only")?)
+    };
+    let meta = ns.m.store.join("meta.redb");
+    assert!(!read_only()?);
+
+    ns.ok(&["mount", "-o", "remount,ro", mnt])?;
+    assert!(read_only()?, "the daemon is read-only too");
+    let (commits, generation_ro, meta_hash) = (ns.commits()?, generation()?, hash_file(&meta)?);
+    // Reads that relatime records (the first since the file changed), a listing, a stat.
+    assert_eq!(
+        ns.sh(&format!("cat {f}; cat {f}; ls -a {mnt} >/dev/null"))?,
+        "data\ndata\n"
+    );
+    // Past two periodic commits.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        atime()?,
+        created,
+        "an access time was recorded while read-only"
+    );
+    assert_eq!(ns.commits()?, commits, "a read-only mount committed");
+    assert_eq!(generation()?, generation_ro);
+    assert_eq!(
+        hash_file(&meta)?,
+        meta_hash,
+        "meta.redb changed while read-only"
+    );
+    let out = ns.run(&["touch", &format!("{mnt}/g")])?;
+    assert!(!out.status.success(), "a write on a read-only mount");
+    // The kernel passes ioctls of a read-only mount on: the daemon refuses the snapshot itself.
+    let out = ns.run(&[COWFS, "snapshot", &f, &format!("{mnt}/copy")])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Read-only file system"),
+        "{err}"
+    );
+    assert_eq!(ns.commits()?, commits);
+    assert_eq!(hash_file(&meta)?, meta_hash);
+
+    // Writable again, with the mount's own atime policy (relatime): the read is recorded and
+    // committed.
+    ns.ok(&["mount", "-o", "remount,rw", mnt])?;
+    assert!(!read_only()?);
+    assert_eq!(ns.sh(&format!("cat {f}"))?, "data\n");
+    let read = atime()?;
+    assert_ne!(
+        read, created,
+        "relatime records the first read after the change"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(ns.commits()? > commits, "the periodic commit runs again");
+    assert!(generation()? > generation_ro);
+    assert_eq!(atime()?, read, "relatime: once per change");
+    let pid = ns.daemon_pid()?;
+    ns.ok(&["umount", mnt])?;
+    ns.gone(pid)?;
+    // The access time was committed.
+    ns.ok(&["mount", "-t", "fuse.cowfs", store, mnt, "-o", "ttl=0"])?;
+    assert_eq!(atime()?, read);
+    let pid = ns.daemon_pid()?;
+    ns.ok(&["umount", mnt])?;
+    ns.gone(pid)?;
+    Ok(())
+}

@@ -2,15 +2,17 @@
 //! `find -printf`, `getfattr` dumps and content hashes), shares every block, diverges on writes,
 //! refuses every change with EROFS when read-only, is refused whole for a caller who could not
 //! `cp -a` the tree, survives a SIGKILL of the daemon as nothing or everything, keeps holes of
-//! a single file, and `--delete` removes a tree; fsck is clean after each.
+//! a single file, and `--delete` removes a tree; fsck is clean after each. On a terminal both
+//! show the daemon's progress as a bar that counts up to an exact total; elsewhere nothing.
 
 mod common;
 
 use common::*;
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn sh(script: &str, dir: &Path) -> Result<String, String> {
@@ -388,6 +390,196 @@ fn sigkill_during_a_snapshot_leaves_nothing_or_everything() -> TestResult {
         Some(&(3000, true)),
         "the last kill comes after the snapshot"
     );
+    fsck_clean(&mut m)
+}
+
+/// `copies` snapshots of one directory of 1000 files under `dir` (`dir/c0` .. ): a big tree
+/// made quickly. Returns the names below `dir`.
+fn big_tree(dir: &Path, copies: usize) -> Result<u64, Box<dyn std::error::Error>> {
+    let seed = dir.join("c0");
+    fs::create_dir_all(&seed)?;
+    for i in 0..1000 {
+        fs::write(seed.join(format!("f{i}")), i.to_string())?;
+    }
+    for c in 1..copies {
+        snapshot(&[path_str(&seed), path_str(&dir.join(format!("c{c}")))])?;
+    }
+    Ok(copies as u64 * 1001)
+}
+
+/// What `cowfs ARGS` writes to a terminal (its stderr is a pseudo-terminal's slave), its
+/// stdout (a pipe) and whether it succeeded.
+fn on_a_terminal(args: &[&str]) -> Result<(String, Vec<u8>, bool), Box<dyn std::error::Error>> {
+    let pty = nix::pty::openpty(None, None)?;
+    let mut master = fs::File::from(pty.master);
+    let mut cmd = Command::new(COWFS);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(pty.slave));
+    let child = cmd.spawn()?;
+    // Our copy of the slave goes with `cmd`: the master reads EOF (EIO) once the child is gone.
+    drop(cmd);
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // EIO: no slave open any more.
+                Err(_) => break,
+            }
+        }
+        seen
+    });
+    let out = child.wait_with_output()?;
+    let term = reader.join().map_err(|_| "pty reader panicked")?;
+    Ok((String::from_utf8(term)?, out.stdout, out.status.success()))
+}
+
+/// The frames a terminal was shown (each line drawn after a carriage return), without the
+/// padding that overwrites a longer frame.
+fn frames(term: &str) -> Vec<String> {
+    term.split('\r')
+        .map(|f| f.trim_end().to_string())
+        .filter(|f| !f.is_empty())
+        .collect()
+}
+
+/// `(phase, done, total)` of the frames of `what` that have a bar (`done/total`).
+fn bar_counts(frames: &[String], what: &str) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    for f in frames {
+        let mut words = f.split_whitespace();
+        if words.next() != Some(what) {
+            continue;
+        }
+        let Some(phase) = words.next() else { continue };
+        let Some(counts) = words.find(|w| w.contains('/') && !w.ends_with("/s")) else {
+            continue;
+        };
+        if let Some((d, t)) = counts.split_once('/') {
+            if let (Ok(d), Ok(t)) = (d.parse(), t.parse()) {
+                out.push((phase.to_string(), d, t));
+            }
+        }
+    }
+    out
+}
+
+/// The counts of `bars` never go back, more than one arrives while the operation runs, and
+/// the last is the `done` frame at the total `want`.
+fn assert_counts_up_to(bars: &[(String, u64, u64)], want: u64, term: &str) {
+    assert!(
+        bars.iter().all(|(_, _, t)| *t == want),
+        "every total is {want}: {bars:?}"
+    );
+    assert!(
+        bars.windows(2).all(|w| w[0].1 <= w[1].1),
+        "counts go up: {bars:?}"
+    );
+    let running: std::collections::BTreeSet<u64> = bars
+        .iter()
+        .filter(|(p, d, _)| p != "done" && *d < want)
+        .map(|b| b.1)
+        .collect();
+    assert!(
+        running.len() >= 2,
+        "progress arrives while the daemon works: {bars:?}\n{term:?}"
+    );
+    assert_eq!(
+        bars.last(),
+        Some(&("done".to_string(), want, want)),
+        "ends at the total: {term:?}"
+    );
+}
+
+#[test]
+fn on_a_terminal_snapshot_and_delete_show_progress_up_to_the_total() -> TestResult {
+    // Issue 13 (progress bar): `cowfs snapshot` showed only a spinner, the snapshot being one
+    // ioctl; the daemon now publishes each batch and the command draws count/total, rate and
+    // time left on a terminal, and erases the line at the end.
+    let mut m = Mount::new(&[])?;
+    let src = m.path("src");
+    let names = big_tree(&src, 64)?;
+    // SRC itself, then every name below it.
+    let want = names + 1;
+    let dst = m.path("dst");
+    let t = Instant::now();
+    let (term, stdout, ok) = on_a_terminal(&["snapshot", path_str(&src), path_str(&dst)])?;
+    eprintln!(
+        "snapshot of {want} entries on a terminal: {:?}",
+        t.elapsed()
+    );
+    assert!(ok, "{term}");
+    assert!(stdout.is_empty(), "stdout stays clean");
+    let shown = frames(&term);
+    assert!(
+        shown
+            .iter()
+            .all(|f| f.len() < 80 && f.starts_with("snapshot ")),
+        "{shown:#?}"
+    );
+    assert_counts_up_to(&bar_counts(&shown, "snapshot"), want, &term);
+    assert!(
+        shown.iter().any(|f| f.contains("/s ETA ")),
+        "a rate and a time left: {shown:#?}"
+    );
+    assert!(
+        term.ends_with('\r')
+            && term
+                .rsplit('\r')
+                .nth(1)
+                .is_some_and(|l| l.trim().is_empty()),
+        "the line is erased at the end: {term:?}"
+    );
+    assert_eq!(
+        sh("find . | wc -l", &dst)?.trim(),
+        want.to_string(),
+        "the copy is whole"
+    );
+
+    let (term, stdout, ok) = on_a_terminal(&["snapshot", "--delete", path_str(&dst)])?;
+    assert!(ok, "{term}");
+    assert!(stdout.is_empty());
+    let shown = frames(&term);
+    // Checking counts the names (no total yet), then removing has one: the names and DIR.
+    assert!(
+        shown
+            .iter()
+            .filter(|f| f.starts_with("delete checking"))
+            .all(|f| f.ends_with(" entries") || f.contains(" entries ")),
+        "{shown:#?}"
+    );
+    assert_counts_up_to(&bar_counts(&shown, "delete"), want, &term);
+    assert!(fs::symlink_metadata(&dst).is_err());
+    fsck_clean(&mut m)
+}
+
+#[test]
+fn without_a_terminal_snapshot_prints_nothing() -> TestResult {
+    // Issue 13 (progress bar): the bar is for terminals only; a pipe or a file gets no byte of
+    // it, and the command stays silent on success.
+    let mut m = Mount::new(&[])?;
+    let src = m.path("src");
+    let names = big_tree(&src, 20)?;
+    let dst = m.path("dst");
+    let out = Command::new(COWFS)
+        .args(["snapshot", path_str(&src), path_str(&dst)])
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    assert_eq!(sh("find . | wc -l", &dst)?.trim(), (names + 1).to_string());
+    let out = Command::new(COWFS)
+        .args(["snapshot", "--delete", path_str(&dst)])
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    assert!(fs::symlink_metadata(&dst).is_err());
     fsck_clean(&mut m)
 }
 

@@ -12,4 +12,4 @@ pub use namespace::{
     LINK_MAX, NAME_MAX, XATTR_INODE_MAX, XATTR_LIST_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
 pub use rmtree::REMOVE_BATCH;
-pub use snapshot::{SnapshotOptions, SNAPSHOT_BATCH};
+pub use snapshot::{SnapshotOptions, TreePhase, TreeProgress, SNAPSHOT_BATCH};

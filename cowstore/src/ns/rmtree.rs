@@ -7,7 +7,9 @@
 
 use crate::error::{Error, Result};
 use crate::ns::acl::{Capability, Cred};
-use crate::ns::snapshot::{require, require_reachable, MAY_EXEC, MAY_READ, MAY_WRITE};
+use crate::ns::snapshot::{
+    require, require_reachable, TreePhase, TreeProgress, MAY_EXEC, MAY_READ, MAY_WRITE,
+};
 use crate::ns::{check_flags, Change};
 use crate::store::ctx::Ctx;
 use crate::store::txn::Inner;
@@ -159,8 +161,10 @@ impl Inner {
 
     /// Recovery at open: free an orphan, a directory with its whole detached tree (a snapshot
     /// that was being built, or a tree being removed, when the last process stopped).
+    /// One held open (a snapshot's tree being built, a file opened again by handle) is left.
     pub(crate) fn reclaim_orphan(&self, ino: InodeNo) -> Result<()> {
         let dir = self.write(|cx| match cx.try_inode(ino)? {
+            _ if cx.mem.open_counts.contains_key(&ino) => Ok(false),
             Some(rec) if rec.kind == FileKind::Directory => Ok(true),
             Some(mut rec) => {
                 cx.destroy_inode(ino, &mut rec)?;
@@ -173,6 +177,22 @@ impl Inner {
         })?;
         if dir {
             self.free_tree(ino, false, &mut |_| {})?;
+        }
+        Ok(())
+    }
+
+    /// Free the orphans nothing holds open any more: those whose last release came while the
+    /// store was read-only (`Store::set_read_only`), which could not free them then.
+    pub(crate) fn reclaim_released_orphans(&self) -> Result<()> {
+        let released: Vec<InodeNo> = self.read(|cx| {
+            let mut v = Vec::new();
+            for item in cx.orphans.iter()? {
+                v.push(item?.0);
+            }
+            Ok(v)
+        })?;
+        for ino in released {
+            self.reclaim_orphan(ino)?;
         }
         Ok(())
     }
@@ -210,13 +230,15 @@ impl Store {
         self.remove_tree_with_progress(parent, name, cred, &mut |_| {})
     }
 
-    /// [`Store::remove_tree`], calling `progress` with the entries checked, then removed.
+    /// [`Store::remove_tree`], calling `progress` after each batch: the names below DIR
+    /// checked ([`TreePhase::Checking`]), then removed ([`TreePhase::Removing`], DIR itself
+    /// included, so its total is the count checked plus one).
     pub fn remove_tree_with_progress(
         &self,
         parent: InodeNo,
         name: &[u8],
         cred: &dyn Cred,
-        progress: &mut dyn FnMut(u64),
+        progress: &mut dyn FnMut(TreeProgress),
     ) -> Result<u64> {
         if name == b"." || name == b".." || name.is_empty() {
             return Err(Error::Invalid("cannot remove . or .."));
@@ -237,7 +259,11 @@ impl Store {
         })?;
         if kind != FileKind::Directory {
             self.unlink(parent, name)?;
-            progress(1);
+            progress(TreeProgress {
+                phase: TreePhase::Removing,
+                done: 1,
+                total: Some(1),
+            });
             return Ok(1);
         }
         // The walk of rm -r, in read batches: read, write and search on every directory, and
@@ -283,7 +309,11 @@ impl Store {
                 }
                 Ok(())
             })?;
-            progress(checked);
+            progress(TreeProgress {
+                phase: TreePhase::Checking,
+                done: checked,
+                total: None,
+            });
         }
         // Detach: the tree is gone from the namespace from here on.
         inner.write(|cx| {
@@ -307,6 +337,13 @@ impl Store {
             *cx.mem.open_counts.entry(root).or_insert(0) += 1;
             Ok(())
         })?;
-        inner.free_tree(root, true, progress)
+        let total = Some(checked + 1);
+        inner.free_tree(root, true, &mut |done| {
+            progress(TreeProgress {
+                phase: TreePhase::Removing,
+                done,
+                total,
+            })
+        })
     }
 }

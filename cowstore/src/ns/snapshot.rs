@@ -13,7 +13,7 @@
 //! write and search on that parent; `mknod` rights for device nodes; owners kept only with
 //! CAP_CHOWN (else the caller's, and setuid/setgid dropped, as cp does when chown fails).
 
-use crate::codec::{decode, encode, ExtentRecord, InodeRecord};
+use crate::codec::{decode, encode, DirentRecord, ExtentRecord, InodeRecord};
 use crate::error::{Error, Result};
 use crate::ns::acl::{Acl, Capability, Cred, Tag, ACL_ACCESS};
 use crate::ns::{check_flags, check_name, Change, FIRST_COOKIE, LINK_MAX};
@@ -21,9 +21,39 @@ use crate::store::ctx::Ctx;
 use crate::store::Store;
 use crate::types::{FileKind, InodeAttr, InodeFlags, InodeNo, Timespec};
 use std::collections::HashMap;
+use std::ops::Bound;
 
 /// Entries cloned per store operation: bounds how long one batch holds the store lock.
 pub const SNAPSHOT_BATCH: usize = 2048;
+
+/// Entries counted per read of [`Store::count_tree`].
+const COUNT_BATCH: u64 = 8192;
+
+/// How far a tree operation ([`Store::snapshot_with_progress`],
+/// [`Store::remove_tree_with_progress`]) is, reported after each of its batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeProgress {
+    pub phase: TreePhase,
+    /// Entries (names) done in this phase so far.
+    pub done: u64,
+    /// Entries this phase does in all, once known: counting and checking find it out for the
+    /// phase after them. It is exact unless the tree changes meanwhile.
+    pub total: Option<u64>,
+}
+
+/// The phases of a tree operation, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreePhase {
+    /// A snapshot counts the names of SRC first (metadata only: one scan of each directory's
+    /// entries), so that copying has a total.
+    Counting,
+    /// A snapshot clones: SRC itself, then each name below it.
+    Copying,
+    /// A removal checks that every entry may be removed (`rm -r`'s rights), counting them.
+    Checking,
+    /// A removal unlinks each name, then DIR itself.
+    Removing,
+}
 
 /// Bits of an access check (`MAY_READ`, `MAY_WRITE`, `MAY_EXEC`).
 pub(crate) const MAY_READ: u16 = 4;
@@ -396,11 +426,91 @@ impl Store {
         opts: &SnapshotOptions,
         cred: &dyn Cred,
     ) -> Result<InodeAttr> {
-        self.snapshot_with_progress(src, dst_parent, name, opts, cred, &mut |_| {})
+        self.snapshot_batches(src, dst_parent, name, opts, cred, &mut |_| {})
     }
 
-    /// [`Store::snapshot`], calling `progress` with the entries cloned so far after each batch.
+    /// Entries (names) below directory `dir`, each name once (a hard link counts once per
+    /// name), `dir` itself not counted; 0 for a file. Metadata only: a scan of each directory's
+    /// entries, in reads of a bounded size (overlay: a directory's lower entries are imported
+    /// first, as a snapshot would). `progress` gets the count so far after each read.
+    pub fn count_tree(&self, dir: InodeNo, progress: &mut dyn FnMut(u64)) -> Result<u64> {
+        let inner = self.inner();
+        if inner.read(|cx| cx.get_inode(dir))?.kind != FileKind::Directory {
+            return Ok(0);
+        }
+        let empty: &[u8] = &[];
+        // (directory, the last name counted in it).
+        let mut todo: Vec<(InodeNo, Option<Vec<u8>>)> = vec![(dir, None)];
+        let mut n = 0u64;
+        while let Some((d, after)) = todo.pop() {
+            if after.is_none() {
+                self.import(d)?;
+            }
+            let (subdirs, seen, resume) = inner.read(|cx| {
+                let lo = match &after {
+                    Some(name) => Bound::Excluded((d, name.as_slice())),
+                    None => Bound::Included((d, empty)),
+                };
+                let hi = match d.0.checked_add(1) {
+                    Some(next) => Bound::Excluded((InodeNo(next), empty)),
+                    None => Bound::Unbounded,
+                };
+                let mut subdirs = Vec::new();
+                let mut seen = 0u64;
+                for item in cx.dirents.range((lo, hi))? {
+                    let (k, v) = item?;
+                    let rec: DirentRecord = decode(&v, &k)?;
+                    if rec.kind == FileKind::Directory {
+                        subdirs.push(rec.ino);
+                    }
+                    seen += 1;
+                    if seen == COUNT_BATCH {
+                        return Ok((subdirs, seen, Some(k.1)));
+                    }
+                }
+                Ok((subdirs, seen, None))
+            })?;
+            n += seen;
+            if let Some(last) = resume {
+                todo.push((d, Some(last)));
+            }
+            todo.extend(subdirs.into_iter().map(|s| (s, None)));
+            progress(n);
+        }
+        Ok(n)
+    }
+
+    /// [`Store::snapshot`], calling `progress` after each batch: a directory's names are
+    /// counted first ([`TreePhase::Counting`], see [`Store::count_tree`]), then copied
+    /// ([`TreePhase::Copying`], SRC itself included, so its total is the count plus one).
     pub fn snapshot_with_progress(
+        &self,
+        src: InodeNo,
+        dst_parent: InodeNo,
+        name: &[u8],
+        opts: &SnapshotOptions,
+        cred: &dyn Cred,
+        progress: &mut dyn FnMut(TreeProgress),
+    ) -> Result<InodeAttr> {
+        check_name(name)?;
+        let total = 1 + self.count_tree(src, &mut |done| {
+            progress(TreeProgress {
+                phase: TreePhase::Counting,
+                done,
+                total: None,
+            })
+        })?;
+        self.snapshot_batches(src, dst_parent, name, opts, cred, &mut |done| {
+            progress(TreeProgress {
+                phase: TreePhase::Copying,
+                done,
+                total: Some(total),
+            })
+        })
+    }
+
+    /// The snapshot itself, calling `progress` with the entries cloned so far after each batch.
+    fn snapshot_batches(
         &self,
         src: InodeNo,
         dst_parent: InodeNo,

@@ -66,8 +66,54 @@ impl Store {
         &self.inner.sb
     }
 
+    /// Whether the store refuses changes: opened read-only, or made read-only since
+    /// ([`Store::set_read_only`]).
     pub fn is_read_only(&self) -> bool {
-        self.inner.read_only
+        self.inner.is_read_only()
+    }
+
+    /// Make an open store read-only, or writable again (`mount -o remount,ro` and `rw`).
+    ///
+    /// Going read-only refuses every change from here on with [`Error::ReadOnly`] (an operation
+    /// already running finishes first), records no access time, and commits what was changed
+    /// before, once: after it returns `Ok` no commit changes the store until it is writable
+    /// again (or closed, which marks it cleanly closed). If that commit fails, the error is
+    /// returned and the store stays read-only; its commits keep trying (the periodic one, sync)
+    /// until one succeeds. A lower directory's entries still come in as directories are first
+    /// listed, into memory only; they are committed once the store is writable.
+    ///
+    /// Going writable again frees what was released meanwhile (files unlinked while open and
+    /// closed while read-only, which stay orphans then). A store opened read-only cannot become
+    /// writable ([`Error::ReadOnly`]).
+    pub fn set_read_only(&self, read_only: bool) -> Result<()> {
+        let inner = &self.inner;
+        if inner.read_only {
+            return if read_only {
+                Ok(())
+            } else {
+                Err(Error::ReadOnly)
+            };
+        }
+        if read_only {
+            {
+                // Under the state lock: every operation checks it there (`Inner::write`).
+                let _st = inner.state.lock();
+                if inner.frozen.swap(true, Ordering::SeqCst) {
+                    return Ok(());
+                }
+                inner.freeze_pending.store(true, Ordering::SeqCst);
+            }
+            return inner.commit(false);
+        }
+        if !inner.frozen.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        inner.freeze_pending.store(false, Ordering::SeqCst);
+        // Writable either way; what cannot be freed now stays an orphan for the next open.
+        if let Err(e) = inner.reclaim_released_orphans() {
+            log::warn!("orphans released while read-only stay until the next open: {e}");
+        }
+        Ok(())
     }
 
     /// The pool file, for callers that move its bytes with splice or copy_file_range.
@@ -361,7 +407,7 @@ impl Store {
     /// the policy and the inode's `noatime` flag say so. The change rides the next commit;
     /// nothing is committed here, and a read-only store records nothing.
     pub fn touch_atime(&self, ino: InodeNo, policy: AtimePolicy) -> Result<()> {
-        if self.inner.read_only || policy.mode == AtimeMode::Never {
+        if self.inner.is_read_only() || policy.mode == AtimeMode::Never {
             return Ok(());
         }
         let now = Timespec::now();
@@ -379,14 +425,19 @@ impl Store {
         if !self.inner.read(|cx| Ok(due(&cx.get_inode(ino)?)))? {
             return Ok(());
         }
-        self.inner.write(|cx| {
+        let touched = self.inner.write(|cx| {
             let mut rec = cx.get_inode(ino)?;
             if due(&rec) {
                 rec.atime = now;
                 cx.put_inode(ino, &rec)?;
             }
             Ok(())
-        })
+        });
+        match touched {
+            // Made read-only since the check above: the access is not recorded.
+            Err(Error::ReadOnly) => Ok(()),
+            r => r,
+        }
     }
 
     /// FS_IOC_SETFLAGS by `caller` (see [`InodeFlags`] for what each flag forbids).
@@ -408,7 +459,7 @@ impl Store {
     /// batches (or an earlier, failed or interrupted import) brought in, and an import that
     /// stopped halfway — an error, a crash — resumes where it stopped. The last batch marks the
     /// directory imported.
-    fn import(&self, dir: InodeNo) -> Result<()> {
+    pub(crate) fn import(&self, dir: InodeNo) -> Result<()> {
         let Some(tree) = self.inner.lower.as_deref() else {
             return Ok(());
         };
@@ -433,13 +484,11 @@ impl Store {
                 continue;
             }
             let entries = ldir.entries(i, &todo)?;
-            let apply = |cx: &mut Ctx<'_>| cx.import_entries(dir, &entries, last);
-            if self.inner.read_only {
-                // A read-only open imports into its scratch transaction, never into the store.
-                self.inner.write_unchecked(apply)?;
-            } else {
-                self.inner.write(apply)?;
-            }
+            // Also into a read-only store: a store opened read-only imports into its scratch
+            // transaction, never committed; one made read-only keeps it for its next commit
+            // once writable.
+            self.inner
+                .write_unchecked(|cx| cx.import_entries(dir, &entries, last))?;
         }
         Ok(())
     }
@@ -567,11 +616,17 @@ impl Store {
             }
             last
         };
-        if reclaim && !self.inner.read_only {
-            self.inner.write(|cx| match cx.try_inode(ino)? {
+        if reclaim && !self.inner.is_read_only() {
+            let freed = self.inner.write(|cx| match cx.try_inode(ino)? {
                 Some(mut rec) if rec.nlink == 0 => cx.destroy_inode(ino, &mut rec),
                 _ => Ok(()),
-            })?;
+            });
+            match freed {
+                // Made read-only meanwhile: an unlinked inode stays an orphan until the store is
+                // writable again (`set_read_only`) or next opened.
+                Ok(()) | Err(Error::ReadOnly) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

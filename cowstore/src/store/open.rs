@@ -254,6 +254,8 @@ impl Store {
             }),
             commit_lock: Mutex::new(()),
             read_only: opts.read_only,
+            frozen: AtomicBool::new(false),
+            freeze_pending: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             failed_commits: AtomicU64::new(0),
             max_dirty_bytes: opts.max_dirty_bytes.max(1 << 20),

@@ -48,7 +48,14 @@ pub(crate) struct Inner {
     pub pool: Arc<dyn FileIo>,
     pub state: Mutex<TxnState>,
     pub(super) commit_lock: Mutex<()>,
+    /// Opened read-only: nothing is ever written to the store's files.
     pub read_only: bool,
+    /// Made read-only while open (`Store::set_read_only`, a `mount -o remount,ro`): every
+    /// change is refused and nothing is committed, until it is made writable again.
+    pub(super) frozen: AtomicBool,
+    /// The commit that going read-only makes has not succeeded yet: commits still run (they
+    /// only make durable what was changed before), until one does.
+    pub(super) freeze_pending: AtomicBool,
     pub commits: AtomicU64,
     /// Failed commits so far (the error sequence that fsync reports against).
     pub(super) failed_commits: AtomicU64,
@@ -85,19 +92,31 @@ impl Inner {
     /// and its changes to the in-memory allocation state are undone, so it leaves no trace and
     /// every other operation's changes stay as they were.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
-        if self.read_only {
-            return Err(Error::ReadOnly);
-        }
-        self.write_unchecked(f)
+        self.write_op(true, f)
     }
 
-    /// `write` without the read-only check: for read-only opens, whose changes are never
-    /// committed (the overlay import of `Store::import`, open counts).
+    /// `write` without the read-only check: for what a read-only store still records in memory
+    /// (the overlay import of `Store::import`, open counts), which a store opened read-only
+    /// never commits and one made read-only commits once it is writable again.
     pub(crate) fn write_unchecked<T>(
         &self,
         f: impl FnOnce(&mut Ctx<'_>) -> Result<T>,
     ) -> Result<T> {
+        self.write_op(false, f)
+    }
+
+    /// Whether the store refuses changes now: opened read-only, or made so since.
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.read_only || self.frozen.load(Ordering::SeqCst)
+    }
+
+    fn write_op<T>(&self, check: bool, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
         let mut st = self.state.lock();
+        // Checked under the state lock, which `Store::set_read_only` takes to set `frozen`: an
+        // operation either ran before (and the commit that follows has it) or is refused.
+        if check && self.is_read_only() {
+            return Err(Error::ReadOnly);
+        }
         self.resolve_doubt(&mut st)?;
         let TxnState {
             snap, delta, mem, ..
@@ -128,7 +147,7 @@ impl Inner {
         let commit_now = (mem.low_space && mem.ops_since_commit >= LOW_SPACE_COMMIT_EVERY)
             || delta.bytes() > self.max_dirty_bytes;
         drop(st);
-        if commit_now && !self.read_only {
+        if commit_now && !self.is_read_only() {
             if let Err(e) = self.commit(false) {
                 log::warn!("commit of a full transaction failed: {e}");
             }
@@ -196,13 +215,24 @@ impl Inner {
     /// memory for the next try; it is counted (`failed_commits`) and returned. The pool's sync is
     /// never retried within a commit: after a failed fdatasync the kernel may have dropped the
     /// dirty pages and would report success to a second call.
+    ///
+    /// A store made read-only (`frozen`) commits nothing but the changes made before, until
+    /// that commit succeeds, and its closing commit (which marks it cleanly closed).
     pub(crate) fn commit(&self, closing: bool) -> Result<()> {
         if self.read_only {
+            return Ok(());
+        }
+        if !closing
+            && self.frozen.load(Ordering::SeqCst)
+            && !self.freeze_pending.load(Ordering::SeqCst)
+        {
             return Ok(());
         }
         let _one_at_a_time = self.commit_lock.lock();
         let mut st = self.state.lock();
         if !st.mem.dirty && !closing {
+            // Nothing changed since the last commit: that includes what a freeze waits for.
+            self.freeze_pending.store(false, Ordering::SeqCst);
             return Ok(());
         }
         self.resolve_doubt(&mut st)?;
@@ -272,6 +302,7 @@ impl Inner {
             snap, delta, mem, ..
         } = &mut *st;
         self.commits.fetch_add(1, Ordering::Relaxed);
+        self.freeze_pending.store(false, Ordering::SeqCst);
         mem.state = next;
         mem.sync_pool_next = false;
         match self.engine.snapshot() {

@@ -8,6 +8,7 @@ use super::config::{CopyMode, FsConfig};
 use super::dir::DirStreams;
 use crate::error::{FsError, ToErrno};
 use crate::handles::Handles;
+use crate::progress::TreeOps;
 use crate::splice;
 use crate::stats::Counters;
 use cowstore::io::FileIo;
@@ -49,6 +50,8 @@ pub struct Core {
     /// The kernel agreed to FUSE_HANDLE_KILLPRIV_V2 at INIT: it leaves clearing setuid/setgid
     /// and file capabilities on write, truncate and chown to us (see [`Core::write`]).
     pub(super) killpriv_v2: bool,
+    /// Progress of running snapshot ioctls, for the control socket.
+    pub(super) tree_ops: Arc<TreeOps>,
 }
 
 impl std::fmt::Debug for Core {
@@ -78,7 +81,13 @@ impl Core {
             dirs: DirStreams::default(),
             io: super::open::IoModes::default(),
             killpriv_v2: false,
+            tree_ops: Arc::default(),
         }
+    }
+
+    /// Where the snapshot ioctls that asked for it are (see [`crate::progress`]).
+    pub fn tree_ops(&self) -> Arc<TreeOps> {
+        self.tree_ops.clone()
     }
 
     pub fn config(&self) -> &FsConfig {

@@ -8,16 +8,25 @@
 //!
 //! ```text
 //! offset  size  field
-//!      0     8  other   in: the inode (st_ino) of DST's parent (snapshot) or of DIR's parent
-//!                           (delete); out: the inode of the snapshot, or the entries removed
-//!      8     4  flags   SNAP_READONLY (1), SNAP_DELETE (2)
-//!     12     4  (zero)
-//!     16   256  name    DST's or DIR's name in that parent, NUL-padded (at most 255 bytes)
+//!      0     8  other     in: the inode (st_ino) of DST's parent (snapshot) or of DIR's
+//!                             parent (delete); out: the inode of the snapshot, or the
+//!                             entries removed
+//!      8     4  flags     SNAP_READONLY (1), SNAP_DELETE (2)
+//!     12     4  progress  in: an id (not 0) under which the daemon publishes the operation's
+//!                             progress for the control socket's `progress ID`
+//!                             (`crate::progress`); 0: none
+//!     16   256  name      DST's or DIR's name in that parent, NUL-padded (at most 255 bytes)
 //! ```
+//!
+//! `progress` was a zero field before it meant anything, which older daemons ignore: an older
+//! command asks for no progress, and a newer command asking an older daemon finds no operation
+//! under its id (and shows a spinner).
 //!
 //! A snapshot is asked on a descriptor of SRC (a directory or a file: opening it took read
 //! permission); a removal on a descriptor of DIR. The parent is named by inode number, so the
-//! store checks that the caller may reach it (search permission on its ancestors).
+//! store checks that the caller may reach it (search permission on its ancestors). With a
+//! progress id, a snapshot of a directory counts SRC's names first (metadata only), so that
+//! its copying has a total.
 
 use super::filesystem::Core;
 use crate::error::FsError;
@@ -27,6 +36,7 @@ use cowstore::{InodeNo, SnapshotOptions};
 /// `_IOWR(0xC0, 1, struct cowfs_snapshot)`.
 pub const COWFS_IOC_SNAPSHOT: u32 = (3 << 30) | ((SNAPSHOT_ARG_LEN as u32) << 16) | (0xC0 << 8) | 1;
 pub const SNAPSHOT_ARG_LEN: usize = 272;
+const PROGRESS_OFF: usize = 12;
 const NAME_OFF: usize = 16;
 pub const SNAP_READONLY: u32 = 1;
 pub const SNAP_DELETE: u32 = 2;
@@ -36,6 +46,8 @@ pub const SNAP_DELETE: u32 = 2;
 pub struct SnapshotArg {
     pub other: u64,
     pub flags: u32,
+    /// The id to publish progress under (`crate::progress::TreeOps`); 0: none.
+    pub progress: u32,
     pub name: Vec<u8>,
 }
 
@@ -44,6 +56,7 @@ impl SnapshotArg {
         let mut out = [0u8; SNAPSHOT_ARG_LEN];
         out[..8].copy_from_slice(&self.other.to_ne_bytes());
         out[8..12].copy_from_slice(&self.flags.to_ne_bytes());
+        out[PROGRESS_OFF..NAME_OFF].copy_from_slice(&self.progress.to_ne_bytes());
         let n = self.name.len().min(SNAPSHOT_ARG_LEN - NAME_OFF - 1);
         out[NAME_OFF..NAME_OFF + n].copy_from_slice(&self.name[..n]);
         out
@@ -60,6 +73,8 @@ impl SnapshotArg {
         let mut flags = [0u8; 4];
         flags.copy_from_slice(&b[8..12]);
         let flags = u32::from_ne_bytes(flags);
+        let mut progress = [0u8; 4];
+        progress.copy_from_slice(&b[PROGRESS_OFF..NAME_OFF]);
         if flags & !(SNAP_READONLY | SNAP_DELETE) != 0 {
             return Err(bad("snapshot ioctl: unknown flags"));
         }
@@ -74,6 +89,7 @@ impl SnapshotArg {
         Ok(SnapshotArg {
             other: u64::from_ne_bytes(other),
             flags,
+            progress: u32::from_ne_bytes(progress),
             name: field[..len].to_vec(),
         })
     }
@@ -99,7 +115,17 @@ impl Core {
                     "snapshot --delete: the name does not name the directory",
                 ));
             }
-            let n = s.remove_tree(parent, &arg.name, cred)?;
+            // Published until the answer: the guard marks it finished once committed.
+            let running = self.tree_ops.start(arg.progress, "delete");
+            let n = match &running {
+                Some(op) => {
+                    s.remove_tree_with_progress(parent, &arg.name, cred, &mut |p| op.report(p))?
+                }
+                None => s.remove_tree(parent, &arg.name, cred)?,
+            };
+            if let Some(op) = &running {
+                op.committing();
+            }
             s.commit()?;
             self.kernel.entry_changed(parent, &arg.name);
             self.kernel.attrs_changed(parent);
@@ -108,7 +134,19 @@ impl Core {
             let opts = SnapshotOptions {
                 readonly: arg.flags & SNAP_READONLY != 0,
             };
-            let a = s.snapshot(ino, parent, &arg.name, &opts, cred)?;
+            // Published until the answer: the guard marks it finished once committed.
+            let running = self.tree_ops.start(arg.progress, "snapshot");
+            let a = match &running {
+                Some(op) => {
+                    s.snapshot_with_progress(ino, parent, &arg.name, &opts, cred, &mut |p| {
+                        op.report(p)
+                    })?
+                }
+                None => s.snapshot(ino, parent, &arg.name, &opts, cred)?,
+            };
+            if let Some(op) = &running {
+                op.committing();
+            }
             // Durable when the command returns.
             s.commit()?;
             // The command looked the name up first: the kernel holds a negative entry for it.
@@ -135,6 +173,7 @@ mod tests {
         let a = SnapshotArg {
             other: 42,
             flags: SNAP_READONLY,
+            progress: 0xdead_beef,
             name: b"snap".to_vec(),
         };
         assert_eq!(SnapshotArg::decode(&a.encode()).ok(), Some(a));
@@ -161,6 +200,7 @@ mod tests {
         let arg = SnapshotArg {
             other: root.0,
             flags: SNAP_READONLY,
+            progress: 0,
             name: b"snap".to_vec(),
         };
         let out = f
@@ -172,6 +212,7 @@ mod tests {
         let del = SnapshotArg {
             other: root.0,
             flags: SNAP_DELETE,
+            progress: 0,
             name: b"snap".to_vec(),
         };
         // On another directory's descriptor the name must not be taken for it.
@@ -189,5 +230,64 @@ mod tests {
             )
             .expect("delete");
         assert!(f.store.lookup(root, b"snap").is_err());
+    }
+
+    #[test]
+    fn an_operation_with_a_progress_id_publishes_its_phases_and_its_end() {
+        // Issue 13 (progress of `cowfs snapshot`): the ioctl publishes where it is under the
+        // caller's id, ends at the total it counted, and stays readable once finished.
+        let f = fixture(FsConfig::default());
+        let root = InodeNo::ROOT;
+        let d = f
+            .store
+            .mkdir(root, b"d", 0o755, Caller::ROOT)
+            .expect("mkdir");
+        for i in 0..3000 {
+            f.store
+                .create(
+                    d.ino,
+                    format!("{i}").as_bytes(),
+                    &NewInode::regular(0o644),
+                    Caller::ROOT,
+                )
+                .expect("create");
+        }
+        let ops = f.core.tree_ops();
+        assert_eq!(ops.get(5), None);
+        let arg = SnapshotArg {
+            other: root.0,
+            flags: 0,
+            progress: 5,
+            name: b"snap".to_vec(),
+        };
+        f.core
+            .ioctl(d.ino, COWFS_IOC_SNAPSHOT, &arg.encode(), 272, &Caller::ROOT)
+            .expect("snapshot");
+        let p = ops.get(5).expect("published");
+        assert_eq!(
+            (p.op.as_str(), p.done, p.total, p.finished),
+            ("snapshot", 3001, Some(3001), true),
+            "{p:?}"
+        );
+        let snap = f.store.lookup(root, b"snap").expect("lookup").ino;
+        let del = SnapshotArg {
+            other: root.0,
+            flags: SNAP_DELETE,
+            progress: 6,
+            name: b"snap".to_vec(),
+        };
+        f.core
+            .ioctl(snap, COWFS_IOC_SNAPSHOT, &del.encode(), 272, &Caller::ROOT)
+            .expect("delete");
+        let p = ops.get(6).expect("published");
+        assert_eq!(
+            (p.op.as_str(), p.done, p.total, p.finished),
+            ("delete", 3001, Some(3001), true),
+            "{p:?}"
+        );
+        assert!(
+            ops.get(5).is_some(),
+            "the other operation's report is its own"
+        );
     }
 }

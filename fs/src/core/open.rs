@@ -445,7 +445,7 @@ impl Core {
                     self.io.release(fh);
                     return Err(e.into());
                 }
-                if self.atime_due(a) {
+                if self.atime_due(a) && !s.is_read_only() {
                     self.kernel.attrs_changed(ino);
                 }
                 Counters::add(&self.counters.passthrough_opens, 1);
@@ -456,7 +456,7 @@ impl Core {
         // Reads through this handle may all come from the page cache and never reach the
         // daemon: an access that is due (relatime's first read since a change) is recorded now.
         // The kernel's cached attributes do not know it (no READ goes out to invalidate them).
-        if flags.reads() && self.atime_due(a) {
+        if flags.reads() && self.atime_due(a) && !s.is_read_only() {
             self.accessed(s, ino);
             self.kernel.attrs_changed(ino);
         }

@@ -17,9 +17,10 @@ impl RangeSet {
         RangeSet::default()
     }
 
-    pub fn insert(&mut self, run: BlockRun) {
+    /// Add `run`; returns the run of the set that holds it now (merged with its neighbours).
+    pub fn insert(&mut self, run: BlockRun) -> BlockRun {
         if run.is_empty() {
-            return;
+            return run;
         }
         let (mut start, mut end) = (run.start, run.end());
         if let Some((&s, &l)) = self.map.range(..=start).next_back() {
@@ -39,6 +40,7 @@ impl RangeSet {
         }
         self.map.insert(start, end - start);
         self.blocks += end - start;
+        BlockRun::new(start, end - start)
     }
 
     pub fn remove(&mut self, run: BlockRun) {

@@ -97,6 +97,9 @@ pub(crate) struct TxnMem {
     /// a bound, so a steady overwrite workload reuses blocks instead of punching each one (a
     /// synchronous discard on a host mounted with `discard`). See `Inner::commit`.
     pub unpunched: RangeSet,
+    /// The longest run `unpunched` has had since the commit last looked for runs to punch
+    /// (`TxnMem::add_unpunched`): that look is skipped while no run is long enough.
+    pub longest_unpunched: u64,
     /// A commit failed or its outcome was in doubt: the next one syncs the pool and drops every
     /// image, whatever the engine kept (see `ImagePlan`).
     pub sync_pool_next: bool,
@@ -120,6 +123,7 @@ impl TxnMem {
             to_punch: RangeSet::new(),
             free_index: None,
             unpunched: RangeSet::new(),
+            longest_unpunched: 0,
             sync_pool_next: false,
         }
     }
@@ -150,6 +154,12 @@ impl TxnMem {
         if old != len {
             self.undo.push(Undo::FreeIndex(start, old));
         }
+    }
+
+    /// Free blocks not punched yet (see `unpunched`).
+    pub fn add_unpunched(&mut self, run: BlockRun) {
+        let merged = self.unpunched.insert(run);
+        self.longest_unpunched = self.longest_unpunched.max(merged.len);
     }
 
     /// Blocks that leave the free space: no longer unpunched free blocks.
@@ -268,7 +278,7 @@ impl TxnMem {
     pub fn end_op(&mut self) {
         self.undo.clear();
         for r in std::mem::take(&mut self.to_punch).iter() {
-            self.unpunched.insert(r);
+            self.add_unpunched(r);
         }
     }
 
@@ -277,9 +287,13 @@ impl TxnMem {
         while let Some(u) = self.undo.pop() {
             match u {
                 Undo::AllocRemove(r) => self.txn_alloc.remove(r),
-                Undo::AllocInsert(r) => self.txn_alloc.insert(r),
+                Undo::AllocInsert(r) => {
+                    self.txn_alloc.insert(r);
+                }
                 Undo::PendingRemove(r) => self.pending_free.remove(r),
-                Undo::PendingInsert(r) => self.pending_free.insert(r),
+                Undo::PendingInsert(r) => {
+                    self.pending_free.insert(r);
+                }
                 Undo::FreeIndex(start, len) => {
                     if let Some(index) = self.free_index.as_mut() {
                         match len {
@@ -288,7 +302,7 @@ impl TxnMem {
                         };
                     }
                 }
-                Undo::UnpunchedInsert(r) => self.unpunched.insert(r),
+                Undo::UnpunchedInsert(r) => self.add_unpunched(r),
             }
         }
         if !mark.free_index {

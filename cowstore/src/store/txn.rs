@@ -318,7 +318,7 @@ impl Inner {
             }
         }
         for r in mem.committed().iter() {
-            mem.unpunched.insert(r);
+            mem.add_unpunched(r);
         }
         mem.dirty = !mem.held().is_empty();
         mem.ops_since_commit = 0;
@@ -331,7 +331,7 @@ impl Inner {
         // first: the allocator skips them until the punch is done, so no write can lose its
         // bytes to a late punch.
         let all = closing || mem.low_space;
-        let to_punch = punch_now(&mut mem.unpunched, self.bs, all);
+        let to_punch = punch_now(mem, self.bs, all);
         let punching = mem.punching.start(&to_punch);
         drop(st);
         for &r in punching.runs() {
@@ -460,11 +460,20 @@ const UNPUNCHED_MAX_BYTES: u64 = 256 << 20;
 
 /// Take out of `unpunched` the runs to punch now: every run of at least [`PUNCH_RUN_BYTES`],
 /// then the longest of the rest while they exceed [`UNPUNCHED_MAX_BYTES`]; or all (`all`).
-fn punch_now(unpunched: &mut RangeSet, bs: u64, all: bool) -> RangeSet {
+/// Looks through the runs only when one may be long or there are too many blocks: a commit
+/// after each small write must not cost a walk of up to 256 MiB of single-block runs.
+fn punch_now(mem: &mut TxnMem, bs: u64, all: bool) -> RangeSet {
+    let long = PUNCH_RUN_BYTES / bs;
+    let max = UNPUNCHED_MAX_BYTES / bs;
+    let look = all || mem.longest_unpunched >= long || mem.unpunched.total() > max;
+    mem.longest_unpunched = 0;
+    if !look {
+        return RangeSet::new();
+    }
+    let unpunched = &mut mem.unpunched;
     if all {
         return std::mem::take(unpunched);
     }
-    let long = PUNCH_RUN_BYTES / bs;
     let mut out = RangeSet::new();
     let mut short: Vec<BlockRun> = Vec::new();
     for r in unpunched.iter() {
@@ -475,7 +484,6 @@ fn punch_now(unpunched: &mut RangeSet, bs: u64, all: bool) -> RangeSet {
         }
     }
     let mut kept = unpunched.total() - out.total();
-    let max = UNPUNCHED_MAX_BYTES / bs;
     if kept > max {
         short.sort_by_key(|r| (std::cmp::Reverse(r.len), r.start));
         for r in short {
@@ -508,4 +516,64 @@ fn panic_error(p: Box<dyn std::any::Any + Send>) -> Error {
     Error::Corrupted(format!(
         "meta.redb: internal error while reading metadata ({what}); run cowfs fsck"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::InodeNo;
+
+    fn mem() -> TxnMem {
+        TxnMem::new(StateRecord {
+            generation: 1,
+            next_ino: InodeNo(2),
+            pool_blocks: 1 << 20,
+            inodes: 1,
+            clean: false,
+            images: 0,
+        })
+    }
+
+    #[test]
+    fn punching_picks_long_runs_and_the_excess_and_skips_the_walk_otherwise() {
+        // Regression (issue 12, fsync cost): every commit walked every unpunched run (up to
+        // 256 MiB of single blocks) to find the long ones.
+        let bs = 4096;
+        let long = PUNCH_RUN_BYTES / bs;
+        let mut m = mem();
+        for i in 0..1000u64 {
+            m.add_unpunched(BlockRun::new(BlockNo(i * 2), 1));
+        }
+        assert!(
+            punch_now(&mut m, bs, false).is_empty(),
+            "short runs are kept"
+        );
+        assert_eq!(m.longest_unpunched, 0, "and the next commit need not look");
+        // Single blocks that merge into a long run are punched.
+        let base = 10_000;
+        for i in 0..long {
+            m.add_unpunched(BlockRun::new(BlockNo(base + i), 1));
+        }
+        let out = punch_now(&mut m, bs, false);
+        assert_eq!(
+            out.iter().collect::<Vec<_>>(),
+            vec![BlockRun::new(BlockNo(base), long)]
+        );
+        assert_eq!(m.unpunched.total(), 1000);
+        // Past the bound the longest short runs go.
+        let max = UNPUNCHED_MAX_BYTES / bs;
+        m.add_unpunched(BlockRun::new(BlockNo(1 << 19), long - 1));
+        let mut at = 1u64 << 20;
+        while m.unpunched.total() <= max {
+            m.add_unpunched(BlockRun::new(BlockNo(at), long - 1));
+            at += long;
+        }
+        let out = punch_now(&mut m, bs, false);
+        assert!(!out.is_empty());
+        assert!(m.unpunched.total() <= max);
+        // Unmount: everything.
+        let left = m.unpunched.total();
+        assert_eq!(punch_now(&mut m, bs, true).total(), left);
+        assert!(m.unpunched.is_empty());
+    }
 }

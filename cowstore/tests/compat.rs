@@ -19,10 +19,16 @@ fn pat(seed: u8, n: usize) -> Vec<u8> {
         .collect()
 }
 
-/// A private copy of a fixture store (opening tightens modes and writes).
+/// A private copy of a format 1 fixture store (opening tightens modes and writes).
 fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
+    copy_fixture_of("format-v1", name)
+}
+
+/// A private copy of fixture store `set/name`.
+fn copy_fixture_of(set: &str, name: &str) -> (tempfile::TempDir, PathBuf) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/format-v1")
+        .join("tests/fixtures")
+        .join(set)
         .join(name);
     let tmp = tempfile::tempdir().expect("tmp");
     let dst = tmp.path().join(name);
@@ -138,13 +144,7 @@ fn verify_crashed(s: &Store) -> Result<()> {
 
 #[test]
 fn a_store_left_with_block_images_opens_writes_them_back_and_checks_clean() -> Result<()> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images-v2/crashed");
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("crashed");
-    std::fs::create_dir(&dir).expect("mkdir");
-    for f in ["superblock", "meta.redb", "pool"] {
-        std::fs::copy(src.join(f), dir.join(f)).expect("copy fixture");
-    }
+    let (_tmp, dir) = copy_fixture_of("images-v2", "crashed");
     let opts = OpenOptions {
         commit_interval: None,
         ..Default::default()

@@ -195,6 +195,7 @@ fn stats_source(
             fuse_protocol: format!("{}.{}", k.protocol.0, k.protocol.1),
             copy_mode: mode.clone(),
             max_write: k.max_write,
+            writeback_cache: k.writeback_cache,
             commits: store.upgrade().map(|s| s.commit_count()).unwrap_or(0),
             counters: shared.snapshot(),
         }

@@ -28,6 +28,10 @@ pub fn run(a: Args) -> CmdResult {
     out!("FUSE protocol           {}", s.fuse_protocol);
     out!("copy mode               {}", s.copy_mode);
     out!("max write               {}", s.max_write);
+    out!(
+        "writeback cache         {}",
+        if s.writeback_cache { "on" } else { "off" }
+    );
     out!("commits                 {}", s.commits);
     for (name, v) in [
         ("read bytes spliced", c.read_bytes_spliced),
@@ -40,6 +44,7 @@ pub fn run(a: Args) -> CmdResult {
         ("reads", c.reads),
         ("writes", c.writes),
         ("fsyncs", c.fsyncs),
+        ("seek writebacks", c.seek_writebacks),
         ("errors", c.errors),
         ("I/O errors", c.io_errors),
     ] {

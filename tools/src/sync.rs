@@ -1,6 +1,7 @@
-//! `cowfs sync`: commit a mounted store now. `sync(1)` and `syncfs(2)` never reach a FUSE daemon
-//! (the kernel sends FUSE_SYNCFS only to virtiofs), so this is how to make everything written so
-//! far durable without an fsync per file, like `btrfs filesystem sync`.
+//! `cowfs sync`: commit a mounted store now. `sync(1)` and `syncfs(2)` write the kernel's cached
+//! pages back to the daemon but never ask it to commit (the kernel sends FUSE_SYNCFS only to
+//! virtiofs), so this is how to make everything written so far durable without an fsync per
+//! file, like `btrfs filesystem sync`.
 
 use crate::CmdResult;
 use cowfs_fs::control;
@@ -21,6 +22,14 @@ pub struct Args {
 
 pub fn run(a: Args) -> CmdResult {
     let mp = std::path::absolute(&a.mountpoint)?;
+    // What the kernel still caches (writeback cache) must reach the daemon before the commit:
+    // syncfs writes back every dirty page of the mount (it reaches the daemon as writes, never
+    // as a commit) and reports a writeback that failed meanwhile (ENOSPC, EIO). Those bytes
+    // are lost, so the sync fails, after committing the rest.
+    let written_back = std::fs::File::open(&mp)
+        .and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from))
+        .map_err(|e| format!("{}: writing back cached writes: {e}", mp.display()));
     control::sync(&mp)?;
+    written_back?;
     Ok(ExitCode::SUCCESS)
 }

@@ -252,3 +252,23 @@ fn a_snapshot_holds_writes_still_in_the_page_cache() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn syncfs_and_cowfs_sync_succeed_after_unlinks_and_renames_over_files() -> TestResult {
+    // Regression (issue 12, writeback_cache): right after an unlink or a rename over a file,
+    // the kernel flushes the times it keeps for it with a SETATTR; the store had freed the
+    // inode and said ENOENT, which the kernel latched as a writeback error of the mount:
+    // syncfs(2), and so `cowfs sync`, failed from then on.
+    let _one = one_at_a_time();
+    let m = mount_with_writeback()?;
+    fs::write(m.path("gone"), b"k")?;
+    fs::remove_file(m.path("gone"))?;
+    fs::write(m.path("old"), b"1")?;
+    fs::write(m.path("new"), b"2")?;
+    fs::rename(m.path("new"), m.path("old"))?;
+    let dir = File::open(&m.mnt)?;
+    nix::unistd::syncfs(&dir)?;
+    run_ok(&["sync", path_str(&m.mnt)])?;
+    assert_eq!(fs::read(m.path("old"))?, b"2");
+    Ok(())
+}

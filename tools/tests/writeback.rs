@@ -272,3 +272,38 @@ fn syncfs_and_cowfs_sync_succeed_after_unlinks_and_renames_over_files() -> TestR
     assert_eq!(fs::read(m.path("old"))?, b"2");
     Ok(())
 }
+
+#[test]
+fn a_read_after_a_write_updates_the_access_time_under_relatime() -> TestResult {
+    // Regression (issue 12, writeback_cache, gap d): under the writeback cache the kernel
+    // stamps a regular file's mtime by its coarse clock (the last tick); the store stamped the
+    // file's creation, its atime included, by a precise clock, up to a tick later. The mtime of
+    // a write that followed the creation then preceded the atime, and relatime updated nothing
+    // at the read after that write.
+    use std::os::unix::fs::MetadataExt;
+    let _one = one_at_a_time();
+    let m = mount_with_writeback()?;
+    let stamp = |md: &fs::Metadata, which: char| match which {
+        'a' => (md.atime(), md.atime_nsec()),
+        _ => (md.mtime(), md.mtime_nsec()),
+    };
+    for i in 0..20 {
+        let p = m.path(&format!("f{i}"));
+        fs::write(&p, b"written after the creation")?;
+        let md = fs::metadata(&p)?;
+        assert!(
+            stamp(&md, 'm') >= stamp(&md, 'a'),
+            "file {i}: mtime {:?} before the atime of its creation {:?}",
+            stamp(&md, 'm'),
+            stamp(&md, 'a')
+        );
+        std::thread::sleep(Duration::from_millis(10));
+        fs::read(&p)?;
+        let read = fs::metadata(&p)?;
+        assert!(
+            stamp(&read, 'a') > stamp(&md, 'a'),
+            "file {i}: the read after the write left the atime"
+        );
+    }
+    Ok(())
+}

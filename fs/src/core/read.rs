@@ -210,7 +210,8 @@ impl Core {
     /// (read from /proc) is racy, decides. Writeback of cached pages (`cache`) kills nothing:
     /// the kernel sends it with no credentials, and it stripped the privileges when write(2)
     /// put the bytes in its cache (a writeback-cache write to a file with bits to kill is sent
-    /// through at once, with the flag, instead of being cached).
+    /// through at once, with the flag, instead of being cached). Nor does it stamp mtime and
+    /// ctime: the kernel keeps those under the writeback cache and sends them itself.
     pub fn write(
         &self,
         ino: InodeNo,
@@ -222,7 +223,7 @@ impl Core {
         Counters::add(&self.counters.writes, 1);
         let fsetid = KernelFsetid::new(cred, !kind.kill_suidgid);
         let privs = if kind.cache {
-            Privs::Kept
+            Privs::Writeback
         } else if self.killpriv_v2 {
             Privs::KilledBy(&fsetid)
         } else {
@@ -502,6 +503,45 @@ mod tests {
         assert_eq!(*f.kernel.invalidated.lock(), vec![a.ino]);
         let cap = f.store.getxattr(a.ino, cowstore::acl::CAPABILITY_XATTR);
         assert!(matches!(cap, Err(cowstore::Error::NoAttr)), "{cap:?}");
+    }
+
+    // Regression (issue 12, writeback_cache, gap e): the writeback of cached pages stamped the
+    // file's mtime and ctime with the daemon's clock; the kernel keeps those itself and sends
+    // them with a setattr that background writeback may send before the pages, so the store
+    // kept a later mtime than the file had (a snapshot copied it; the kernel showed its own).
+    #[test]
+    fn the_writeback_of_cached_pages_stamps_no_times() {
+        let f = fixture(FsConfig::default());
+        let (a, _) = f
+            .core
+            .create(InodeNo::ROOT, b"f", 0o644, 0, ROOT)
+            .expect("create");
+        let kernels = cowstore::Timespec { sec: 1000, nsec: 5 };
+        let set = cowstore::SetAttr {
+            mtime: Some(cowstore::TimeSet::At(kernels)),
+            ctime: Some(kernels),
+            ..cowstore::SetAttr::default()
+        };
+        f.core
+            .setattr(a.ino, set, &ROOT)
+            .expect("the kernel's times");
+        let cache = WriteKind {
+            cache: true,
+            kill_suidgid: false,
+        };
+        f.core
+            .write(a.ino, 0, b"cached", &ROOT, cache)
+            .expect("writeback");
+        let got = f.core.getattr(a.ino).expect("stat");
+        assert_eq!((got.mtime, got.ctime, got.size), (kernels, kernels, 6));
+        f.core
+            .write(a.ino, 0, b"direct", &ROOT, WriteKind::default())
+            .expect("write");
+        let got = f.core.getattr(a.ino).expect("stat");
+        assert!(
+            got.mtime > kernels && got.ctime > kernels,
+            "a write(2) stamps"
+        );
     }
 
     #[test]

@@ -101,8 +101,8 @@ impl Kernel for Shared {
 pub struct CowFs {
     core: Core,
     shared: Arc<Shared>,
-    /// Replies that wait for the kernel's writeback (SEEK_DATA/SEEK_HOLE under the writeback
-    /// cache), off the request threads.
+    /// Replies that wait for the kernel's writeback (SEEK_DATA/SEEK_HOLE and snapshots under
+    /// the writeback cache), off the request threads.
     deferred: Deferred,
 }
 
@@ -320,6 +320,11 @@ impl CowFs {
 
     fn ttl(&self) -> Duration {
         self.core.config().ttl
+    }
+
+    /// Which inodes are open for writing, for `cowfs sync` (see `session`).
+    pub fn io_modes(&self) -> Arc<crate::core::IoModes> {
+        self.core.io_modes()
     }
 
     /// Run one request in the core; failures go through [`Core::fail`].
@@ -804,6 +809,16 @@ impl Filesystem for CowFs {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
+        if let Some(job) = self
+            .core
+            .snapshot_job(ino(i), cmd, in_data, out_size, cred(req))
+        {
+            self.deferred.run(move || match job.run() {
+                Ok(out) => reply.ioctl(0, &out),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            });
+            return;
+        }
         let who = cred(req);
         match self.run("ioctl", |c| c.ioctl(ino(i), cmd, in_data, out_size, &who)) {
             Ok(out) => reply.ioctl(0, &out),

@@ -59,6 +59,9 @@ counters!(
     /// SEEK_DATA/SEEK_HOLE requests that had the kernel write the file's cached writes back
     /// first (writeback cache, the file open for writing).
     seek_writebacks,
+    /// Writes of pages the kernel cached that failed (ENOSPC, EIO): the kernel reports each to
+    /// the file's next fsync and close, and `cowfs sync` fails once for them.
+    writeback_errors,
     /// Requests answered with an error.
     errors,
     /// Requests answered with an I/O or corruption error (logged at error level).

@@ -175,10 +175,6 @@ pub fn run(a: Args) -> CmdResult {
         flags: if a.readonly { SNAP_READONLY } else { 0 },
         name,
     };
-    // The daemon clones what the store holds: first the writes the kernel still caches
-    // (writeback cache) must reach it. syncfs writes back every dirty page of the mount.
-    rustix::fs::syncfs(&fd)
-        .map_err(|e| refused("cannot write back the cached writes of", src, e.into()))?;
     call(
         &fd,
         &arg,

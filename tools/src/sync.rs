@@ -21,15 +21,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> CmdResult {
+    // The daemon has the kernel write back what it caches of files open for writing first.
     let mp = std::path::absolute(&a.mountpoint)?;
-    // What the kernel still caches (writeback cache) must reach the daemon before the commit:
-    // syncfs writes back every dirty page of the mount (it reaches the daemon as writes, never
-    // as a commit) and reports a writeback that failed meanwhile (ENOSPC, EIO). Those bytes
-    // are lost, so the sync fails, after committing the rest.
-    let written_back = std::fs::File::open(&mp)
-        .and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from))
-        .map_err(|e| format!("{}: writing back cached writes: {e}", mp.display()));
     control::sync(&mp)?;
-    written_back?;
     Ok(ExitCode::SUCCESS)
 }

@@ -89,7 +89,7 @@ impl Core {
             // sends them in a SETATTR of those two alone (fuse_flush_times); it does so at
             // once after an unlink or a rename over the file, which changed its ctime, when the
             // store has already freed an inode nobody had open. ENOENT would be latched as a
-            // writeback error of the mount (every later syncfs(2), so `cowfs sync`, failed):
+            // writeback error of the mount (every later syncfs(2) failed):
             // the times of a file that no longer exists are set as far as anyone can tell.
             Err(cowstore::Error::NotFound) if self.cfg.writeback_cache && times_only(&set) => {
                 debug!("setattr: times of freed inode {} dropped", ino.0);
@@ -180,7 +180,7 @@ mod tests {
 
     // Regression (issue 12, writeback_cache): the kernel flushes a regular file's times with a
     // SETATTR right after an unlink of it, when the store has already freed it; the ENOENT was
-    // latched as a writeback error of the mount and failed every later syncfs (cowfs sync).
+    // latched as a writeback error of the mount and failed every later syncfs(2).
     #[test]
     fn the_kernels_flush_of_times_of_a_freed_inode_succeeds_under_the_writeback_cache() {
         let t = cowstore::Timespec { sec: 5, nsec: 6 };

@@ -53,8 +53,9 @@ pub struct Core {
     pub(super) kernel: Arc<dyn Kernel>,
     pub(super) handles: Handles,
     pub(super) dirs: DirStreams,
-    /// FUSE passthrough: which inodes are open in which I/O mode.
-    pub(super) io: super::open::IoModes,
+    /// Which inodes are open in which I/O mode (FUSE passthrough, writers under the writeback
+    /// cache); shared with the daemon's `cowfs sync` handler.
+    pub(super) io: Arc<super::open::IoModes>,
     /// The kernel agreed to FUSE_HANDLE_KILLPRIV_V2 at INIT: it leaves clearing setuid/setgid
     /// and file capabilities on write, truncate and chown to us (see [`Core::write`]).
     pub(super) killpriv_v2: bool,
@@ -97,13 +98,18 @@ impl Core {
             kernel,
             handles: Handles::default(),
             dirs: DirStreams::default(),
-            io: super::open::IoModes::default(),
+            io: Arc::default(),
             killpriv_v2: false,
         }
     }
 
     pub fn config(&self) -> &FsConfig {
         &self.cfg
+    }
+
+    /// The open-mode table, for work of the daemon outside requests (`cowfs sync`).
+    pub fn io_modes(&self) -> Arc<super::open::IoModes> {
+        self.io.clone()
     }
 
     /// What INIT agreed that changes how requests are served: FUSE_HANDLE_KILLPRIV_V2,

@@ -202,6 +202,20 @@ impl IoModes {
         self.table.lock().inodes.get(&ino).map_or(0, |e| e.writable)
     }
 
+    /// Every inode with an open that may write: under the writeback cache, the only ones the
+    /// kernel may hold dirty pages of.
+    pub fn writable_inodes(&self) -> Vec<InodeNo> {
+        let t = self.table.lock();
+        let mut v: Vec<InodeNo> = t
+            .inodes
+            .iter()
+            .filter(|(_, e)| e.writable > 0)
+            .map(|(ino, _)| *ino)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Wait (with the table locked) until `ino` has no passthrough opens, at most
     /// [`WRITER_WAIT`]; ETXTBSY if it still has.
     fn wait_for_readers(

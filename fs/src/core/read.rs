@@ -229,7 +229,14 @@ impl Core {
         } else {
             Privs::KilledBy(cred)
         };
-        let (n, dropped) = self.store()?.write_with(ino, offset, data, privs)?;
+        let (n, dropped) = self
+            .store()?
+            .write_with(ino, offset, data, privs)
+            .inspect_err(|_| {
+                if kind.cache {
+                    Counters::add(&self.counters.writeback_errors, 1);
+                }
+            })?;
         let n = u32::try_from(n).map_err(|_| FsError::refused(libc::EINVAL, "write: too large"))?;
         self.attrs_changed(ino, dropped);
         Counters::add(&self.counters.write_bytes, u64::from(n));

@@ -219,6 +219,18 @@ fn full_host(opts: &[&str], writeback: bool) -> TestResult {
             "the mount survives a full host"
         );
         space_comes_back(&m, &big)?;
+        if writeback && refused == Refused::Later {
+            // Regression (issue 12, writeback_cache): `cowfs sync` said nothing of cached
+            // writes that failed; it fails once for them.
+            let sync = || cowfs(&["sync", path_str(&m.mnt)]);
+            let out = sync()?;
+            assert!(
+                !out.status.success()
+                    && String::from_utf8_lossy(&out.stderr).contains("cached pages failed"),
+                "cowfs sync after failed writebacks: {out:?}"
+            );
+            assert!(sync()?.status.success(), "reported once");
+        }
     }
     assert_eq!(m.counter("io_errors")?, 0, "ENOSPC is no I/O error");
     m.umount()?;
@@ -229,7 +241,7 @@ fn full_host(opts: &[&str], writeback: bool) -> TestResult {
 
 #[test]
 fn full_host_filesystem_is_enospc() -> TestResult {
-    full_host(&["commit=1"], true)
+    full_host(&["commit=1", "writeback_cache"], true)
 }
 
 #[test]

@@ -220,8 +220,18 @@ pub struct Timespec {
 }
 
 impl Timespec {
+    /// Now, by the clock the kernel stamps inode times with: `current_time()` reads the coarse
+    /// real-time clock (the time of the last tick, a few ms behind). Under FUSE's writeback
+    /// cache the kernel stamps a regular file's mtime and ctime itself, so the store's stamps
+    /// must not run ahead of that clock: with a precise one, a file created by the store got an
+    /// atime up to a tick after the mtime the kernel gave the write that followed, and relatime
+    /// never saw that write (a read after a write within a tick, likewise).
     pub fn now() -> Timespec {
-        Timespec::from(SystemTime::now())
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+        Timespec {
+            sec: t.tv_sec,
+            nsec: u32::try_from(t.tv_nsec).unwrap_or(0),
+        }
     }
 }
 

@@ -17,6 +17,9 @@ pub enum FsError {
     /// /dev/fuse refused a reply written to it directly (a spliced read).
     #[error("/dev/fuse refused a spliced reply: {0}")]
     Device(std::io::Error),
+    /// The kernel refused a notification the request depends on (a writeback it must do).
+    #[error("the kernel refused a notification: {0}")]
+    Kernel(std::io::Error),
 }
 
 impl FsError {
@@ -32,6 +35,7 @@ impl FsError {
             FsError::Store(StoreError::Io(_) | StoreError::Corrupted(_))
                 | FsError::Closed
                 | FsError::Device(_)
+                | FsError::Kernel(_)
         )
     }
 }
@@ -52,7 +56,7 @@ impl ToErrno for FsError {
         match self {
             FsError::Store(e) => e.to_errno(),
             FsError::Refused { errno, .. } => *errno,
-            FsError::Closed | FsError::Device(_) => libc::EIO,
+            FsError::Closed | FsError::Device(_) | FsError::Kernel(_) => libc::EIO,
         }
     }
 }

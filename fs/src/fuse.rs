@@ -4,8 +4,9 @@
 //! request means and every decision about it live in `crate::core`; here are only the
 //! conversions between fuser's types and the core's.
 
-use crate::core::{Backing, Core, DirSink, Kernel, Opened, ReadReply, WriteKind, XattrReply};
+use crate::core::{Backing, Core, DirSink, Kernel, Opened, ReadReply, Seek, WriteKind, XattrReply};
 use crate::cred::RequestCred;
+use crate::deferred::Deferred;
 use crate::error::FsError;
 use crate::stats::{CounterSnapshot, Counters};
 use cowstore::{Caller, DirEntry, FileKind, InodeAttr, InodeNo, SetAttr, Store, TimeSet, Timespec};
@@ -35,6 +36,8 @@ pub struct KernelInfo {
     pub capabilities: u64,
     /// FUSE_PASSTHROUGH asked for and offered (with a stack depth the kernel takes).
     pub passthrough: bool,
+    /// FUSE_WRITEBACK_CACHE asked for and offered: the kernel caches writes.
+    pub writeback_cache: bool,
 }
 
 /// State shared between the mounted filesystem and the daemon around it (control socket,
@@ -72,6 +75,17 @@ impl Kernel for Shared {
         }
     }
 
+    /// An invalidation of the page cache from `from` on: the kernel launders (writes back and
+    /// waits for) each dirty page before it drops it. An inode the kernel no longer knows has
+    /// no pages (fuser takes that ENOENT for success).
+    fn write_back(&self, ino: InodeNo, from: u64) -> std::io::Result<()> {
+        let Some(n) = self.notifier.get() else {
+            return Ok(());
+        };
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        n.inval_inode(INodeNo(ino.0), from, 0)
+    }
+
     fn entry_changed(&self, parent: InodeNo, name: &[u8]) {
         if let Some(n) = self.notifier.get() {
             let name = std::ffi::OsStr::from_bytes(name);
@@ -87,6 +101,9 @@ impl Kernel for Shared {
 pub struct CowFs {
     core: Core,
     shared: Arc<Shared>,
+    /// Replies that wait for the kernel's writeback (SEEK_DATA/SEEK_HOLE and snapshots under
+    /// the writeback cache), off the request threads.
+    deferred: Deferred,
 }
 
 fn ino(i: INodeNo) -> InodeNo {
@@ -249,6 +266,7 @@ fn negotiate(config: &mut KernelConfig, cfg: &FsConfig, want_write: u32) -> Kern
         max_write,
         capabilities: caps.bits(),
         passthrough,
+        writeback_cache: cfg.writeback_cache && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE),
     }
 }
 
@@ -293,7 +311,11 @@ impl DirSink<(DirEntry, InodeAttr)> for NamesPlus<'_> {
 impl CowFs {
     pub fn new(store: Arc<Store>, cfg: FsConfig, shared: Arc<Shared>) -> CowFs {
         let core = Core::new(store, cfg, shared.counters.clone(), shared.clone());
-        CowFs { core, shared }
+        CowFs {
+            core,
+            shared,
+            deferred: Deferred::default(),
+        }
     }
 
     /// Progress of the snapshot ioctls, for the control socket.
@@ -303,6 +325,11 @@ impl CowFs {
 
     fn ttl(&self) -> Duration {
         self.core.config().ttl
+    }
+
+    /// Which inodes are open for writing, for `cowfs sync` (see `session`).
+    pub fn io_modes(&self) -> Arc<crate::core::IoModes> {
+        self.core.io_modes()
     }
 
     /// Run one request in the core; failures go through [`Core::fail`].
@@ -365,11 +392,9 @@ impl Filesystem for CowFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let agreed = negotiate(config, self.core.config(), self.core.max_write());
         let caps = InitFlags::from_bits_retain(agreed.capabilities);
-        let writeback =
-            self.core.config().writeback_cache && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE);
         self.core.negotiated(
             caps.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2),
-            writeback,
+            agreed.writeback_cache,
             agreed.passthrough,
         );
         *self.shared.kernel.lock() = agreed;
@@ -769,7 +794,11 @@ impl Filesystem for CowFs {
         reply: ReplyLseek,
     ) {
         match self.run("lseek", |c| c.lseek(ino(i), offset, whence)) {
-            Ok(o) => reply.offset(o),
+            Ok(Seek::At(o)) => reply.offset(o),
+            Ok(Seek::AfterWriteback(job)) => self.deferred.run(move || match job.run() {
+                Ok(o) => reply.offset(o),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            }),
             Err(e) => reply.error(e),
         }
     }
@@ -785,6 +814,16 @@ impl Filesystem for CowFs {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
+        if let Some(job) = self
+            .core
+            .snapshot_job(ino(i), cmd, in_data, out_size, cred(req))
+        {
+            self.deferred.run(move || match job.run() {
+                Ok(out) => reply.ioctl(0, &out),
+                Err(errno) => reply.error(Errno::from_i32(errno)),
+            });
+            return;
+        }
         let who = cred(req);
         match self.run("ioctl", |c| c.ioctl(ino(i), cmd, in_data, out_size, &who)) {
             Ok(out) => reply.ioctl(0, &out),

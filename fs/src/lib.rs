@@ -10,6 +10,7 @@
 pub mod control;
 pub mod core;
 pub mod cred;
+mod deferred;
 pub mod error;
 pub mod fuse;
 mod handles;

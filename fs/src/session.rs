@@ -3,6 +3,7 @@
 //! until the filesystem is unmounted; the store is committed and closed before it returns.
 
 use crate::control::{self, ControlServer};
+use crate::core::Kernel;
 use crate::fuse::{CowFs, FsConfig, Shared};
 use crate::stats::Stats;
 use cowstore::{OpenOptions, Store};
@@ -11,6 +12,7 @@ use log::info;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Default readahead of a mount, KiB. With a window of one read request (about 1 MiB) the
@@ -96,6 +98,7 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
     let shared = Arc::new(Shared::default());
     let fs = CowFs::new(store.clone(), spec.fs.clone(), shared.clone());
     let tree_ops = fs.tree_ops();
+    let io = fs.io_modes();
 
     let mut options = spec.options.clone();
     options.push(MountOption::FSName(
@@ -133,7 +136,7 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
                     &mountpoint,
                     spec,
                 )),
-                sync: Box::new(sync_source(Arc::downgrade(&store))),
+                sync: Box::new(sync_source(Arc::downgrade(&store), &shared, io)),
                 report: Box::new(crate::live::report_source(Arc::downgrade(&store))),
                 set_read_only: Box::new(read_only_source(Arc::downgrade(&store))),
                 progress: Box::new(move |id| tree_ops.get(id)),
@@ -198,6 +201,7 @@ fn stats_source(
             fuse_protocol: format!("{}.{}", k.protocol.0, k.protocol.1),
             copy_mode: mode.clone(),
             max_write: k.max_write,
+            writeback_cache: k.writeback_cache,
             commits: store.upgrade().map(|s| s.commit_count()).unwrap_or(0),
             read_only: store.upgrade().is_some_and(|s| s.is_read_only()),
             counters: shared.snapshot(),
@@ -205,13 +209,43 @@ fn stats_source(
     }
 }
 
-/// `cowfs sync`: commit now (`sync(1)` and `syncfs(2)` never reach a FUSE daemon). The commit's
-/// own result is the answer, so a failure, or an earlier failed commit still latched, is reported.
-fn sync_source(store: std::sync::Weak<Store>) -> impl Fn() -> Result<(), String> + Send + Sync {
-    move || match store.upgrade() {
-        Some(s) => s.commit().map_err(|e| format!("commit failed: {e}")),
+/// `cowfs sync`: write back what the kernel caches, then commit (`sync(1)` and `syncfs(2)`
+/// never ask a FUSE daemon to commit). The commit's own result is the answer, so a failure, or
+/// an earlier failed commit still latched, is reported.
+///
+/// Under the writeback cache, only files open for writing can have dirty pages in the kernel;
+/// each is written back (`Kernel::write_back`, which waits for the WRITEs: this runs on a
+/// control-socket thread, not a request thread). syncfs(2) would not do: the kernel does not
+/// wait for a FUSE mount's writeback there. Writes of cached pages that failed since the last
+/// `cowfs sync` (their files' fsync and close report them) fail this one, once.
+fn sync_source(
+    store: std::sync::Weak<Store>,
+    shared: &Arc<Shared>,
+    io: Arc<crate::core::IoModes>,
+) -> impl Fn() -> Result<(), String> + Send + Sync {
+    let shared = shared.clone();
+    let reported = std::sync::atomic::AtomicU64::new(0);
+    move || {
         // The store was closed by the unmount, which committed it.
-        None => Err("the store is closed (unmounted)".into()),
+        let s = store
+            .upgrade()
+            .ok_or_else(|| "the store is closed (unmounted)".to_string())?;
+        for ino in io.writable_inodes() {
+            shared
+                .write_back(ino, 0)
+                .map_err(|e| format!("writing back inode {}: {e}", ino.0))?;
+        }
+        s.commit().map_err(|e| format!("commit failed: {e}"))?;
+        let failed = shared.counters.writeback_errors.load(Ordering::Relaxed);
+        let before = reported.swap(failed, Ordering::Relaxed);
+        if failed > before {
+            return Err(format!(
+                "{} writes of cached pages failed since the last sync (ENOSPC or I/O errors; \
+                 the fsync and close of their files report them)",
+                failed - before
+            ));
+        }
+        Ok(())
     }
 }
 

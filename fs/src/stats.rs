@@ -56,6 +56,12 @@ counters!(
     setattrs,
     /// fsync and fsyncdir requests (each a commit).
     fsyncs,
+    /// SEEK_DATA/SEEK_HOLE requests that had the kernel write the file's cached writes back
+    /// first (writeback cache, the file open for writing).
+    seek_writebacks,
+    /// Writes of pages the kernel cached that failed (ENOSPC, EIO): the kernel reports each to
+    /// the file's next fsync and close, and `cowfs sync` fails once for them.
+    writeback_errors,
     /// Requests answered with an error.
     errors,
     /// Requests answered with an I/O or corruption error (logged at error level).
@@ -78,6 +84,9 @@ pub struct Stats {
     pub fuse_protocol: String,
     pub copy_mode: String,
     pub max_write: u32,
+    /// The kernel caches writes (FUSE_WRITEBACK_CACHE agreed at INIT).
+    #[serde(default)]
+    pub writeback_cache: bool,
     /// Commits the store made since the mount (periodic, fsync, explicit).
     pub commits: u64,
     /// The store refuses changes: mounted `-o ro`, or remounted read-only.

@@ -6,7 +6,8 @@
 # innermost first, kills and reaps every daemon still running, and removes the work directory
 # (kept, with the daemon logs, when the script failed).
 #
-# Environment: COWFS, STRESS (binaries; built with cargo --release when unset), KEEP_WORK=1.
+# Environment: COWFS, STRESS (binaries; built with cargo --release when unset), KEEP_WORK=1,
+# COWFS_OPTS (mount options put before every mount's own, e.g. no_writeback_cache).
 
 declare -A H_PID=()  # mountpoint -> daemon pid
 H_MOUNTS=()          # every mountpoint we made, in order (FUSE and host filesystems)
@@ -87,7 +88,7 @@ h_is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts;
 # h_mount STORE MNT [OPTS [ARGS...]]: serve STORE at MNT (more `cowfs mount` arguments, such
 # as --lower DIR, after OPTS); returns once the mount answers.
 h_mount() {
-    local store=$1 mnt=$2 opts=${3:-} log pid i
+    local store=$1 mnt=$2 opts=${COWFS_OPTS:+$COWFS_OPTS,}${3:-} log pid i
     log="$WORK/daemon-$(basename "$mnt").log"
     local args=(mount -f "$store" "$mnt" "${@:4}")
     [[ -n $opts ]] && args+=(-o "$opts")

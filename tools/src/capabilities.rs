@@ -70,7 +70,7 @@ pub fn run(a: Args) -> CmdResult {
         read("/proc/sys/fs/pipe-max-size").unwrap_or_else(|| "unknown".into())
     );
     out!(
-        "passthrough             {}: cowfs serves read-only opens of unmodified lower files by it (-o passthrough=off to stop)",
+        "passthrough             {}: cowfs serves read-only opens of unmodified lower files by it (-o passthrough=off to stop; off with -o writeback_cache)",
         show(offers("FUSE_PASSTHROUGH"))
     );
     let cfr64 = offer.as_ref().map(|o| o.protocol >= (7, 45));
@@ -79,7 +79,7 @@ pub fn run(a: Args) -> CmdResult {
         show(cfr64)
     );
     out!(
-        "writeback cache         {}: off unless -o writeback_cache",
+        "writeback cache         {}: used, except over --lower with passthrough (-o no_writeback_cache to stop)",
         show(offers("FUSE_WRITEBACK_CACHE"))
     );
     let uring = read("/sys/module/fuse/parameters/enable_uring");

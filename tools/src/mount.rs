@@ -381,7 +381,7 @@ fn serve(a: &Args, opts: &MountOpts) -> CmdResult {
             lower: a.lower.as_deref().map(absolute),
             ..opts.open_options()
         },
-        fs: opts.fs_config(),
+        fs: opts.fs_config(a.lower.is_some()),
         options: opts.kernel_options(),
         acl: opts.acl,
         threads: opts.threads,

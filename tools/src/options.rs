@@ -24,7 +24,8 @@ pub struct MountOpts {
     pub threads: usize,
     pub ttl_secs: u64,
     pub readahead_kb: Option<u32>,
-    pub writeback_cache: bool,
+    /// `writeback_cache`/`no_writeback_cache`; unset, see [`MountOpts::writeback_cache`].
+    pub writeback_cache: Option<bool>,
     /// FUSE passthrough for read-only opens of unmodified lower files (when the kernel has it).
     pub passthrough: bool,
     pub log: Option<PathBuf>,
@@ -53,7 +54,7 @@ impl Default for MountOpts {
             threads: (std::thread::available_parallelism().map_or(2, |n| n.get()) * 4).clamp(4, 16),
             ttl_secs: 10,
             readahead_kb: None,
-            writeback_cache: false,
+            writeback_cache: None,
             passthrough: true,
             log: None,
             debug: false,
@@ -104,11 +105,15 @@ Mount options (-o OPT[,OPT...]):
   ttl=SECONDS            attribute and entry cache time in the kernel (default 10)
   readahead_kb=N         kernel readahead for the mount (default 8192: several ~1 MiB read
                          requests in flight; 0 keeps the kernel's 128)
-  writeback_cache        let the kernel batch writes in its page cache
+  writeback_cache, no_writeback_cache    whether the kernel caches writes and writes them
+                         back in large batches (default on, except over --lower with
+                         passthrough on). With it, ENOSPC and I/O errors of cached writes are
+                         reported by fsync and close, not by write
   passthrough=on|off     the kernel reads unmodified lower files opened read-only straight
                          from the lower file (FUSE passthrough; default on where the kernel
-                         offers it, off with writeback_cache). While such an open exists, a
-                         writer of that file waits up to 0.5 s for it to close, then gets ETXTBSY
+                         offers it; the writeback cache turns it off). While such an open
+                         exists, a writer of that file waits up to 0.5 s for it to close, then
+                         gets ETXTBSY
   log=FILE               daemon log file (default STORE/cowfs.log; -f logs to stderr)
   debug                  log every request (very verbose)
   remount                change the live mount: ro/rw, suid, dev, exec, sync, dirsync (the
@@ -180,8 +185,8 @@ pub fn parse_with(args: &[String], sloppy: bool) -> Result<(MountOpts, Vec<Strin
             ("readahead_kb", Some(v)) => {
                 o.readahead_kb = Some(u32::try_from(num(key, v)?).map_err(|e| e.to_string())?)
             }
-            ("writeback_cache", None) => o.writeback_cache = true,
-            ("no_writeback_cache", None) => o.writeback_cache = false,
+            ("writeback_cache", None) => o.writeback_cache = Some(true),
+            ("no_writeback_cache", None) => o.writeback_cache = Some(false),
             ("passthrough", Some("on")) => o.passthrough = true,
             ("passthrough", Some("off")) => o.passthrough = false,
             ("passthrough", Some(v)) => {
@@ -241,11 +246,21 @@ impl MountOpts {
         v
     }
 
-    pub fn fs_config(&self) -> FsConfig {
+    /// Whether the kernel caches writes (FUSE_WRITEBACK_CACHE), for a mount with a `lower`
+    /// directory or without. Default on: every write is otherwise a synchronous round trip to
+    /// the daemon. But the kernel turns FUSE passthrough off under the writeback cache, and
+    /// passthrough is what serves reads of unmodified lower files at the lower file's speed:
+    /// so off by default over a lower directory unless `passthrough=off`.
+    pub fn writeback_cache(&self, lower: bool) -> bool {
+        self.writeback_cache.unwrap_or(!(lower && self.passthrough))
+    }
+
+    /// The adapter's settings, for a mount with a `lower` directory or without.
+    pub fn fs_config(&self, lower: bool) -> FsConfig {
         FsConfig {
             copy_mode: self.copy_mode,
             ttl: Duration::from_secs(self.ttl_secs),
-            writeback_cache: self.writeback_cache,
+            writeback_cache: self.writeback_cache(lower),
             atime: self.atime,
             passthrough: self.passthrough,
             ..FsConfig::default()
@@ -298,7 +313,7 @@ mod tests {
     fn atime_options_reach_the_daemon() -> Result<(), String> {
         // Regression (issue 10, defect 18): relatime, strictatime, noatime and nodiratime were
         // ignored (and FUSE leaves atime to the daemon), so atime never changed.
-        let policy = |s: &str| p(s).map(|o| o.fs_config().atime);
+        let policy = |s: &str| p(s).map(|o| o.fs_config(false).atime);
         assert_eq!(policy("rw")?, AtimePolicy::default());
         assert_eq!(policy("rw")?.mode, AtimeMode::Relatime);
         assert_eq!(policy("strictatime")?.mode, AtimeMode::Strict);
@@ -318,10 +333,30 @@ mod tests {
 
     #[test]
     fn passthrough_is_on_unless_turned_off() -> Result<(), String> {
-        assert!(p("rw")?.fs_config().passthrough);
-        assert!(!p("passthrough=off")?.fs_config().passthrough);
-        assert!(p("passthrough=off,passthrough=on")?.fs_config().passthrough);
+        assert!(p("rw")?.fs_config(true).passthrough);
+        assert!(!p("passthrough=off")?.fs_config(true).passthrough);
+        assert!(
+            p("passthrough=off,passthrough=on")?
+                .fs_config(true)
+                .passthrough
+        );
         assert!(p("passthrough=maybe").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_writeback_cache_is_on_unless_a_lower_directory_is_passed_through() -> Result<(), String>
+    {
+        let wb = |s: &str, lower: bool| p(s).map(|o| o.fs_config(lower).writeback_cache);
+        assert!(wb("rw", false)?, "a plain store");
+        assert!(
+            !wb("rw", true)?,
+            "over a lower directory: passthrough instead"
+        );
+        assert!(wb("passthrough=off", true)?);
+        assert!(wb("writeback_cache", true)?, "asked for: passthrough goes");
+        assert!(!wb("no_writeback_cache", false)?);
+        assert!(wb("no_writeback_cache,writeback_cache", false)?);
         Ok(())
     }
 

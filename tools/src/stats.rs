@@ -28,6 +28,10 @@ pub fn run(a: Args) -> CmdResult {
     out!("FUSE protocol           {}", s.fuse_protocol);
     out!("copy mode               {}", s.copy_mode);
     out!("max write               {}", s.max_write);
+    out!(
+        "writeback cache         {}",
+        if s.writeback_cache { "on" } else { "off" }
+    );
     out!("commits                 {}", s.commits);
     out!(
         "read-only               {}",
@@ -44,6 +48,7 @@ pub fn run(a: Args) -> CmdResult {
         ("reads", c.reads),
         ("writes", c.writes),
         ("fsyncs", c.fsyncs),
+        ("seek writebacks", c.seek_writebacks),
         ("errors", c.errors),
         ("I/O errors", c.io_errors),
     ] {

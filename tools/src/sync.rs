@@ -1,6 +1,7 @@
-//! `cowfs sync`: commit a mounted store now. `sync(1)` and `syncfs(2)` never reach a FUSE daemon
-//! (the kernel sends FUSE_SYNCFS only to virtiofs), so this is how to make everything written so
-//! far durable without an fsync per file, like `btrfs filesystem sync`.
+//! `cowfs sync`: commit a mounted store now. `sync(1)` and `syncfs(2)` write the kernel's cached
+//! pages back to the daemon but never ask it to commit (the kernel sends FUSE_SYNCFS only to
+//! virtiofs), so this is how to make everything written so far durable without an fsync per
+//! file, like `btrfs filesystem sync`.
 
 use crate::CmdResult;
 use cowfs_fs::control;
@@ -20,6 +21,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> CmdResult {
+    // The daemon has the kernel write back what it caches of files open for writing first.
     let mp = std::path::absolute(&a.mountpoint)?;
     control::sync(&mp)?;
     Ok(ExitCode::SUCCESS)

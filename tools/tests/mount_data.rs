@@ -111,52 +111,66 @@ fn cold_reads_are_spliced_and_buffered_mode_is_counted() -> TestResult {
     Ok(())
 }
 
-/// A small tmpfs holds the store: writes fail with ENOSPC, the mount survives, and deleting
-/// gives the space back.
-#[test]
-fn full_host_filesystem_is_enospc() -> TestResult {
-    let hostdir = tempfile::Builder::new().prefix("cowfs-host-").tempdir()?;
-    let host = hostdir.path().to_path_buf();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(&host)
-        .status()?;
-    assert!(st.success(), "mount tmpfs: {st}");
-    let mut m = match Mount::with_store_in(Some(&host), &["commit=1"]) {
-        Ok(m) => m,
-        Err(e) => {
-            lazy_umount(&host);
-            return Err(e);
-        }
-    };
-    m.below.push(host.clone());
+/// Where a write into a full host was refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    /// By write(2).
+    Write,
+    /// By fsync(2) or close(2): the kernel cached the writes and failed to write them back.
+    Later,
+}
 
-    let big = m.path("big");
-    let mut f = fs::File::create(&big)?;
+/// Write 1 MiB at a time into a new file at `p` until write(2) fails or `limit` bytes went in,
+/// then `fsync` it (if `sync`) and close it. Returns the bytes write(2) took and where ENOSPC
+/// came. More than the host holds must be refused somewhere, and only with ENOSPC: a write the
+/// store could not take and that no call reported would be lost silently.
+fn fill(p: &Path, limit: u64, sync: bool) -> Result<(u64, Refused), Box<dyn std::error::Error>> {
+    let mut f = fs::File::create(p)?;
     let chunk = vec![0xabu8; MIB as usize];
     let mut written = 0u64;
-    let err = loop {
+    let mut refused = None;
+    while written < limit {
         match std::io::Write::write_all(&mut f, &chunk) {
             Ok(()) => written += MIB,
-            Err(e) => break e,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "write: {e}");
+                refused = Some(Refused::Write);
+                break;
+            }
         }
-        if written > 128 * MIB {
-            return Err("wrote 128 MiB into a 64 MiB host".into());
+    }
+    let mut later = |what: &str, r: Result<(), std::io::Error>| match r {
+        Ok(()) => {}
+        Err(e) => {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{what}: {e}");
+            refused.get_or_insert(Refused::Later);
         }
     };
-    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
-    assert!(written >= 32 * MIB, "only {written} bytes fit");
-    drop(f);
-    assert!(
-        fs::metadata(&m.mnt)?.is_dir(),
-        "the mount survives a full host"
+    if sync {
+        later("fsync", f.sync_all());
+    }
+    // Dropping a File would ignore what close(2) says.
+    later(
+        "close",
+        nix::unistd::close(f).map_err(|e| std::io::Error::from_raw_os_error(e as i32)),
     );
+    let refused = refused.ok_or_else(|| {
+        format!("{written} bytes went into a 64 MiB host and nothing reported ENOSPC")
+    })?;
+    Ok((written, refused))
+}
 
-    fs::remove_file(&big)?;
-    // Freed blocks return to the host after the next commit.
+/// Delete `p`; its blocks return to the host after the next commit: a new 8 MiB file fits
+/// within 10 s.
+fn space_comes_back(m: &Mount, p: &Path) -> TestResult {
+    fs::remove_file(p)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match fs::write(m.path("small"), vec![1u8; 8 * MIB as usize]) {
+        let r = fs::File::create(m.path("small")).and_then(|f| {
+            f.write_all_at(&vec![1u8; 8 * MIB as usize], 0)?;
+            f.sync_all()
+        });
+        match r {
             Ok(()) => break,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
@@ -166,10 +180,73 @@ fn full_host_filesystem_is_enospc() -> TestResult {
         }
     }
     assert_eq!(fs::read(m.path("small"))?.len(), 8 * MIB as usize);
+    fs::remove_file(m.path("small"))?;
+    Ok(())
+}
+
+/// A small tmpfs holds the store: writes fail with ENOSPC (without the writeback cache, at
+/// write(2); with it, at write(2) or else at the fsync or the close that follows), the mount
+/// survives, and deleting gives the space back.
+fn full_host(opts: &[&str], writeback: bool) -> TestResult {
+    let hostdir = tempfile::Builder::new().prefix("cowfs-host-").tempdir()?;
+    let host = hostdir.path().to_path_buf();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&host)
+        .status()?;
+    assert!(st.success(), "mount tmpfs: {st}");
+    let mut m = match Mount::with_store_in(Some(&host), opts) {
+        Ok(m) => m,
+        Err(e) => {
+            lazy_umount(&host);
+            return Err(e);
+        }
+    };
+    m.below.push(host.clone());
+    assert_eq!(m.stats()?["writeback_cache"].as_bool(), Some(writeback));
+
+    let big = m.path("big");
+    for sync in [true, false] {
+        let (written, refused) = fill(&big, 128 * MIB, sync)?;
+        if writeback {
+            assert!(written >= 32 * MIB, "only {written} bytes were taken");
+        } else {
+            assert_eq!(refused, Refused::Write, "no cache: write(2) says ENOSPC");
+            assert!(written >= 32 * MIB, "only {written} bytes fit");
+        }
+        assert!(
+            fs::metadata(&m.mnt)?.is_dir(),
+            "the mount survives a full host"
+        );
+        space_comes_back(&m, &big)?;
+        if writeback && refused == Refused::Later {
+            // Regression (issue 12, writeback_cache): `cowfs sync` said nothing of cached
+            // writes that failed; it fails once for them.
+            let sync = || cowfs(&["sync", path_str(&m.mnt)]);
+            let out = sync()?;
+            assert!(
+                !out.status.success()
+                    && String::from_utf8_lossy(&out.stderr).contains("cached pages failed"),
+                "cowfs sync after failed writebacks: {out:?}"
+            );
+            assert!(sync()?.status.success(), "reported once");
+        }
+    }
+    assert_eq!(m.counter("io_errors")?, 0, "ENOSPC is no I/O error");
     m.umount()?;
     lazy_umount(&host);
     m.below.clear();
     Ok(())
+}
+
+#[test]
+fn full_host_filesystem_is_enospc() -> TestResult {
+    full_host(&["commit=1", "writeback_cache"], true)
+}
+
+#[test]
+fn full_host_filesystem_is_enospc_at_write_without_the_writeback_cache() -> TestResult {
+    full_host(&["commit=1", "no_writeback_cache"], false)
 }
 
 #[test]

@@ -855,10 +855,12 @@ impl Store {
                 },
             )?;
             cx.write_data(ino, &mut rec, off, data.len() as u64, &Source::Bytes(data))?;
-            touch_data(&mut rec);
             let dropped = match privs {
-                Privs::KilledBy(cred) => kill_privs(cx, ino, &mut rec, cred)?,
-                Privs::Kept => false,
+                Privs::KilledBy(cred) => {
+                    touch_data(&mut rec);
+                    kill_privs(cx, ino, &mut rec, cred)?
+                }
+                Privs::Writeback => false,
             };
             cx.put_inode(ino, &rec)?;
             Ok((data.len(), dropped))
@@ -1157,9 +1159,11 @@ pub enum Privs<'a> {
     /// [`acl::modified_perm`] says, file capabilities go.
     KilledBy(&'a dyn Cred),
     /// Nothing: the writeback of pages the kernel cached. It stripped the privileges when
-    /// write(2) put the bytes there; pages dirtied through a shared mapping keep them, as on
-    /// ext4.
-    Kept,
+    /// write(2) put the bytes there (pages dirtied through a shared mapping keep them, as on
+    /// ext4), and it keeps the file's mtime and ctime itself and sends them with a setattr of
+    /// their own, before or after this write: the write stamps neither (a stamp of its own,
+    /// arriving after the kernel's, would leave the store with a later mtime than the file has).
+    Writeback,
 }
 
 /// Drop the setuid/setgid bits `cred` may not keep when it modifies a file's data; true if

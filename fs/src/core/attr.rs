@@ -5,7 +5,8 @@ use super::snapshot::COWFS_IOC_SNAPSHOT;
 use crate::error::FsError;
 use crate::stats::Counters;
 use cowstore::acl::Cred;
-use cowstore::{InodeAttr, InodeFlags, InodeNo, SetAttr};
+use cowstore::{FileKind, InodeAttr, InodeFlags, InodeNo, SetAttr, TimeSet};
+use log::debug;
 
 /// `FS_IOC_GETFLAGS`/`FS_IOC_SETFLAGS` (`lsattr`/`chattr`): the kernel sends them (as
 /// FUSE_IOCTL, with a 4-byte argument) for its `fileattr_get`/`fileattr_set`.
@@ -32,6 +33,27 @@ fn fsxattr(flags: InodeFlags) -> Vec<u8> {
     let mut out = vec![0u8; FSXATTR_LEN];
     out[..4].copy_from_slice(&xflags.to_ne_bytes());
     out
+}
+
+/// Whether `set` is the kernel's flush of the times it keeps under the writeback cache: an
+/// mtime and a ctime, nothing else.
+fn times_only(set: &SetAttr) -> bool {
+    let SetAttr {
+        mode,
+        uid,
+        gid,
+        size,
+        atime,
+        mtime,
+        ctime,
+    } = set;
+    mode.is_none()
+        && uid.is_none()
+        && gid.is_none()
+        && size.is_none()
+        && atime.is_none()
+        && matches!(mtime, Some(TimeSet::At(_)))
+        && ctime.is_some()
 }
 
 impl Core {
@@ -62,7 +84,46 @@ impl Core {
             // A truncate changes bytes a passthrough reader would read from the lower file.
             return self.io.writing(ino, || Ok(s.setattr_as(ino, &set, cred)?));
         }
-        Ok(s.setattr_as(ino, &set, cred)?)
+        match s.setattr_as(ino, &set, cred) {
+            // Under the writeback cache the kernel keeps a regular file's mtime and ctime, and
+            // sends them in a SETATTR of those two alone (fuse_flush_times); it does so at
+            // once after an unlink or a rename over the file, which changed its ctime, when the
+            // store has already freed an inode nobody had open. ENOENT would be latched as a
+            // writeback error of the mount (every later syncfs(2) failed):
+            // the times of a file that no longer exists are set as far as anyone can tell.
+            Err(cowstore::Error::NotFound) if self.cfg.writeback_cache && times_only(&set) => {
+                debug!("setattr: times of freed inode {} dropped", ino.0);
+                Ok(self.freed(ino, &set))
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// What a setattr of the times of freed inode `ino` answers: no links, no bytes.
+    fn freed(&self, ino: InodeNo, set: &SetAttr) -> InodeAttr {
+        let ctime = set.ctime.unwrap_or_default();
+        let mtime = match set.mtime {
+            Some(TimeSet::At(t)) => t,
+            _ => ctime,
+        };
+        InodeAttr {
+            ino,
+            kind: FileKind::Regular,
+            perm: 0,
+            uid: 0,
+            gid: 0,
+            nlink: 0,
+            size: 0,
+            allocated: 0,
+            atime: ctime,
+            mtime,
+            ctime,
+            crtime: ctime,
+            rdev: 0,
+            generation: 0,
+            block_size: u32::try_from(self.block_size).unwrap_or(u32::MAX),
+            flags: InodeFlags::default(),
+        }
     }
 
     pub fn readlink(&self, ino: InodeNo) -> Result<Vec<u8>, FsError> {
@@ -116,6 +177,46 @@ mod tests {
     use cowstore::Caller;
 
     const ROOT: Caller = Caller { uid: 0, gid: 0 };
+
+    // Regression (issue 12, writeback_cache): the kernel flushes a regular file's times with a
+    // SETATTR right after an unlink of it, when the store has already freed it; the ENOENT was
+    // latched as a writeback error of the mount and failed every later syncfs(2).
+    #[test]
+    fn the_kernels_flush_of_times_of_a_freed_inode_succeeds_under_the_writeback_cache() {
+        let t = cowstore::Timespec { sec: 5, nsec: 6 };
+        let flush = SetAttr {
+            mtime: Some(TimeSet::At(t)),
+            ctime: Some(t),
+            ..SetAttr::default()
+        };
+        let chmod = SetAttr {
+            mode: Some(0o600),
+            ctime: Some(t),
+            ..SetAttr::default()
+        };
+        for writeback in [false, true] {
+            let mut f = fixture(FsConfig::default());
+            f.core.negotiated(false, writeback, false);
+            let (a, o) = f
+                .core
+                .create(InodeNo::ROOT, b"f", 0o644, 0, ROOT)
+                .expect("create");
+            f.core.release(a.ino, o.fh).expect("release");
+            f.core.unlink(InodeNo::ROOT, b"f").expect("unlink");
+            let r = f.core.setattr(a.ino, flush.clone(), &ROOT);
+            if writeback {
+                let got = r.expect("times of a freed inode");
+                assert_eq!((got.ino, got.nlink, got.mtime), (a.ino, 0, t));
+            } else {
+                assert_eq!(r.expect_err("freed").to_errno(), libc::ENOENT);
+            }
+            let e = f
+                .core
+                .setattr(a.ino, chmod.clone(), &ROOT)
+                .expect_err("freed");
+            assert_eq!(e.to_errno(), libc::ENOENT, "only the flush of times");
+        }
+    }
 
     #[test]
     fn fsxattr_carries_the_xflag_of_each_inode_flag() {

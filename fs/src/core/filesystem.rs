@@ -32,6 +32,15 @@ pub trait Kernel: Send + Sync {
     /// Entry `name` of `parent` changed behind the kernel's back (a snapshot made or removed by
     /// the snapshot ioctl): its cached dentry, positive or negative, must go.
     fn entry_changed(&self, _parent: InodeNo, _name: &[u8]) {}
+
+    /// Make the kernel write back the dirty pages it caches of `ino` from byte `from` on, and
+    /// return once they reached the store (their WRITE requests were answered); the kernel
+    /// drops its page cache of that range on the way (`notify_inval_inode` launders each dirty
+    /// page before it drops it). The WRITEs come as requests, so this must never run on a
+    /// request-serving thread: with every such thread waiting here, nobody would serve them.
+    fn write_back(&self, _ino: InodeNo, _from: u64) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The filesystem behind the mount: a [`Store`], the adapter's settings, its counters and open
@@ -45,13 +54,26 @@ pub struct Core {
     pub(super) kernel: Arc<dyn Kernel>,
     pub(super) handles: Handles,
     pub(super) dirs: DirStreams,
-    /// FUSE passthrough: which inodes are open in which I/O mode.
-    pub(super) io: super::open::IoModes,
+    /// Which inodes are open in which I/O mode (FUSE passthrough, writers under the writeback
+    /// cache); shared with the daemon's `cowfs sync` handler.
+    pub(super) io: Arc<super::open::IoModes>,
     /// The kernel agreed to FUSE_HANDLE_KILLPRIV_V2 at INIT: it leaves clearing setuid/setgid
     /// and file capabilities on write, truncate and chown to us (see [`Core::write`]).
     pub(super) killpriv_v2: bool,
     /// Progress of running snapshot ioctls, for the control socket.
     pub(super) tree_ops: Arc<TreeOps>,
+}
+
+/// [`Core::fail`] for work that finishes away from the core (a deferred reply).
+pub(crate) fn report(counters: &Counters, op: &'static str, e: FsError) -> i32 {
+    Counters::add(&counters.errors, 1);
+    if e.is_fault() {
+        Counters::add(&counters.io_errors, 1);
+        error!("{op}: {e}");
+    } else {
+        debug!("{op}: {e}");
+    }
+    e.to_errno()
 }
 
 impl std::fmt::Debug for Core {
@@ -79,7 +101,7 @@ impl Core {
             kernel,
             handles: Handles::default(),
             dirs: DirStreams::default(),
-            io: super::open::IoModes::default(),
+            io: Arc::default(),
             killpriv_v2: false,
             tree_ops: Arc::default(),
         }
@@ -92,6 +114,11 @@ impl Core {
 
     pub fn config(&self) -> &FsConfig {
         &self.cfg
+    }
+
+    /// The open-mode table, for work of the daemon outside requests (`cowfs sync`).
+    pub fn io_modes(&self) -> Arc<super::open::IoModes> {
+        self.io.clone()
     }
 
     /// What INIT agreed that changes how requests are served: FUSE_HANDLE_KILLPRIV_V2,
@@ -107,16 +134,14 @@ impl Core {
         self.store.as_deref().ok_or(FsError::Closed)
     }
 
+    /// The store, for work that outlives the request (a deferred reply).
+    pub(super) fn store_arc(&self) -> Result<Arc<Store>, FsError> {
+        self.store.clone().ok_or(FsError::Closed)
+    }
+
     /// The one place a failed request becomes an errno: log (loudly for faults), count, map.
     pub fn fail(&self, op: &'static str, e: FsError) -> i32 {
-        Counters::add(&self.counters.errors, 1);
-        if e.is_fault() {
-            Counters::add(&self.counters.io_errors, 1);
-            error!("{op}: {e}");
-        } else {
-            debug!("{op}: {e}");
-        }
-        e.to_errno()
+        report(&self.counters, op, e)
     }
 
     /// Commit and close the store (unmount). Requests after this fail with [`FsError::Closed`].
@@ -185,10 +210,12 @@ pub(crate) mod testing {
     use cowstore::{EngineKind, MkfsOptions, OpenOptions};
     use parking_lot::Mutex;
 
-    /// No device (reads take the buffered path); records the attribute invalidations.
+    /// No device (reads take the buffered path); records the attribute invalidations and the
+    /// writebacks asked for.
     #[derive(Debug, Default)]
     pub struct NoKernel {
         pub invalidated: Mutex<Vec<InodeNo>>,
+        pub written_back: Mutex<Vec<(InodeNo, u64)>>,
     }
 
     impl Kernel for NoKernel {
@@ -197,6 +224,10 @@ pub(crate) mod testing {
         }
         fn attrs_changed(&self, ino: InodeNo) {
             self.invalidated.lock().push(ino);
+        }
+        fn write_back(&self, ino: InodeNo, from: u64) -> std::io::Result<()> {
+            self.written_back.lock().push((ino, from));
+            Ok(())
         }
     }
 

@@ -19,7 +19,7 @@ pub use config::{CopyMode, FsConfig};
 pub use dir::{DirSink, Listed, FIRST_BATCH, FIRST_BATCH_PLUS};
 pub use filesystem::{Core, Kernel};
 pub use open::{Access, Backing, IoModes, OpenFlags, Opened, RegisterBacking};
-pub use read::{ReadReply, WriteKind};
+pub use read::{ReadReply, Seek, SeekJob, WriteKind};
 pub use snapshot::{SnapshotArg, COWFS_IOC_SNAPSHOT, SNAPSHOT_ARG_LEN, SNAP_DELETE, SNAP_READONLY};
 pub use xattr::{encode_names, XattrReply};
 

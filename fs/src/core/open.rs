@@ -111,6 +111,9 @@ struct InodeIo {
     probing: u32,
     /// Writers granted so far (while the entry exists): a probe that sees it change refrains.
     writers: u64,
+    /// Daemon-served opens that may write, and writers at work: while there is one, the
+    /// kernel's writeback cache may hold bytes of the file the store has not seen.
+    writable: u32,
 }
 
 impl InodeIo {
@@ -119,11 +122,21 @@ impl InodeIo {
     }
 }
 
+/// How a handle was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HandleMode {
+    /// Served by the daemon; `writer`: it may change the file.
+    Cached {
+        writer: bool,
+    },
+    Passthrough,
+}
+
 #[derive(Debug, Default)]
 struct IoTable {
     inodes: HashMap<InodeNo, InodeIo>,
-    /// File handle → its inode and whether it is a passthrough open.
-    handles: HashMap<u64, (InodeNo, bool)>,
+    /// File handle → its inode and how it was opened.
+    handles: HashMap<u64, (InodeNo, HandleMode)>,
 }
 
 impl IoTable {
@@ -181,6 +194,28 @@ impl IoModes {
             .map_or(0, |e| e.passthrough)
     }
 
+    /// How many opens of `ino` that may write the daemon has answered and not seen released
+    /// (writers at work included). The kernel's writeback cache can hold dirty pages of a file
+    /// only while one exists: it writes them back at every close (FLUSH) and before the
+    /// RELEASE of the last one, and a shared writable mapping keeps its open alive.
+    pub fn writable_opens(&self, ino: InodeNo) -> u32 {
+        self.table.lock().inodes.get(&ino).map_or(0, |e| e.writable)
+    }
+
+    /// Every inode with an open that may write: under the writeback cache, the only ones the
+    /// kernel may hold dirty pages of.
+    pub fn writable_inodes(&self) -> Vec<InodeNo> {
+        let t = self.table.lock();
+        let mut v: Vec<InodeNo> = t
+            .inodes
+            .iter()
+            .filter(|(_, e)| e.writable > 0)
+            .map(|(ino, _)| *ino)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Wait (with the table locked) until `ino` has no passthrough opens, at most
     /// [`WRITER_WAIT`]; ETXTBSY if it still has.
     fn wait_for_readers(
@@ -214,7 +249,8 @@ impl IoModes {
         let e = t.inodes.entry(ino).or_default();
         e.cached += 1;
         e.writers += u64::from(writer);
-        t.handles.insert(fh, (ino, false));
+        e.writable += u32::from(writer);
+        t.handles.insert(fh, (ino, HandleMode::Cached { writer }));
         Ok(())
     }
 
@@ -231,11 +267,13 @@ impl IoModes {
             let e = t.inodes.entry(ino).or_default();
             e.cached += 1;
             e.writers += 1;
+            e.writable += 1;
         }
         let r = f();
         let mut t = self.table.lock();
         if let Some(e) = t.inodes.get_mut(&ino) {
             e.cached = e.cached.saturating_sub(1);
+            e.writable = e.writable.saturating_sub(1);
         }
         t.tidy(ino);
         r
@@ -257,7 +295,7 @@ impl IoModes {
             let e = t.inodes.entry(ino).or_default();
             if let Some(b) = e.backing.clone().filter(|_| e.passthrough > 0) {
                 e.passthrough += 1;
-                t.handles.insert(fh, (ino, true));
+                t.handles.insert(fh, (ino, HandleMode::Passthrough));
                 return Ok(Some(b));
             }
             if e.cached > 0 {
@@ -308,25 +346,29 @@ impl IoModes {
         };
         e.backing = Some(backing.clone());
         e.passthrough += 1;
-        t.handles.insert(fh, (ino, true));
+        t.handles.insert(fh, (ino, HandleMode::Passthrough));
         Ok(Some(backing))
     }
 
     /// Handle `fh` is released; the last passthrough open of an inode ends its registration.
     fn release(&self, fh: u64) {
         let mut t = self.table.lock();
-        let Some((ino, passthrough)) = t.handles.remove(&fh) else {
+        let Some((ino, mode)) = t.handles.remove(&fh) else {
             return;
         };
         if let Some(e) = t.inodes.get_mut(&ino) {
-            if passthrough {
-                e.passthrough = e.passthrough.saturating_sub(1);
-                if e.passthrough == 0 {
-                    e.backing = None;
-                    self.released.notify_all();
+            match mode {
+                HandleMode::Passthrough => {
+                    e.passthrough = e.passthrough.saturating_sub(1);
+                    if e.passthrough == 0 {
+                        e.backing = None;
+                        self.released.notify_all();
+                    }
                 }
-            } else {
-                e.cached = e.cached.saturating_sub(1);
+                HandleMode::Cached { writer } => {
+                    e.cached = e.cached.saturating_sub(1);
+                    e.writable = e.writable.saturating_sub(u32::from(writer));
+                }
             }
         }
         t.tidy(ino);
@@ -482,9 +524,23 @@ impl Core {
         let new = super::names::new_inode(FileKind::Regular, mode, 0);
         let s = self.store()?;
         let a = s.create_unmasked(parent, name, &new, caller, umask, true)?;
+        let fh = self.handles.open(s.error_seq());
+        // A writer whatever its access mode (the open flags of a create do not reach the core):
+        // counting a reader as one costs at most a writeback before SEEK_DATA/SEEK_HOLE. A new
+        // inode has no passthrough opens to wait for.
+        if let Err(e) = self.io.open_cached(a.ino, fh, true) {
+            self.handles.close(fh);
+            if let Err(undo) = s.release(a.ino) {
+                debug!(
+                    "create of inode {}: undoing the open count: {undo}",
+                    a.ino.0
+                );
+            }
+            return Err(e);
+        }
         // The file is new and empty: there is no page cache to keep or drop yet.
         let opened = Opened {
-            fh: self.handles.open(s.error_seq()),
+            fh,
             keep_cache: true,
             cache_dir: false,
             noflush: true,
@@ -593,6 +649,8 @@ mod tests {
             .expect("open");
         assert!(w.keep_cache);
         assert_eq!(atime(&f), a.atime, "no read through a write-only open");
+        // The store's clock is the kernel's coarse one: let it tick past the creation.
+        std::thread::sleep(std::time::Duration::from_millis(10));
         let o = f
             .core
             .open(a.ino, libc::O_RDONLY, &mut no_backing)

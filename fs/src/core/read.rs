@@ -6,16 +6,17 @@
 //! splice fails before anything reached the device, the bytes go through a buffer.
 
 use super::config::CopyMode;
-use super::filesystem::Core;
+use super::filesystem::{report, Core, Kernel};
 use crate::cred::KernelFsetid;
 use crate::error::FsError;
 use crate::splice::{self, SpliceError};
 use crate::stats::Counters;
 use crate::sys;
 use cowstore::acl::Cred;
-use cowstore::{FallocMode, InodeNo, PinnedRead, Privs, SeekWhence, Segment};
+use cowstore::{FallocMode, InodeNo, PinnedRead, Privs, SeekWhence, Segment, Store};
 use log::{debug, warn};
 use std::io;
+use std::sync::Arc;
 
 /// The answer to a read.
 #[derive(Debug, PartialEq, Eq)]
@@ -209,7 +210,8 @@ impl Core {
     /// (read from /proc) is racy, decides. Writeback of cached pages (`cache`) kills nothing:
     /// the kernel sends it with no credentials, and it stripped the privileges when write(2)
     /// put the bytes in its cache (a writeback-cache write to a file with bits to kill is sent
-    /// through at once, with the flag, instead of being cached).
+    /// through at once, with the flag, instead of being cached). Nor does it stamp mtime and
+    /// ctime: the kernel keeps those under the writeback cache and sends them itself.
     pub fn write(
         &self,
         ino: InodeNo,
@@ -221,13 +223,20 @@ impl Core {
         Counters::add(&self.counters.writes, 1);
         let fsetid = KernelFsetid::new(cred, !kind.kill_suidgid);
         let privs = if kind.cache {
-            Privs::Kept
+            Privs::Writeback
         } else if self.killpriv_v2 {
             Privs::KilledBy(&fsetid)
         } else {
             Privs::KilledBy(cred)
         };
-        let (n, dropped) = self.store()?.write_with(ino, offset, data, privs)?;
+        let (n, dropped) = self
+            .store()?
+            .write_with(ino, offset, data, privs)
+            .inspect_err(|_| {
+                if kind.cache {
+                    Counters::add(&self.counters.writeback_errors, 1);
+                }
+            })?;
         let n = u32::try_from(n).map_err(|_| FsError::refused(libc::EINVAL, "write: too large"))?;
         self.attrs_changed(ino, dropped);
         Counters::add(&self.counters.write_bytes, u64::from(n));
@@ -250,12 +259,31 @@ impl Core {
 
     /// SEEK_DATA/SEEK_HOLE from `offset`; ENXIO for a negative offset, EOVERFLOW for an answer
     /// an `off_t` cannot hold.
-    pub fn lseek(&self, ino: InodeNo, offset: i64, whence: i32) -> Result<i64, FsError> {
-        let w = seek_whence(whence)?;
-        let off = u64::try_from(offset)
+    ///
+    /// The kernel sends FUSE_LSEEK without writing back the dirty pages it caches (fuse_lseek,
+    /// unlike fallocate and copy_file_range, does not): under the writeback cache the store may
+    /// not yet have bytes that write(2) accepted, and an answer from it alone would call them
+    /// a hole (GNU cp of a file that looks sparse then copies zeros). Dirty pages exist only
+    /// while the inode has an open that may write ([`IoModes::writable_opens`]); then the answer
+    /// is a [`SeekJob`] that has the kernel write them back first.
+    ///
+    /// [`IoModes::writable_opens`]: super::IoModes::writable_opens
+    pub fn lseek(&self, ino: InodeNo, offset: i64, whence: i32) -> Result<Seek, FsError> {
+        let whence = seek_whence(whence)?;
+        let from = u64::try_from(offset)
             .map_err(|_| FsError::refused(libc::ENXIO, "lseek: negative offset"))?;
-        let at = self.store()?.seek(ino, off, w)?;
-        i64::try_from(at).map_err(|_| FsError::refused(libc::EOVERFLOW, "lseek: offset too large"))
+        if self.cfg.writeback_cache && self.io.writable_opens(ino) > 0 {
+            Counters::add(&self.counters.seek_writebacks, 1);
+            return Ok(Seek::AfterWriteback(SeekJob {
+                store: self.store_arc()?,
+                kernel: self.kernel.clone(),
+                counters: self.counters.clone(),
+                ino,
+                from,
+                whence,
+            }));
+        }
+        Ok(Seek::At(seek_in(self.store()?, ino, from, whence)?))
     }
 
     /// copy_file_range: shares the blocks (a reflink) rather than copying them; no flags are
@@ -287,6 +315,60 @@ impl Core {
         Counters::add(&self.counters.reflinks, 1);
         Counters::add(&self.counters.reflink_bytes, u64::from(n));
         Ok(n)
+    }
+}
+
+/// SEEK_DATA/SEEK_HOLE answered from the store.
+fn seek_in(s: &Store, ino: InodeNo, from: u64, whence: SeekWhence) -> Result<i64, FsError> {
+    let at = s.seek(ino, from, whence)?;
+    i64::try_from(at).map_err(|_| FsError::refused(libc::EOVERFLOW, "lseek: offset too large"))
+}
+
+/// The answer to SEEK_DATA/SEEK_HOLE.
+#[derive(Debug)]
+pub enum Seek {
+    /// The offset, from the store.
+    At(i64),
+    /// The kernel may cache bytes of the file that the store has not seen: [`SeekJob::run`]
+    /// answers once they are written back. It must run away from the request threads, which
+    /// serve the WRITEs it waits for.
+    AfterWriteback(SeekJob),
+}
+
+/// A SEEK_DATA/SEEK_HOLE that waits for the kernel's writeback of the file (see
+/// [`Core::lseek`]).
+pub struct SeekJob {
+    store: Arc<Store>,
+    kernel: Arc<dyn Kernel>,
+    counters: Arc<Counters>,
+    ino: InodeNo,
+    from: u64,
+    whence: SeekWhence,
+}
+
+impl std::fmt::Debug for SeekJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeekJob")
+            .field("ino", &self.ino)
+            .field("from", &self.from)
+            .field("whence", &self.whence)
+            .finish()
+    }
+}
+
+impl SeekJob {
+    /// Have the kernel write back the file's dirty pages from the offset on (a seek from there
+    /// looks at nothing before it, and the kernel's own size, which may run ahead of the store's
+    /// by cached appends, is reached by a dirty page at or past the offset, or is at most the
+    /// offset), then answer from the store. `Err` is the errno, logged and counted like every
+    /// failed request's.
+    pub fn run(self) -> Result<i64, i32> {
+        let r = self
+            .kernel
+            .write_back(self.ino, self.from)
+            .map_err(FsError::Kernel)
+            .and_then(|()| seek_in(&self.store, self.ino, self.from, self.whence));
+        r.map_err(|e| report(&self.counters, "lseek", e))
     }
 }
 
@@ -430,6 +512,45 @@ mod tests {
         assert!(matches!(cap, Err(cowstore::Error::NoAttr)), "{cap:?}");
     }
 
+    // Regression (issue 12, writeback_cache, gap e): the writeback of cached pages stamped the
+    // file's mtime and ctime with the daemon's clock; the kernel keeps those itself and sends
+    // them with a setattr that background writeback may send before the pages, so the store
+    // kept a later mtime than the file had (a snapshot copied it; the kernel showed its own).
+    #[test]
+    fn the_writeback_of_cached_pages_stamps_no_times() {
+        let f = fixture(FsConfig::default());
+        let (a, _) = f
+            .core
+            .create(InodeNo::ROOT, b"f", 0o644, 0, ROOT)
+            .expect("create");
+        let kernels = cowstore::Timespec { sec: 1000, nsec: 5 };
+        let set = cowstore::SetAttr {
+            mtime: Some(cowstore::TimeSet::At(kernels)),
+            ctime: Some(kernels),
+            ..cowstore::SetAttr::default()
+        };
+        f.core
+            .setattr(a.ino, set, &ROOT)
+            .expect("the kernel's times");
+        let cache = WriteKind {
+            cache: true,
+            kill_suidgid: false,
+        };
+        f.core
+            .write(a.ino, 0, b"cached", &ROOT, cache)
+            .expect("writeback");
+        let got = f.core.getattr(a.ino).expect("stat");
+        assert_eq!((got.mtime, got.ctime, got.size), (kernels, kernels, 6));
+        f.core
+            .write(a.ino, 0, b"direct", &ROOT, WriteKind::default())
+            .expect("write");
+        let got = f.core.getattr(a.ino).expect("stat");
+        assert!(
+            got.mtime > kernels && got.ctime > kernels,
+            "a write(2) stamps"
+        );
+    }
+
     #[test]
     fn fallocate_modes_and_seek_whences_decode_or_refuse() {
         let keep = libc::FALLOC_FL_KEEP_SIZE;
@@ -453,6 +574,68 @@ mod tests {
         assert_eq!(seek_whence(libc::SEEK_HOLE).ok(), Some(SeekWhence::Hole));
         let set = seek_whence(libc::SEEK_SET);
         assert_eq!(set.expect_err("set").to_errno(), libc::EINVAL);
+    }
+
+    // Regression (issue 12, writeback_cache): the kernel sends FUSE_LSEEK without writing back
+    // the pages it caches, and SEEK_DATA answered from the store alone called bytes that
+    // write(2) had accepted a hole (ENXIO). While a file is open for writing under the
+    // writeback cache, the seek has the kernel write it back from the offset on first.
+    #[test]
+    fn seeks_in_a_file_open_for_writing_wait_for_the_writeback_cache() {
+        let seek = |f: &crate::core::testing::Fixture, ino, whence| {
+            f.core.lseek(ino, 100, whence).expect("lseek")
+        };
+        let mut f = fixture(FsConfig::default());
+        f.core.negotiated(false, true, false);
+        let (a, created) = f
+            .core
+            .create(InodeNo::ROOT, b"f", 0o644, 0, ROOT)
+            .expect("create");
+        f.core
+            .write(a.ino, 0, &[1u8; 8192], &ROOT, WriteKind::default())
+            .expect("write");
+        // The creating handle may write: deferred, and the job asks for the writeback first.
+        let Seek::AfterWriteback(job) = seek(&f, a.ino, libc::SEEK_HOLE) else {
+            panic!("a seek beside a writer must wait for the writeback");
+        };
+        assert!(
+            f.kernel.written_back.lock().is_empty(),
+            "not on the request thread"
+        );
+        assert_eq!(job.run(), Ok(8192));
+        assert_eq!(*f.kernel.written_back.lock(), vec![(a.ino, 100)]);
+        assert_eq!(f.core.counters.snapshot().seek_writebacks, 1);
+        f.core.release(a.ino, created.fh).expect("release");
+        // Read-only opens hold no dirty pages: answered at once, from the store.
+        let r = f
+            .core
+            .open(a.ino, libc::O_RDONLY, &mut |_| {
+                Err(std::io::ErrorKind::Other.into())
+            })
+            .expect("open");
+        assert!(matches!(seek(&f, a.ino, libc::SEEK_DATA), Seek::At(100)));
+        let w = f
+            .core
+            .open(a.ino, libc::O_WRONLY, &mut |_| {
+                Err(std::io::ErrorKind::Other.into())
+            })
+            .expect("open");
+        assert!(matches!(
+            seek(&f, a.ino, libc::SEEK_DATA),
+            Seek::AfterWriteback(_)
+        ));
+        f.core.release(a.ino, w.fh).expect("release");
+        f.core.release(a.ino, r.fh).expect("release");
+        assert!(matches!(seek(&f, a.ino, libc::SEEK_HOLE), Seek::At(8192)));
+        // Without the writeback cache every write is in the store when write(2) returns.
+        let f = fixture(FsConfig::default());
+        let (b, _) = f
+            .core
+            .create(InodeNo::ROOT, b"g", 0o644, 0, ROOT)
+            .expect("create");
+        let e = f.core.lseek(b.ino, 0, libc::SEEK_DATA).expect_err("empty");
+        assert_eq!(e.to_errno(), libc::ENXIO);
+        assert!(f.kernel.written_back.lock().is_empty());
     }
 
     #[test]

@@ -28,10 +28,13 @@
 //! progress id, a snapshot of a directory counts SRC's names first (metadata only), so that
 //! its copying has a total.
 
-use super::filesystem::Core;
+use super::filesystem::{report, Core, Kernel};
 use crate::error::FsError;
+use crate::progress::TreeOps;
+use crate::stats::Counters;
 use cowstore::acl::Cred;
-use cowstore::{InodeNo, SnapshotOptions};
+use cowstore::{InodeNo, SnapshotOptions, Store};
+use std::sync::Arc;
 
 /// `_IOWR(0xC0, 1, struct cowfs_snapshot)`.
 pub const COWFS_IOC_SNAPSHOT: u32 = (3 << 30) | ((SNAPSHOT_ARG_LEN as u32) << 16) | (0xC0 << 8) | 1;
@@ -104,58 +107,163 @@ impl Core {
         in_data: &[u8],
         cred: &dyn Cred,
     ) -> Result<Vec<u8>, FsError> {
-        let mut arg = SnapshotArg::decode(in_data)?;
-        let s = self.store()?;
-        let parent = InodeNo(arg.other);
-        if arg.flags & SNAP_DELETE != 0 {
-            // The descriptor is DIR's: the entry must name it.
-            if s.lookup(parent, &arg.name)?.ino != ino {
-                return Err(FsError::refused(
-                    libc::ENOENT,
-                    "snapshot --delete: the name does not name the directory",
-                ));
-            }
-            // Published until the answer: the guard marks it finished once committed.
-            let running = self.tree_ops.start(arg.progress, "delete");
-            let n = match &running {
-                Some(op) => {
-                    s.remove_tree_with_progress(parent, &arg.name, cred, &mut |p| op.report(p))?
-                }
-                None => s.remove_tree(parent, &arg.name, cred)?,
-            };
-            if let Some(op) = &running {
-                op.committing();
-            }
-            s.commit()?;
-            self.kernel.entry_changed(parent, &arg.name);
-            self.kernel.attrs_changed(parent);
-            arg.other = n;
-        } else {
-            let opts = SnapshotOptions {
-                readonly: arg.flags & SNAP_READONLY != 0,
-            };
-            // Published until the answer: the guard marks it finished once committed.
-            let running = self.tree_ops.start(arg.progress, "snapshot");
-            let a = match &running {
-                Some(op) => {
-                    s.snapshot_with_progress(ino, parent, &arg.name, &opts, cred, &mut |p| {
-                        op.report(p)
-                    })?
-                }
-                None => s.snapshot(ino, parent, &arg.name, &opts, cred)?,
-            };
-            if let Some(op) = &running {
-                op.committing();
-            }
-            // Durable when the command returns.
-            s.commit()?;
-            // The command looked the name up first: the kernel holds a negative entry for it.
-            self.kernel.entry_changed(parent, &arg.name);
-            self.kernel.attrs_changed(parent);
-            arg.other = a.ino.0;
-        }
-        Ok(arg.encode().to_vec())
+        snapshot_request(
+            self.store()?,
+            &*self.kernel,
+            &self.tree_ops,
+            ino,
+            in_data,
+            cred,
+        )
     }
+
+    /// A snapshot (not a removal) on a mount whose kernel may cache writes the store has not
+    /// seen (writeback cache, files open for writing) must have them written back first, and
+    /// that waits for WRITEs the request threads serve: it becomes a [`SnapshotJob`], to run
+    /// off them. `None`: serve it with [`Core::ioctl`] as usual.
+    pub fn snapshot_job(
+        &self,
+        ino: InodeNo,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        cred: impl Cred + Send + 'static,
+    ) -> Option<SnapshotJob> {
+        if cmd != COWFS_IOC_SNAPSHOT || !self.cfg.writeback_cache {
+            return None;
+        }
+        let arg = SnapshotArg::decode(in_data).ok()?;
+        let dirty = self.io.writable_inodes();
+        if arg.flags & SNAP_DELETE != 0 || dirty.is_empty() {
+            return None;
+        }
+        Some(SnapshotJob {
+            store: self.store_arc().ok()?,
+            kernel: self.kernel.clone(),
+            tree_ops: self.tree_ops.clone(),
+            counters: self.counters.clone(),
+            dirty,
+            ino,
+            in_data: in_data.to_vec(),
+            out_size,
+            cred: Box::new(cred),
+        })
+    }
+}
+
+/// A snapshot that first has the kernel write back what it caches of every file open for
+/// writing (a file open for writing may be anywhere in the tree). syncfs(2) would not do: the
+/// kernel does not wait for a FUSE mount's writeback in it.
+pub struct SnapshotJob {
+    store: Arc<Store>,
+    kernel: Arc<dyn Kernel>,
+    tree_ops: Arc<TreeOps>,
+    counters: Arc<Counters>,
+    dirty: Vec<InodeNo>,
+    ino: InodeNo,
+    in_data: Vec<u8>,
+    out_size: u32,
+    cred: Box<dyn Cred + Send>,
+}
+
+impl std::fmt::Debug for SnapshotJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotJob")
+            .field("ino", &self.ino)
+            .field("dirty", &self.dirty)
+            .finish()
+    }
+}
+
+impl SnapshotJob {
+    /// Write back, then snapshot; the ioctl's answer, `out_size` bytes, or the errno (logged
+    /// and counted like every failed request's).
+    pub fn run(self) -> Result<Vec<u8>, i32> {
+        let r = self
+            .dirty
+            .iter()
+            .try_for_each(|&ino| self.kernel.write_back(ino, 0))
+            .map_err(FsError::Kernel)
+            .and_then(|()| {
+                snapshot_request(
+                    &self.store,
+                    &*self.kernel,
+                    &self.tree_ops,
+                    self.ino,
+                    &self.in_data,
+                    &*self.cred,
+                )
+            });
+        match r {
+            Ok(mut out) => {
+                out.resize(self.out_size as usize, 0);
+                Ok(out)
+            }
+            Err(e) => Err(report(&self.counters, "ioctl", e)),
+        }
+    }
+}
+
+/// [`COWFS_IOC_SNAPSHOT`] on inode `ino` for `cred`, in store `s`; progress is published in
+/// `tree_ops` under the id the request carries.
+fn snapshot_request(
+    s: &Store,
+    kernel: &dyn Kernel,
+    tree_ops: &TreeOps,
+    ino: InodeNo,
+    in_data: &[u8],
+    cred: &dyn Cred,
+) -> Result<Vec<u8>, FsError> {
+    let mut arg = SnapshotArg::decode(in_data)?;
+    let parent = InodeNo(arg.other);
+    if arg.flags & SNAP_DELETE != 0 {
+        // The descriptor is DIR's: the entry must name it.
+        if s.lookup(parent, &arg.name)?.ino != ino {
+            return Err(FsError::refused(
+                libc::ENOENT,
+                "snapshot --delete: the name does not name the directory",
+            ));
+        }
+        // Published until the answer: the guard marks it finished once committed.
+        let running = tree_ops.start(arg.progress, "delete");
+        let n = match &running {
+            Some(op) => {
+                s.remove_tree_with_progress(parent, &arg.name, cred, &mut |p| op.report(p))?
+            }
+            None => s.remove_tree(parent, &arg.name, cred)?,
+        };
+        if let Some(op) = &running {
+            op.committing();
+        }
+        s.commit()?;
+        kernel.entry_changed(parent, &arg.name);
+        kernel.attrs_changed(parent);
+        arg.other = n;
+    } else {
+        let opts = SnapshotOptions {
+            readonly: arg.flags & SNAP_READONLY != 0,
+        };
+        // Published until the answer: the guard marks it finished once committed.
+        let running = tree_ops.start(arg.progress, "snapshot");
+        let a = match &running {
+            Some(op) => {
+                s.snapshot_with_progress(ino, parent, &arg.name, &opts, cred, &mut |p| {
+                    op.report(p)
+                })?
+            }
+            None => s.snapshot(ino, parent, &arg.name, &opts, cred)?,
+        };
+        if let Some(op) = &running {
+            op.committing();
+        }
+        // Durable when the command returns.
+        s.commit()?;
+        // The command looked the name up first: the kernel holds a negative entry for it.
+        kernel.entry_changed(parent, &arg.name);
+        kernel.attrs_changed(parent);
+        arg.other = a.ino.0;
+    }
+    Ok(arg.encode().to_vec())
 }
 
 #[cfg(test)]
@@ -184,6 +292,68 @@ mod tests {
             Err(libc::EINVAL)
         );
         assert!(SnapshotArg::decode(&[0u8; 10]).is_err());
+    }
+
+    // Regression (issue 12, writeback_cache): a snapshot cloned what the store held while the
+    // kernel still cached writes to files open for writing (syncfs in the command did not
+    // help: the kernel does not wait for a FUSE mount's writeback there): the copy missed them.
+    #[test]
+    fn a_snapshot_beside_a_file_open_for_writing_waits_for_its_writeback() {
+        let mut f = fixture(FsConfig::default());
+        f.core.negotiated(false, true, false);
+        let root = InodeNo::ROOT;
+        let d = f
+            .store
+            .mkdir(root, b"d", 0o755, Caller::ROOT)
+            .expect("mkdir");
+        let arg = |name: &[u8], flags| {
+            SnapshotArg {
+                other: root.0,
+                flags,
+                progress: 0,
+                name: name.to_vec(),
+            }
+            .encode()
+        };
+        let job = |a: &[u8]| {
+            f.core
+                .snapshot_job(d.ino, COWFS_IOC_SNAPSHOT, a, 272, Caller::ROOT)
+        };
+        assert!(job(&arg(b"s1", 0)).is_none(), "nothing open for writing");
+        let (w, o) = f
+            .core
+            .create(d.ino, b"w", 0o644, 0, Caller::ROOT)
+            .expect("create");
+        assert!(
+            job(&arg(b"s1", SNAP_DELETE)).is_none(),
+            "a removal clones nothing"
+        );
+        let j = job(&arg(b"s1", SNAP_READONLY)).expect("deferred");
+        assert!(
+            f.kernel.written_back.lock().is_empty(),
+            "not on the request thread"
+        );
+        let out = j.run().expect("snapshot");
+        assert_eq!(out.len(), 272);
+        assert_eq!(*f.kernel.written_back.lock(), vec![(w.ino, 0)]);
+        let snap = SnapshotArg::decode(&out).expect("answer").other;
+        assert_eq!(f.store.lookup(root, b"s1").expect("lookup").ino.0, snap);
+        f.core.release(w.ino, o.fh).expect("release");
+        assert!(
+            job(&arg(b"s2", 0)).is_none(),
+            "closed: written back at its close"
+        );
+        let mut plain = fixture(FsConfig::default());
+        plain.core.negotiated(false, false, false);
+        plain
+            .core
+            .create(root, b"w", 0o644, 0, Caller::ROOT)
+            .expect("create");
+        let a = arg(b"s", 0);
+        let none = plain
+            .core
+            .snapshot_job(root, COWFS_IOC_SNAPSHOT, &a, 272, Caller::ROOT);
+        assert!(none.is_none(), "no writeback cache, nothing cached");
     }
 
     #[test]

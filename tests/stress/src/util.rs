@@ -165,6 +165,26 @@ impl Display for CpError {
 impl std::error::Error for CpError {}
 
 /// The errno of an error from std or from `cp`.
+/// Close `f` and return what close(2) says (dropping a `File` ignores it). Under the kernel's
+/// writeback cache, close is where a failed writeback of cached writes (ENOSPC) is reported.
+pub fn close(f: File) -> io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = f.into_raw_fd();
+    // SAFETY: `fd` was just taken out of the `File`, which no longer owns it; it is closed once.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `fs::write` that reports what close(2) says.
+pub fn write_file(p: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = File::create(p)?;
+    f.write_all(data)?;
+    close(f)
+}
+
 pub fn errno(e: &io::Error) -> Option<i32> {
     e.raw_os_error().or_else(|| {
         e.get_ref()

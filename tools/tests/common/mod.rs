@@ -94,6 +94,8 @@ impl Mount {
     }
 
     /// Mount with extra arguments to `cowfs mount` (such as `--lower DIR`) and `-o opts`.
+    /// `COWFS_TEST_OPTS` (comma-separated) comes before `opts`, which win where they disagree:
+    /// `COWFS_TEST_OPTS=no_writeback_cache` runs the tests without the writeback cache.
     pub fn mount_with(
         &mut self,
         extra: &[&str],
@@ -102,6 +104,12 @@ impl Mount {
         let mut args = vec!["mount"];
         args.extend_from_slice(extra);
         args.extend_from_slice(&[path_str(&self.store), path_str(&self.mnt)]);
+        let from_env = std::env::var("COWFS_TEST_OPTS").unwrap_or_default();
+        let opts: Vec<&str> = from_env
+            .split(',')
+            .filter(|o| !o.is_empty())
+            .chain(opts.iter().copied())
+            .collect();
         let joined = opts.join(",");
         if !opts.is_empty() {
             args.push("-o");

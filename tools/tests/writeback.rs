@@ -1,0 +1,312 @@
+//! Real mounts with the kernel's writeback cache: bytes that write(2) put in the page cache and
+//! the kernel has not written back yet must be seen by everything that asks the daemon rather
+//! than the page cache: SEEK_DATA/SEEK_HOLE (and so `cp` of a file that looks sparse), `cowfs
+//! sync` and `cowfs snapshot`.
+//!
+//! The kernel writes a file back at every close(2) of one of its descriptors (FLUSH), and a
+//! fork copies descriptors that the child then closes (at exec, or at exit): a test process
+//! that forks while it holds a dirty file has it written back, and the case under test is gone.
+//! So the commands that must meet dirty pages are started (as a shell waiting for a line on
+//! its stdin) before the file is opened, and the tests of this file run one at a time.
+
+mod common;
+
+use common::*;
+use cowstore::{InodeNo, OpenOptions as StoreOptions, Store};
+use nix::unistd::{lseek, Whence};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+
+/// One test at a time: another test's fork would close (and so write back) our descriptors.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A command started now that runs when [`Later::go`] says so: a shell forked before the test
+/// opens the files it will check, so it holds none of their descriptors.
+struct Later(Child);
+
+fn later(program: &str, args: &[&str]) -> Result<Later, std::io::Error> {
+    let child = Command::new("sh")
+        .args(["-c", "read -r _ && exec \"$@\"", "sh", program])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    Ok(Later(child))
+}
+
+impl Later {
+    /// Run it now; Err with its stderr unless it exits 0.
+    fn go(mut self) -> Result<String, String> {
+        let mut stdin = self.0.stdin.take().ok_or("no stdin")?;
+        stdin.write_all(b"go\n").map_err(|e| e.to_string())?;
+        drop(stdin);
+        let out = self.0.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn mount_with_writeback() -> Result<Mount, Box<dyn std::error::Error>> {
+    let m = Mount::new(&["writeback_cache", "commit=0"])?;
+    assert_eq!(
+        m.stats()?["writeback_cache"].as_bool(),
+        Some(true),
+        "the kernel took FUSE_WRITEBACK_CACHE"
+    );
+    Ok(m)
+}
+
+fn seek(f: &File, off: u64, whence: Whence) -> Result<u64, nix::Error> {
+    let at = lseek(
+        f,
+        i64::try_from(off).map_err(|_| nix::Error::EINVAL)?,
+        whence,
+    )?;
+    u64::try_from(at).map_err(|_| nix::Error::EINVAL)
+}
+
+fn open_rw(p: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(p)
+}
+
+#[test]
+fn seek_data_and_cp_see_writes_still_in_the_page_cache() -> TestResult {
+    // Regression (issue 12, writeback_cache, gap a): the kernel sends FUSE_LSEEK without
+    // writing back its dirty pages, and the daemon answered from the store: SEEK_DATA called
+    // bytes that write(2) had accepted a hole (ENXIO), and GNU cp, which copies a file that
+    // looks sparse (few st_blocks) by its SEEK_DATA extents, copied them as zeros.
+    let _one = one_at_a_time();
+    let m = mount_with_writeback()?;
+    let src = m.path("sparse");
+    let (inside, outside) = (m.path("copy"), m.dir.path().join("copy-outside"));
+    let cp_inside = later("cp", &[path_str(&src), path_str(&inside)])?;
+    let cp_outside = later("cp", &[path_str(&src), path_str(&outside)])?;
+
+    let f = open_rw(&src)?;
+    let mut want = pattern(1, MIB as usize);
+    f.write_all_at(&want, 0)?;
+    f.sync_all()?;
+    f.set_len(8 * MIB)?;
+    want.resize(8 * MIB as usize, 0);
+    let mid = pattern(2, 64 * KIB as usize);
+    f.write_all_at(&mid, 4 * MIB)?;
+    write_into(&mut want, 4 * MIB, &mid);
+    assert_eq!(seek(&f, MIB, Whence::SeekData)?, 4 * MIB, "SEEK_DATA");
+    assert_eq!(seek(&f, 4 * MIB, Whence::SeekHole)?, 4 * MIB + 64 * KIB);
+    // More cached bytes for the copies to find (the seeks above wrote the first ones back).
+    let late = pattern(3, 4 * KIB as usize);
+    f.write_all_at(&late, 6 * MIB + 100)?;
+    write_into(&mut want, 6 * MIB + 100, &late);
+    cp_inside.go()?;
+    cp_outside.go()?;
+    // The writer is still open: nothing above closed it.
+    for copy in [&inside, &outside] {
+        let got = fs::read(copy)?;
+        assert!(
+            got == want,
+            "{}: differs from the source at {:?}",
+            copy.display(),
+            first_difference(&got, &want)
+        );
+    }
+    drop(f);
+    assert!(m.counter("seek_writebacks")? >= 2, "the seeks waited");
+    // Closed, the file has no dirty pages: a seek is answered from the store at once.
+    let before = m.counter("seek_writebacks")?;
+    let r = File::open(&src)?;
+    assert_eq!(seek(&r, 5 * MIB, Whence::SeekData)?, 6 * MIB);
+    drop(r);
+    assert_eq!(m.counter("seek_writebacks")?, before);
+    Ok(())
+}
+
+#[test]
+fn seek_data_sees_bytes_stored_through_a_mapping_after_close() -> TestResult {
+    // Regression (issue 12, writeback_cache, gap a): a shared writable mapping dirties pages
+    // after its descriptor was closed; the open lives on (the daemon sees no RELEASE until
+    // munmap), so a seek through another descriptor must still wait for the writeback.
+    let _one = one_at_a_time();
+    let m = mount_with_writeback()?;
+    let p = m.path("mapped");
+    let f = open_rw(&p)?;
+    let len = MIB as usize;
+    f.set_len(MIB)?;
+    // SAFETY: a fresh shared mapping of `len` bytes of an open file of that size, written only
+    // through the slice below and unmapped before this function returns.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert!(
+        addr != libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    drop(f);
+    let bytes = pattern(4, 4096);
+    {
+        // SAFETY: `addr` maps `len` writable bytes (checked above) and outlives the slice.
+        let map = unsafe { std::slice::from_raw_parts_mut(addr.cast::<u8>(), len) };
+        map[512 * 1024..512 * 1024 + 4096].copy_from_slice(&bytes);
+    }
+    let r = File::open(&p)?;
+    let data = seek(&r, 0, Whence::SeekData);
+    let hole = seek(&r, 512 * KIB, Whence::SeekHole);
+    // SAFETY: unmapping the mapping made above; the slice is gone.
+    unsafe { libc::munmap(addr, len) };
+    assert_eq!(data?, 512 * KIB, "SEEK_DATA finds the mapped write");
+    assert_eq!(hole?, 516 * KIB);
+    let mut got = vec![0u8; 4096];
+    r.read_exact_at(&mut got, 512 * KIB)?;
+    assert!(got == bytes);
+    Ok(())
+}
+
+#[test]
+fn cowfs_sync_commits_writes_still_in_the_page_cache() -> TestResult {
+    // Regression (issue 12, writeback_cache): `cowfs sync` committed the store, which had not
+    // yet received what the kernel cached: the bytes were not durable when it returned (and
+    // a syncfs(2) before the commit is not enough: the kernel does not wait for a FUSE
+    // mount's writeback there).
+    let _one = one_at_a_time();
+    let mut m = mount_with_writeback()?;
+    let sync = later(COWFS, &["sync", path_str(&m.mnt)])?;
+    let f = open_rw(&m.path("f"))?;
+    let data = pattern(5, 4 * MIB as usize);
+    f.write_all_at(&data, 0)?;
+    sync.go()?;
+    // The daemon dies with the file open and never closed: only what the commit made durable
+    // is in the store.
+    let pid = m.pid.take().ok_or("no daemon pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    reap(pid, Duration::from_secs(10))?;
+    lazy_umount(&m.mnt);
+    drop(f);
+    let store = Store::open(&m.store, &StoreOptions::default())?;
+    let a = store.lookup(InodeNo::ROOT, b"f")?;
+    assert_eq!(a.size, data.len() as u64);
+    assert!(
+        store.read_to_vec(a.ino, 0, a.size)? == data,
+        "cowfs sync made the cached bytes durable"
+    );
+    store.close()?;
+    Ok(())
+}
+
+#[test]
+fn a_snapshot_holds_writes_still_in_the_page_cache() -> TestResult {
+    // Regression (issue 12, writeback_cache): `cowfs snapshot` clones the tree in the store,
+    // which had not yet received what the kernel cached for files still open: the copy missed
+    // bytes that write(2) had accepted before the snapshot started (with a syncfs(2) first,
+    // about one run in three).
+    let _one = one_at_a_time();
+    let m = mount_with_writeback()?;
+    fs::create_dir(m.path("src"))?;
+    let snap = later(
+        COWFS,
+        &[
+            "snapshot",
+            path_str(&m.path("src")),
+            path_str(&m.path("snap")),
+        ],
+    )?;
+    let f = open_rw(&m.path("src/f"))?;
+    let data = pattern(6, 4 * MIB as usize + 300);
+    f.write_all_at(&data, 0)?;
+    snap.go()?;
+    drop(f);
+    assert!(
+        fs::read(m.path("snap/f"))? == data,
+        "the snapshot has the cached bytes"
+    );
+    Ok(())
+}
+
+#[test]
+fn syncfs_and_cowfs_sync_succeed_after_unlinks_and_renames_over_files() -> TestResult {
+    // Regression (issue 12, writeback_cache): right after an unlink or a rename over a file,
+    // the kernel flushes the times it keeps for it with a SETATTR; the store had freed the
+    // inode and said ENOENT, which the kernel latched as a writeback error of the mount:
+    // every later syncfs(2) failed.
+    let _one = one_at_a_time();
+    let m = mount_with_writeback()?;
+    fs::write(m.path("gone"), b"k")?;
+    fs::remove_file(m.path("gone"))?;
+    fs::write(m.path("old"), b"1")?;
+    fs::write(m.path("new"), b"2")?;
+    fs::rename(m.path("new"), m.path("old"))?;
+    let dir = File::open(&m.mnt)?;
+    nix::unistd::syncfs(&dir)?;
+    run_ok(&["sync", path_str(&m.mnt)])?;
+    assert_eq!(fs::read(m.path("old"))?, b"2");
+    Ok(())
+}
+
+#[test]
+fn a_read_after_a_write_updates_the_access_time_under_relatime() -> TestResult {
+    // Regression (issue 12, writeback_cache, gap d): under the writeback cache the kernel
+    // stamps a regular file's mtime by its coarse clock (the last tick); the store stamped the
+    // file's creation, its atime included, by a precise clock, up to a tick later. The mtime of
+    // a write that followed the creation then preceded the atime, and relatime updated nothing
+    // at the read after that write.
+    use std::os::unix::fs::MetadataExt;
+    let _one = one_at_a_time();
+    let m = mount_with_writeback()?;
+    let stamp = |md: &fs::Metadata, which: char| match which {
+        'a' => (md.atime(), md.atime_nsec()),
+        _ => (md.mtime(), md.mtime_nsec()),
+    };
+    for i in 0..20 {
+        let p = m.path(&format!("f{i}"));
+        fs::write(&p, b"written after the creation")?;
+        let md = fs::metadata(&p)?;
+        assert!(
+            stamp(&md, 'm') >= stamp(&md, 'a'),
+            "file {i}: mtime {:?} before the atime of its creation {:?}",
+            stamp(&md, 'm'),
+            stamp(&md, 'a')
+        );
+        std::thread::sleep(Duration::from_millis(10));
+        fs::read(&p)?;
+        let read = fs::metadata(&p)?;
+        assert!(
+            stamp(&read, 'a') > stamp(&md, 'a'),
+            "file {i}: the read after the write left the atime"
+        );
+    }
+    Ok(())
+}

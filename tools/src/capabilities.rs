@@ -79,7 +79,7 @@ pub fn run(a: Args) -> CmdResult {
         show(cfr64)
     );
     out!(
-        "writeback cache         {}: used, except over --lower with passthrough (-o no_writeback_cache to stop)",
+        "writeback cache         {}: off unless -o writeback_cache",
         show(offers("FUSE_WRITEBACK_CACHE"))
     );
     let uring = read("/sys/module/fuse/parameters/enable_uring");

@@ -394,14 +394,7 @@ impl ImagePlan {
         match self {
             ImagePlan::SyncPool => {
                 // The pool is synced before this commit: no image is needed any more.
-                let all: Vec<BlockNo> = cx
-                    .images
-                    .iter()?
-                    .map(|item| item.map(|(k, _)| k))
-                    .collect::<Result<_>>()?;
-                for b in all {
-                    cx.images.remove(b)?;
-                }
+                drop_images(cx, BlockNo::ZERO..BlockNo(u64::MAX))?;
                 Ok(0)
             }
             ImagePlan::Images => {
@@ -409,15 +402,8 @@ impl ImagePlan {
                 // Blocks this commit frees lose their images with it.
                 if count > 0 {
                     for run in released {
-                        let keys: Vec<BlockNo> = cx
-                            .images
-                            .range(run.start..run.end())?
-                            .map(|item| item.map(|(k, _)| k))
-                            .collect::<Result<_>>()?;
-                        for b in keys {
-                            cx.images.remove(b)?;
-                            count = count.saturating_sub(1);
-                        }
+                        let dropped = drop_images(cx, run.start..run.end())?;
+                        count = count.saturating_sub(dropped);
                     }
                 }
                 for &run in fresh {
@@ -435,6 +421,19 @@ impl ImagePlan {
             }
         }
     }
+}
+
+/// Remove the images of blocks in `range`; returns how many there were.
+fn drop_images(cx: &mut Ctx<'_>, range: std::ops::Range<BlockNo>) -> Result<u64> {
+    let keys: Vec<BlockNo> = cx
+        .images
+        .range(range)?
+        .map(|item| item.map(|(k, _)| k))
+        .collect::<Result<_>>()?;
+    for &b in &keys {
+        cx.images.remove(b)?;
+    }
+    Ok(keys.len() as u64)
 }
 
 /// The bytes of pool blocks `run`; past the pool file's end (space never written) zeros.

@@ -93,6 +93,15 @@ impl MemShared {
 #[derive(Debug, Clone, Default)]
 pub struct MemEnv {
     shared: Arc<Mutex<MemShared>>,
+    gate: Arc<SyncGate>,
+}
+
+/// Syncs of one file held back until released (see [`MemEnv::hold_syncs`]).
+#[derive(Debug, Default)]
+struct SyncGate {
+    /// The file whose syncs wait, and how many syncs have reached the gate since it was set.
+    held: parking_lot::Mutex<Option<(String, u64)>>,
+    changed: parking_lot::Condvar,
 }
 
 fn lock_mem(m: &Mutex<MemShared>) -> MutexGuard<'_, MemShared> {
@@ -146,6 +155,36 @@ impl MemEnv {
     /// Whether the fault armed last has fired.
     pub fn fault_fired(&self) -> bool {
         lock_mem(&self.shared).fault_fired
+    }
+
+    /// Hold every sync of `file` (e.g. "pool") until [`MemEnv::release_syncs`]: a sync that
+    /// arrives waits, outside every other lock of the environment.
+    pub fn hold_syncs(&self, file: &str) {
+        *self.gate.held.lock() = Some((file.to_string(), 0));
+    }
+
+    /// Wait until `n` syncs have reached the gate set by [`MemEnv::hold_syncs`], at most
+    /// `timeout`; returns whether they did.
+    pub fn wait_held_syncs(&self, n: u64, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut held = self.gate.held.lock();
+        while held.as_ref().is_some_and(|(_, got)| *got < n) {
+            if self
+                .gate
+                .changed
+                .wait_until(&mut held, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        held.as_ref().is_none_or(|(_, got)| *got >= n)
+    }
+
+    /// Let the held syncs (and all later ones) go on.
+    pub fn release_syncs(&self) {
+        *self.gate.held.lock() = None;
+        self.gate.changed.notify_all();
     }
 
     /// I/O calls made on this environment's files so far.
@@ -327,6 +366,7 @@ impl DeviceModel {
 struct MemFile {
     name: String,
     shared: Arc<Mutex<MemShared>>,
+    gate: Arc<SyncGate>,
 }
 
 impl MemFile {
@@ -388,6 +428,15 @@ impl FileIo for MemFile {
     }
 
     fn sync(&self) -> io::Result<()> {
+        let mut held = self.gate.held.lock();
+        if let Some((_, got)) = held.as_mut().filter(|(f, _)| *f == self.name) {
+            *got += 1;
+            self.gate.changed.notify_all();
+            while held.as_ref().is_some_and(|(f, _)| *f == self.name) {
+                self.gate.changed.wait(&mut held);
+            }
+        }
+        drop(held);
         self.mutate(MemOp::Sync {
             file: self.name.clone(),
         })
@@ -434,6 +483,7 @@ impl Env for MemEnv {
         Ok(Arc::new(MemFile {
             name: name.to_string(),
             shared: self.shared.clone(),
+            gate: self.gate.clone(),
         }))
     }
 

@@ -229,6 +229,7 @@ impl Inner {
             return Ok(());
         }
         let _one_at_a_time = self.commit_lock.lock();
+        self.presync_pool(closing)?;
         let mut st = self.state.lock();
         if !st.mem.dirty && !closing {
             // Nothing changed since the last commit: that includes what a freeze waits for.
@@ -350,6 +351,32 @@ impl Inner {
         st.mem.low_space = self.reserve.as_ref().is_some_and(|r| !r.is_held());
         Ok(())
     }
+
+    /// Before a commit that will sync the pool, sync it once without the state lock: that
+    /// flush writes back what the interval since the last commit left dirty in the pool (after
+    /// seconds of random writes, hundreds of MB and hundreds of milliseconds), while operations
+    /// go on. The commit's own sync under the lock then flushes only what was written since.
+    ///
+    /// A failure is the commit's failure, counted and returned like one: after a failed
+    /// fdatasync the kernel may have dropped the dirty pages and would report success to the
+    /// commit's own sync, so going on would make durable a state naming lost bytes.
+    fn presync_pool(&self, closing: bool) -> Result<()> {
+        let likely = {
+            let st = self.state.lock();
+            (st.mem.dirty || closing)
+                && ImagePlan::at_most(&st.mem, self.bs, closing) == ImagePlan::SyncPool
+        };
+        if !likely {
+            return Ok(());
+        }
+        if let Err(e) = self.pool.sync() {
+            self.failed_commits.fetch_add(1, Ordering::SeqCst);
+            self.state.lock().mem.sync_pool_next = true;
+            log::error!("commit failed; every change stays in memory for the next try: {e}");
+            return Err(Error::from_io(e));
+        }
+        Ok(())
+    }
 }
 
 /// A commit carries the bytes of the blocks it newly references (instead of syncing the pool)
@@ -377,6 +404,16 @@ enum ImagePlan {
 impl ImagePlan {
     fn choose(mem: &TxnMem, fresh: &[BlockRun], bs: u64, closing: bool) -> ImagePlan {
         let new: u64 = fresh.iter().map(|r| r.len).sum::<u64>() * bs;
+        Self::for_new_bytes(mem, new, bs, closing)
+    }
+
+    /// The plan if every block allocated since the last commit were fresh (an upper bound of
+    /// the fresh blocks: `SyncPool` when `choose` may pick it).
+    fn at_most(mem: &TxnMem, bs: u64, closing: bool) -> ImagePlan {
+        Self::for_new_bytes(mem, mem.txn_alloc().total().saturating_mul(bs), bs, closing)
+    }
+
+    fn for_new_bytes(mem: &TxnMem, new: u64, bs: u64, closing: bool) -> ImagePlan {
         let held = mem.state.images.saturating_mul(bs);
         if closing
             || mem.sync_pool_next

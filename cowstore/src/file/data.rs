@@ -43,33 +43,25 @@ pub(crate) enum Source<'a> {
 impl Ctx<'_> {
     /// Mapped pieces of `[fb, fb+n)`, clipped to the range, in file order.
     pub fn mappings(&self, ino: InodeNo, fb: u64, n: u64) -> Result<Vec<Mapping>> {
+        Ok(clip(&self.extents_over(ino, fb, n)?, fb, n))
+    }
+
+    /// The extents (first file block, record) that overlap `[fb, fb+n)`, unclipped, in file
+    /// order: the one starting before `fb` if it reaches into the range, then those inside.
+    fn extents_over(&self, ino: InodeNo, fb: u64, n: u64) -> Result<Vec<(u64, ExtentRecord)>> {
         let end = fb.saturating_add(n);
         let mut out = Vec::new();
         if let Some(item) = self.extents.range_rev((ino, 0)..=(ino, fb))?.next() {
             let (k, v) = item?;
-            let (_, kfb) = k;
             let e: ExtentRecord = decode(&v, &k)?;
-            if kfb + e.len > fb {
-                let skip = fb - kfb;
-                out.push(Mapping {
-                    fb,
-                    phys: e.phys + skip,
-                    len: (e.len - skip).min(end - fb),
-                    lower: e.lower,
-                });
+            if k.1 + e.len > fb {
+                out.push((k.1, e));
             }
         }
         if fb < u64::MAX {
             for item in self.extents.range((ino, fb + 1)..(ino, end))? {
                 let (k, v) = item?;
-                let (_, kfb) = k;
-                let e: ExtentRecord = decode(&v, &k)?;
-                out.push(Mapping {
-                    fb: kfb,
-                    phys: e.phys,
-                    len: e.len.min(end - kfb),
-                    lower: e.lower,
-                });
+                out.push((k.1, decode::<ExtentRecord>(&v, &k)?));
             }
         }
         Ok(out)
@@ -84,19 +76,21 @@ impl Ctx<'_> {
         fb: u64,
         n: u64,
     ) -> Result<Vec<Mapping>> {
+        let raw = self.extents_over(ino, fb, n)?;
+        self.unmap_extents(ino, rec, fb, n, raw)
+    }
+
+    /// `unmap`, given `raw`: the extents overlapping `[fb, fb+n)` as `extents_over` finds them
+    /// now (read earlier in the same operation, with no extent of the file changed since).
+    fn unmap_extents(
+        &mut self,
+        ino: InodeNo,
+        rec: &mut InodeRecord,
+        fb: u64,
+        n: u64,
+        raw: Vec<(u64, ExtentRecord)>,
+    ) -> Result<Vec<Mapping>> {
         let end = fb.saturating_add(n);
-        let mut raw = Vec::new();
-        if let Some(item) = self.extents.range_rev((ino, 0)..(ino, fb))?.next() {
-            let (k, v) = item?;
-            let e: ExtentRecord = decode(&v, &k)?;
-            if k.1 + e.len > fb {
-                raw.push((k.1, e));
-            }
-        }
-        for item in self.extents.range((ino, fb)..(ino, end))? {
-            let (k, v) = item?;
-            raw.push((k.1, decode::<ExtentRecord>(&v, &k)?));
-        }
         let mut removed = Vec::new();
         for (kfb, e) in raw {
             self.extents.remove((ino, kfb))?;
@@ -149,7 +143,13 @@ impl Ctx<'_> {
         fb: u64,
         n: u64,
     ) -> Result<()> {
-        for m in self.unmap(ino, rec, fb, n)? {
+        let removed = self.unmap(ino, rec, fb, n)?;
+        self.release_mappings(&removed)
+    }
+
+    /// Drop the references unmapped pieces held.
+    fn release_mappings(&mut self, removed: &[Mapping]) -> Result<()> {
+        for m in removed {
             if m.lower == 0 {
                 self.decref(m.pool_run())?;
             }
@@ -342,7 +342,17 @@ impl Ctx<'_> {
         let bs = self.bs;
         let first = off / bs;
         let last_excl = end.div_ceil(bs);
-        let existing = self.mappings(ino, first, last_excl - first)?;
+        // One lookup serves the whole write in the common case of a single run of new blocks
+        // (a write into committed blocks or a hole): the extents under it, and the one before it
+        // (whose block after is where the new blocks should go, to continue it).
+        let from = first.saturating_sub(1);
+        let around = self.extents_over(ino, from, last_excl - from)?;
+        let existing = clip(&around, first, last_excl - first);
+        let before = if first > 0 {
+            clip(&around, first - 1, 1).first().copied()
+        } else {
+            None
+        };
 
         // Split the block range into runs: reusable mapped pieces (in place) and runs needing new blocks.
         let mut runs: Vec<(u64, u64, Option<BlockNo>)> = Vec::new(); // (fb, len, Some(phys) if in place)
@@ -366,6 +376,7 @@ impl Ctx<'_> {
             push_new_run(&mut runs, pos, last_excl - pos);
         }
 
+        let single = runs.len() == 1;
         for (rfb, rlen, in_place) in runs {
             let byte_start = (rfb * bs).max(off);
             let byte_end = ((rfb + rlen) * bs).min(end);
@@ -385,14 +396,13 @@ impl Ctx<'_> {
                             .find(|m| m.fb <= b && b < m.fb + m.len)
                             .map(|m| (m.lower, m.phys + (b - m.fb)))
                     };
-                    let hint = if rfb > 0 {
-                        self.mappings(ino, rfb - 1, 1)?
-                            .first()
-                            .filter(|m| m.lower == 0)
-                            .map(|m| BlockNo(m.phys) + 1)
+                    // Earlier runs of this write may have mapped the block before this one.
+                    let prev = if rfb == first {
+                        before
                     } else {
-                        None
+                        self.mappings(ino, rfb - 1, 1)?.first().copied()
                     };
+                    let hint = prev.filter(|m| m.lower == 0).map(|m| BlockNo(m.phys) + 1);
                     let new = self.alloc(rlen, hint)?;
                     // Head: the untouched front of the first block keeps its old bytes; tail likewise.
                     let head = byte_start - rfb * bs;
@@ -416,7 +426,18 @@ impl Ctx<'_> {
                         self.release_blocks(BlockRun::new(new, rlen))?;
                         return Err(e);
                     }
-                    self.unmap_and_release(ino, rec, rfb, rlen)?;
+                    let removed = if single {
+                        // No extent of the file changed since `around` was read.
+                        let raw = around
+                            .iter()
+                            .filter(|(kfb, e)| *kfb < rfb + rlen && kfb + e.len > rfb)
+                            .copied()
+                            .collect();
+                        self.unmap_extents(ino, rec, rfb, rlen, raw)?
+                    } else {
+                        self.unmap(ino, rec, rfb, rlen)?
+                    };
+                    self.release_mappings(&removed)?;
                     self.map(ino, rec, rfb, new, rlen)?;
                 }
             }
@@ -739,6 +760,24 @@ impl Ctx<'_> {
         }
         Ok(len)
     }
+}
+
+/// The pieces of `extents` (as `extents_over` returns them) inside `[fb, fb+n)`.
+fn clip(extents: &[(u64, ExtentRecord)], fb: u64, n: u64) -> Vec<Mapping> {
+    let end = fb.saturating_add(n);
+    extents
+        .iter()
+        .filter(|(kfb, e)| *kfb < end && kfb + e.len > fb)
+        .map(|&(kfb, e)| {
+            let from = kfb.max(fb);
+            Mapping {
+                fb: from,
+                phys: e.phys + (from - kfb),
+                len: (kfb + e.len).min(end) - from,
+                lower: e.lower,
+            }
+        })
+        .collect()
 }
 
 fn push_new_run(runs: &mut Vec<(u64, u64, Option<BlockNo>)>, fb: u64, len: u64) {

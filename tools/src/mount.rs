@@ -386,6 +386,7 @@ fn serve(a: &Args, opts: &MountOpts) -> CmdResult {
         acl: opts.acl,
         threads: opts.threads,
         readahead_kb: opts.readahead_kb,
+        wb_max_ratio: opts.wb_max_ratio,
     };
     // Keep no directory busy: the daemon may outlive the shell it was started from.
     let _ = std::env::set_current_dir("/");

@@ -26,6 +26,8 @@ pub struct MountOpts {
     pub readahead_kb: Option<u32>,
     /// `writeback_cache`/`no_writeback_cache`; unset, see [`MountOpts::writeback_cache`].
     pub writeback_cache: Option<bool>,
+    /// `wb_max_ratio=N`: see [`cowfs_fs::session::MountSpec::wb_max_ratio`].
+    pub wb_max_ratio: u32,
     /// FUSE passthrough for read-only opens of unmodified lower files (when the kernel has it).
     pub passthrough: bool,
     pub log: Option<PathBuf>,
@@ -55,6 +57,7 @@ impl Default for MountOpts {
             ttl_secs: 10,
             readahead_kb: None,
             writeback_cache: None,
+            wb_max_ratio: cowfs_fs::session::DEFAULT_WB_MAX_RATIO,
             passthrough: true,
             log: None,
             debug: false,
@@ -109,6 +112,12 @@ Mount options (-o OPT[,OPT...]):
                          back in large batches (default off: faster random writes, slower
                          stat after close). With it, ENOSPC and I/O errors of cached writes
                          are reported by fsync and close, not by write
+  wb_max_ratio=N         with the writeback cache: the percentage of the kernel's dirty limit
+                         the mount's cached writes may take (default 20; the kernel gives a
+                         FUSE mount 1, a few tens of MB, which halves random-write speed).
+                         Set only when the daemon runs as an IO flusher (PR_SET_IO_FLUSHER,
+                         which needs CAP_SYS_RESOURCE; strict_limit stays on); 0 keeps the
+                         kernel's limit
   passthrough=on|off     the kernel reads unmodified lower files opened read-only straight
                          from the lower file (FUSE passthrough; default on where the kernel
                          offers it; the writeback cache turns it off). While such an open
@@ -187,6 +196,12 @@ pub fn parse_with(args: &[String], sloppy: bool) -> Result<(MountOpts, Vec<Strin
             }
             ("writeback_cache", None) => o.writeback_cache = Some(true),
             ("no_writeback_cache", None) => o.writeback_cache = Some(false),
+            ("wb_max_ratio", Some(v)) => {
+                o.wb_max_ratio = match num(key, v)? {
+                    n @ 0..=100 => n as u32,
+                    _ => return Err(format!("mount option {key}={v}: a percentage, 0 to 100")),
+                }
+            }
             ("passthrough", Some("on")) => o.passthrough = true,
             ("passthrough", Some("off")) => o.passthrough = false,
             ("passthrough", Some(v)) => {
@@ -354,6 +369,16 @@ mod tests {
         assert!(wb("writeback_cache", true)?, "asked for: passthrough goes");
         assert!(!wb("no_writeback_cache", false)?);
         assert!(wb("no_writeback_cache,writeback_cache", false)?);
+        Ok(())
+    }
+
+    #[test]
+    fn wb_max_ratio_is_a_percentage() -> Result<(), String> {
+        assert_eq!(p("rw")?.wb_max_ratio, 20);
+        assert_eq!(p("wb_max_ratio=0")?.wb_max_ratio, 0);
+        assert_eq!(p("wb_max_ratio=100")?.wb_max_ratio, 100);
+        assert!(p("wb_max_ratio=101").is_err());
+        assert!(p("wb_max_ratio=lots").is_err());
         Ok(())
     }
 

@@ -310,3 +310,104 @@ fn a_read_after_a_write_updates_the_access_time_under_relatime() -> TestResult {
     }
     Ok(())
 }
+
+/// What `PR_SET_IO_FLUSHER` sets in a thread's flags (`PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE`,
+/// include/linux/sched.h), the ninth field of /proc/PID/task/TID/stat.
+const IO_FLUSHER: u64 = 0x0008_0000 | 0x0010_0000;
+/// What the kernel gives a FUSE mount's bdi: `max_ratio` 1 and `strict_limit` on.
+const FUSE_BDI_DEFAULT: (&str, &str) = ("1", "1");
+
+/// Every thread of process `pid`: (name, flags).
+fn thread_flags(pid: u32) -> Result<Vec<(String, u64)>, Box<dyn std::error::Error>> {
+    let mut v = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = fs::read_to_string(t?.path().join("stat"))?;
+        // "tid (comm) state ppid pgrp session tty_nr tpgid flags ..."; comm may hold spaces.
+        let (head, rest) = stat.rsplit_once(") ").ok_or("a stat line without (comm)")?;
+        let comm = head.split_once(" (").map_or(head, |(_, c)| c).to_string();
+        let flags = rest.split(' ').nth(6).ok_or("a short stat line")?.parse()?;
+        v.push((comm, flags));
+    }
+    Ok(v)
+}
+
+/// Whether process `pid` has CAP_SYS_RESOURCE (bit 24 of CapEff), which PR_SET_IO_FLUSHER needs.
+fn has_cap_sys_resource(pid: u32) -> Result<bool, Box<dyn std::error::Error>> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .ok_or("no CapEff")?;
+    Ok(u64::from_str_radix(eff.trim(), 16)? >> 24 & 1 == 1)
+}
+
+/// The mount's bdi (`max_ratio`, `strict_limit`).
+fn dirty_limits(m: &Mount) -> Result<(String, String), Box<dyn std::error::Error>> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(&m.mnt)?.dev();
+    let dir = format!(
+        "/sys/class/bdi/{}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    let read = |f: &str| fs::read_to_string(format!("{dir}/{f}")).map(|s| s.trim().to_string());
+    Ok((read("max_ratio")?, read("strict_limit")?))
+}
+
+#[test]
+fn under_the_writeback_cache_the_daemon_is_an_io_flusher_with_a_larger_dirty_share() -> TestResult {
+    // Regression (issue 12, writeback_cache, random writes at 0.34-0.46x of ext4): the kernel
+    // gives a FUSE bdi 1 % of the dirty limit with strict_limit, which throttles random writers
+    // to the daemon's writeback; a larger share is safe only if the daemon's threads are IO
+    // flushers (not throttled by the dirty pages only they can clean). Without
+    // CAP_SYS_RESOURCE the daemon cannot be one, and the kernel's limit must stay.
+    let _one = one_at_a_time();
+    let cases: [(&[&str], bool, Option<&str>); 4] = [
+        (&["writeback_cache"], true, Some("20")),
+        (&["writeback_cache", "wb_max_ratio=35"], true, Some("35")),
+        (&["writeback_cache", "wb_max_ratio=0"], true, None),
+        (&["no_writeback_cache"], false, None),
+    ];
+    for (opts, flusher, ratio) in cases {
+        let m = Mount::new(opts)?;
+        let pid = m.pid.ok_or("no daemon pid")?;
+        let able = has_cap_sys_resource(pid)?;
+        let threads = thread_flags(pid)?;
+        assert!(
+            threads
+                .iter()
+                .filter(|(c, _)| c.starts_with("fuser"))
+                .count()
+                >= 2
+                && threads.iter().any(|(c, _)| c == "cowstore-commit"),
+            "{opts:?}: request threads and the committer are among {threads:?}"
+        );
+        let want_flusher = flusher && able;
+        for (comm, flags) in &threads {
+            assert_eq!(
+                flags & IO_FLUSHER == IO_FLUSHER,
+                want_flusher,
+                "{opts:?}: thread {comm} flags {flags:#x} (CAP_SYS_RESOURCE: {able})"
+            );
+        }
+        let want = match ratio {
+            // strict_limit stays on (see fs/src/session.rs `raise_dirty_share`).
+            Some(r) if able => (r, "1"),
+            _ => FUSE_BDI_DEFAULT,
+        };
+        let (got_ratio, got_strict) = dirty_limits(&m)?;
+        assert_eq!(
+            (got_ratio.as_str(), got_strict.as_str()),
+            want,
+            "{opts:?}: bdi max_ratio, strict_limit (CAP_SYS_RESOURCE: {able})"
+        );
+        if flusher && !able {
+            let log = fs::read_to_string(m.store.join("cowfs.log"))?;
+            assert!(
+                log.contains("cannot make the daemon an IO flusher"),
+                "{opts:?}: the log says why the limit stays:\n{log}"
+            );
+        }
+    }
+    Ok(())
+}

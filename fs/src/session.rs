@@ -46,8 +46,8 @@ pub struct MountSpec {
     pub readahead_kb: Option<u32>,
     /// Under the writeback cache: the mount's bdi `max_ratio` (percent of the global dirty
     /// limit its dirty pages may take; `strict_limit` stays on); 0 keeps the kernel's 1 %.
-    /// Applied only when the daemon's threads are IO flushers ([`become_io_flusher`]), so the
-    /// daemon is never throttled by dirty pages that only it can clean.
+    /// The daemon's threads are made IO flushers first where they may be
+    /// ([`become_io_flusher`]); see `raise_dirty_share` for why the share is safe without.
     pub wb_max_ratio: u32,
 }
 
@@ -143,14 +143,7 @@ pub fn mount(spec: &MountSpec) -> Result<Mounted, MountError> {
             set_readahead(devno, kb);
             let writeback_cache = shared.kernel.lock().writeback_cache;
             if writeback_cache && spec.wb_max_ratio > 0 {
-                if io_flusher {
-                    raise_dirty_share(devno, spec.wb_max_ratio);
-                } else {
-                    info!(
-                        "keeping the kernel's dirty limit for the mount (max_ratio 1): the \
-                         daemon is not an IO flusher"
-                    );
-                }
+                raise_dirty_share(devno, spec.wb_max_ratio, io_flusher);
             }
             let handlers = control::Handlers {
                 stats: Box::new(stats_source(
@@ -225,7 +218,7 @@ pub fn become_io_flusher() -> bool {
         Err(e) => {
             log::warn!(
                 "cannot make the daemon an IO flusher (PR_SET_IO_FLUSHER: {e}; needs \
-                 CAP_SYS_RESOURCE): the mount keeps the kernel's small dirty limit"
+                 CAP_SYS_RESOURCE): it is throttled with every other writer"
             );
             false
         }
@@ -243,8 +236,23 @@ pub fn become_io_flusher() -> bool {
 /// 0.1x and 0.9x (median 0.25x), and in one run each under a 64 MiB dirty limit
 /// (scripts/wb-pressure) a random writer made 30 MiB/s against 97 with it (docs/bench). The rest of
 /// the budget, at least 80 % at the default 20, stays with the other bdis, the pool's included.
-fn raise_dirty_share((major, minor): (u32, u32), ratio: u32) {
-    let path = format!("/sys/class/bdi/{major}:{minor}/max_ratio");
+///
+/// That is also why the share is raised when the daemon could not become an IO flusher
+/// (`io_flusher` false: no `CAP_SYS_RESOURCE`, as on this project's CI machine): a writer is
+/// throttled only while all dirty pages together pass the global limit, and with the mount's
+/// held within its share by `strict_limit`, the pool's filesystem keeps the rest and is cleaned
+/// by its own writeback, which never waits for the daemon: the daemon's pool writes always
+/// make progress, at 20 % as at the kernel's 1 %. Only a share without `strict_limit`, which
+/// could fill the whole limit, would need the flag, so the share is raised only where
+/// `strict_limit` is on.
+fn raise_dirty_share((major, minor): (u32, u32), ratio: u32, io_flusher: bool) {
+    let dir = format!("/sys/class/bdi/{major}:{minor}");
+    let strict = std::fs::read_to_string(format!("{dir}/strict_limit"));
+    if !strict.is_ok_and(|s| s.trim() == "1") && !io_flusher {
+        info!("keeping the kernel's dirty limit for the mount: its strict_limit is off");
+        return;
+    }
+    let path = format!("{dir}/max_ratio");
     let old = std::fs::read_to_string(&path).map_or_else(|_| "?".into(), |s| s.trim().to_string());
     match std::fs::write(&path, ratio.min(100).to_string()) {
         Ok(()) => info!(

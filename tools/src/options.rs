@@ -115,9 +115,8 @@ Mount options (-o OPT[,OPT...]):
   wb_max_ratio=N         with the writeback cache: the percentage of the kernel's dirty limit
                          the mount's cached writes may take (default 20; the kernel gives a
                          FUSE mount 1, a few tens of MB, which halves random-write speed).
-                         Set only when the daemon runs as an IO flusher (PR_SET_IO_FLUSHER,
-                         which needs CAP_SYS_RESOURCE; strict_limit stays on); 0 keeps the
-                         kernel's limit
+                         The kernel's strict_limit stays on, so the rest stays with the
+                         pool's filesystem; 0 keeps the kernel's limit
   passthrough=on|off     the kernel reads unmodified lower files opened read-only straight
                          from the lower file (FUSE passthrough; default on where the kernel
                          offers it; the writeback cache turns it off). While such an open

@@ -72,6 +72,11 @@ impl Counters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// Take back what [`Counters::add`] counted ahead of an outcome that did not happen.
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 /// What `cowfs stats` shows: the daemon, its store and the counters.

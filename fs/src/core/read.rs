@@ -71,8 +71,8 @@ pub(crate) fn read_path(
 /// What became of a spliced reply.
 #[derive(Debug)]
 pub(crate) enum Spliced {
-    /// Sent, with this many data bytes.
-    Sent(u64),
+    /// Sent.
+    Sent,
     /// The request was interrupted and is gone: there is nobody left to answer.
     Gone,
     /// Nothing reached the device: answer from a buffer instead.
@@ -84,7 +84,7 @@ pub(crate) enum Spliced {
 impl Spliced {
     pub(crate) fn from_result(r: Result<u64, SpliceError>) -> Spliced {
         match r {
-            Ok(n) => Spliced::Sent(n),
+            Ok(_) => Spliced::Sent,
             Err(SpliceError::NotSent(e)) => Spliced::Fallback(e),
             Err(SpliceError::Device(e)) if e.raw_os_error() == Some(libc::ENOENT) => Spliced::Gone,
             Err(SpliceError::Device(e)) => Spliced::Failed(e),
@@ -152,11 +152,16 @@ impl Core {
             splice::fits(&segs)
         });
         if let (ReadPath::Splice, Some(dev), Some(pool)) = (path, dev, pool) {
-            match Spliced::from_result(splice::reply(dev, unique, pool, &segs)) {
-                Spliced::Sent(n) => {
-                    Counters::add(&self.counters.read_bytes_spliced, n);
-                    return Ok(ReadReply::Sent);
-                }
+            // Counted before the reply goes out, and taken back if it does not: a reader that
+            // looks at the counters once its read returned must find it counted.
+            let bytes: u64 = segs.iter().map(Segment::len).sum();
+            Counters::add(&self.counters.read_bytes_spliced, bytes);
+            let sent = Spliced::from_result(splice::reply(dev, unique, pool, &segs));
+            if !matches!(sent, Spliced::Sent) {
+                Counters::sub(&self.counters.read_bytes_spliced, bytes);
+            }
+            match sent {
+                Spliced::Sent => return Ok(ReadReply::Sent),
                 Spliced::Gone => {
                     Counters::add(&self.counters.errors, 1);
                     debug!("read: request {unique} gone before its reply");
@@ -405,7 +410,7 @@ mod tests {
     #[test]
     fn a_failed_splice_falls_back_unless_the_device_refused_it() {
         let e = |n| io::Error::from_raw_os_error(n);
-        assert!(matches!(Spliced::from_result(Ok(7)), Spliced::Sent(7)));
+        assert!(matches!(Spliced::from_result(Ok(7)), Spliced::Sent));
         let not_sent = Spliced::from_result(Err(SpliceError::NotSent(e(libc::EAGAIN))));
         assert!(matches!(not_sent, Spliced::Fallback(_)));
         let gone = Spliced::from_result(Err(SpliceError::Device(e(libc::ENOENT))));

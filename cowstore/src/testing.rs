@@ -134,7 +134,7 @@ impl Store {
                     cx.insert_free(BlockRun::new(m.pool_run().start, 1))?;
                 }
                 Damage::MissingInode(ino) => {
-                    if !cx.inodes.remove(*ino)? {
+                    if !cx.inodes.remove_found(*ino)? {
                         return Err(Error::NotFound);
                     }
                 }

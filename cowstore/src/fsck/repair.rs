@@ -622,7 +622,7 @@ fn repair_orphans(cx: &mut Ctx<'_>, ns: &mut Ns, sum: &mut RepairSummary) -> Res
     }
     for o in orphans {
         let exists = ns.inodes.contains_key(&o) || ns.damaged.contains_key(&o);
-        if !exists && !ns.reclaimed.contains(&o) && cx.orphans.remove(o)? {
+        if !exists && !ns.reclaimed.contains(&o) && cx.orphans.remove_found(o)? {
             sum.actions.push(format!(
                 "orphan list entry for missing inode {o} removed",
                 o = o.0

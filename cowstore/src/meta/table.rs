@@ -75,8 +75,15 @@ impl<'t, K: KeyCodec, V: ValueCodec> Table<'t, K, V> {
         Ok(())
     }
 
+    /// Delete a key, there or not: a tombstone, without reading the layers below (a tombstone
+    /// over nothing hides nothing, and the engine's delete of an absent key does nothing).
+    pub fn remove(&mut self, k: K::In<'_>) -> Result<()> {
+        self.own.insert(key::<K>(k), None);
+        Ok(())
+    }
+
     /// Delete a key; returns whether it was there.
-    pub fn remove(&mut self, k: K::In<'_>) -> Result<bool> {
+    pub fn remove_found(&mut self, k: K::In<'_>) -> Result<bool> {
         let k = key::<K>(k);
         let existed = self.raw_get(&k)?.is_some();
         self.own.insert(k, None);

@@ -959,7 +959,7 @@ impl Ctx<'_> {
         acl::namespace(name)?;
         let mut rec = self.get_inode(ino)?;
         check_flags(&rec, Change::Attrs)?;
-        if !self.xattrs.remove((ino, name))? {
+        if !self.xattrs.remove_found((ino, name))? {
             return Err(Error::NoAttr);
         }
         rec.ctime = Timespec::now();

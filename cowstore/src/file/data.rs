@@ -428,11 +428,7 @@ impl Ctx<'_> {
                     }
                     let removed = if single {
                         // No extent of the file changed since `around` was read.
-                        let raw = around
-                            .iter()
-                            .filter(|(kfb, e)| *kfb < rfb + rlen && kfb + e.len > rfb)
-                            .copied()
-                            .collect();
+                        let raw = overlapping(&around, rfb, rlen).copied().collect();
                         self.unmap_extents(ino, rec, rfb, rlen, raw)?
                     } else {
                         self.unmap(ino, rec, rfb, rlen)?
@@ -762,12 +758,22 @@ impl Ctx<'_> {
     }
 }
 
-/// The pieces of `extents` (as `extents_over` returns them) inside `[fb, fb+n)`.
-fn clip(extents: &[(u64, ExtentRecord)], fb: u64, n: u64) -> Vec<Mapping> {
+/// The extents of `extents` (as `extents_over` returns them) that overlap `[fb, fb+n)`.
+fn overlapping(
+    extents: &[(u64, ExtentRecord)],
+    fb: u64,
+    n: u64,
+) -> impl Iterator<Item = &(u64, ExtentRecord)> {
     let end = fb.saturating_add(n);
     extents
         .iter()
-        .filter(|(kfb, e)| *kfb < end && kfb + e.len > fb)
+        .filter(move |(kfb, e)| *kfb < end && kfb + e.len > fb)
+}
+
+/// The pieces of `extents` (as `extents_over` returns them) inside `[fb, fb+n)`.
+fn clip(extents: &[(u64, ExtentRecord)], fb: u64, n: u64) -> Vec<Mapping> {
+    let end = fb.saturating_add(n);
+    overlapping(extents, fb, n)
         .map(|&(kfb, e)| {
             let from = kfb.max(fb);
             Mapping {

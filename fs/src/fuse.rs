@@ -603,9 +603,14 @@ impl Filesystem for CowFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes reach the store as they arrive; nothing is buffered here (and opens ask for
-        // FOPEN_NOFLUSH, so this rarely comes).
-        reply.ok();
+        // Nothing to do at a close: writes reach the store as they arrive, and the kernel keeps
+        // POSIX and flock locks itself (no lock requests are served). Without the writeback
+        // cache every open asks for FOPEN_NOFLUSH; with it the kernel ignores that flag and
+        // sends a FLUSH at every close(2), after writing the file's dirty pages back and
+        // checking them for errors (which close still reports). ENOSYS makes it stop for good
+        // (fc->no_flush): one round trip less per close.
+        Counters::add(&self.shared.counters.flushes, 1);
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

@@ -54,6 +54,9 @@ counters!(
     getxattrs,
     /// SETATTR requests.
     setattrs,
+    /// FLUSH requests: only the writeback cache sends them (at a close), and only until the
+    /// first has been answered ENOSYS.
+    flushes,
     /// fsync and fsyncdir requests (each a commit).
     fsyncs,
     /// SEEK_DATA/SEEK_HOLE requests that had the kernel write the file's cached writes back

@@ -311,6 +311,46 @@ fn a_read_after_a_write_updates_the_access_time_under_relatime() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn a_close_costs_no_flush_round_trip_under_the_writeback_cache() -> TestResult {
+    // Issue 12 (round trips): under the writeback cache the kernel sends a FLUSH at every
+    // close(2), ignoring FOPEN_NOFLUSH, though the daemon has nothing to do for one. The first
+    // is answered ENOSYS and the kernel sends no more. The kernel writes a file's dirty pages
+    // back before it would send the FLUSH, so every byte still reaches the store at close.
+    let _one = one_at_a_time();
+    let mut m = mount_with_writeback()?;
+    let files: Vec<(String, Vec<u8>)> = (0..10u64)
+        .map(|i| (format!("f{i}"), pattern(i, 10_000 + i as usize)))
+        .collect();
+    for (name, data) in &files {
+        fs::write(m.path(name), data)?;
+    }
+    assert_eq!(
+        m.counter("flushes")?,
+        1,
+        "10 closes under the writeback cache: one FLUSH, answered ENOSYS, then none"
+    );
+    // The daemon dies without unmounting: only what reached it before is in the store.
+    run_ok(&["sync", path_str(&m.mnt)])?;
+    let pid = m.pid.take().ok_or("no daemon pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    reap(pid, Duration::from_secs(10))?;
+    lazy_umount(&m.mnt);
+    let store = Store::open(&m.store, &StoreOptions::default())?;
+    for (name, data) in &files {
+        let a = store.lookup(InodeNo::ROOT, name.as_bytes())?;
+        assert!(
+            store.read_to_vec(a.ino, 0, a.size)? == *data,
+            "{name}: the bytes written before close reached the store"
+        );
+    }
+    store.close()?;
+    Ok(())
+}
+
 /// What `PR_SET_IO_FLUSHER` sets in a thread's flags (`PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE`,
 /// include/linux/sched.h), the ninth field of /proc/PID/task/TID/stat.
 const IO_FLUSHER: u64 = 0x0008_0000 | 0x0010_0000;

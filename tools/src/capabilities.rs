@@ -92,8 +92,50 @@ pub fn run(a: Args) -> CmdResult {
         "readdirplus             {}: used",
         show(offers("FUSE_DO_READDIRPLUS"))
     );
+    out!(
+        "idle CPUs               {}",
+        idle_note(
+            read("/sys/devices/system/cpu/cpuidle/current_driver").as_deref(),
+            read("/sys/module/haltpoll/parameters/guest_halt_poll_ns").as_deref(),
+        )
+    );
     if let Some(o) = &offer {
         out!("all INIT flags offered  {}", o.capabilities.join(" "));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The cpuidle driver, and for a KVM guest's haltpoll how long an idle vCPU polls before it
+/// halts. Every FUSE round trip wakes a thread, often on the other CPU; waking a halted vCPU
+/// is a VM exit, so a guest that never polls pays it twice per round trip (measured on 2
+/// vCPUs: creates and unlinks through cowfs at half the rate they reach with the kernel's
+/// default of 200 µs; docs/bench/README.md, "Idle CPUs").
+fn idle_note(driver: Option<&str>, poll_ns: Option<&str>) -> String {
+    match (driver, poll_ns) {
+        (Some(d), Some("0")) => format!(
+            "{d}, guest_halt_poll_ns 0: an idle vCPU halts at once, so every FUSE round trip \
+             that wakes one costs a VM exit (metadata about 2x slower; the kernel's default \
+             is 200000)"
+        ),
+        (Some(d), Some(ns)) => format!("{d}, guest_halt_poll_ns {ns}"),
+        (Some(d), None) => d.to_string(),
+        (None, _) => "unknown (no cpuidle driver)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idle_note;
+
+    #[test]
+    fn a_guest_that_never_polls_is_named() {
+        let never = idle_note(Some("haltpoll"), Some("0"));
+        assert!(never.contains("VM exit"), "{never}");
+        assert_eq!(
+            idle_note(Some("haltpoll"), Some("200000")),
+            "haltpoll, guest_halt_poll_ns 200000"
+        );
+        assert_eq!(idle_note(Some("intel_idle"), None), "intel_idle");
+        assert!(idle_note(None, None).starts_with("unknown"));
+    }
 }

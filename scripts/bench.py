@@ -354,7 +354,7 @@ def report(tsv, outdir, name):
                f" (commit {meta_info.get('commit', '?')}).\n")
     out.append("## Machine\n")
     for k in ("cpu", "cores", "memory", "kernel", "disk", "host_fs", "mount_opts", "load",
-              "sections", "skipped"):
+              "idle", "sections", "skipped"):
         if k in meta_info:
             out.append(f"- {k.replace('_', ' ')}: {meta_info[k]}")
     out.append("")

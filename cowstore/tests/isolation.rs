@@ -293,6 +293,139 @@ fn operations_go_on_while_a_commit_syncs_the_pool() -> Result<()> {
     Ok(())
 }
 
+fn operations_go_on_while_a_large_write_reaches_the_pool() -> Result<()> {
+    // Issue 12 (concurrency: no mutex held across pool I/O): a write held the store lock
+    // through its pool pwrite, so with 4 writers of 1 MiB most of the time went to waiting for
+    // it. A large write now allocates its blocks, writes them without the lock, then maps them.
+    let (env, s) = store();
+    let s = Arc::new(s);
+    let f = s.create_open(InodeNo::ROOT, b"f", 0o644, ME)?;
+    s.write(f.ino, 0, &vec![1u8; 64 * BS])?;
+    s.commit()?;
+    env.hold_writes("pool", 16 * BS);
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || s.write(f.ino, 32 * BS as u64, &vec![2u8; 64 * BS]))
+    };
+    let held = env.wait_held_writes(1, std::time::Duration::from_secs(10));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let other = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let r = (|| {
+                let g = s.create_open(InodeNo::ROOT, b"g", 0o644, ME)?;
+                s.write(g.ino, 0, b"written meanwhile")?;
+                // The write in flight is not visible yet: old bytes, old size.
+                Ok::<_, Error>((
+                    s.read_to_vec(f.ino, 32 * BS as u64, 4)?,
+                    s.getattr(f.ino)?.size,
+                ))
+            })();
+            let _ = done_tx.send(());
+            r
+        })
+    };
+    let ran = done_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .is_ok();
+    env.release_writes();
+    assert!(held, "the large write never reached the pool");
+    assert!(ran, "operations waited for a large write's pool I/O");
+    assert_eq!(
+        other.join().expect("other")?,
+        (vec![1u8; 4], 64 * BS as u64)
+    );
+    assert_eq!(writer.join().expect("writer")?, 64 * BS);
+    let mut want = vec![1u8; 32 * BS];
+    want.extend(vec![2u8; 64 * BS]);
+    assert_eq!(s.read_to_vec(f.ino, 0, 96 * BS as u64)?, want);
+    s.commit()?;
+    let s = reopen(&env, Arc::into_inner(s).expect("one owner"));
+    assert_eq!(s.read_to_vec(f.ino, 0, 96 * BS as u64)?, want);
+    assert!(s.check()?.is_clean());
+    Ok(())
+}
+
+fn a_commit_waits_for_a_large_write_in_flight() -> Result<()> {
+    // A commit between the halves of a split write would make its blocks durable allocated
+    // but unmapped (neither free nor referenced: a leak fsck reports). The commit waits.
+    let (env, s) = store();
+    let s = Arc::new(s);
+    let f = s.create_open(InodeNo::ROOT, b"f", 0o644, ME)?;
+    env.hold_writes("pool", 16 * BS);
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || s.write(f.ino, 0, &vec![3u8; 32 * BS]))
+    };
+    assert!(env.wait_held_writes(1, std::time::Duration::from_secs(10)));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let committer = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let r = s.commit();
+            let _ = done_tx.send(());
+            r
+        })
+    };
+    let early = done_rx
+        .recv_timeout(std::time::Duration::from_millis(300))
+        .is_ok();
+    env.release_writes();
+    assert!(
+        !early,
+        "a commit ran while a write's blocks were allocated and unmapped"
+    );
+    writer.join().expect("writer")?;
+    committer.join().expect("committer")?;
+    let s = Arc::into_inner(s).expect("one owner");
+    assert!(s.check()?.is_clean());
+    let s = reopen(&env, s);
+    assert_eq!(s.read_to_vec(f.ino, 0, 32 * BS as u64)?, vec![3u8; 32 * BS]);
+    assert!(s.check()?.is_clean());
+    Ok(())
+}
+
+fn a_large_write_that_fails_at_the_pool_changes_nothing() -> Result<()> {
+    // The split write's pool pwrite fails (ENOSPC on a full host, EIO): the file keeps its
+    // bytes and size, and the blocks it had allocated are free again.
+    let (env, s) = store();
+    let f = s.create_open(InodeNo::ROOT, b"f", 0o644, ME)?;
+    s.write(f.ino, 0, &vec![1u8; 16 * BS])?;
+    s.commit()?;
+    // The pool's high-water mark, in blocks (an in-memory store reports it as its used space).
+    let pool_blocks = |s: &Store| s.statfs().map(|f| f.total_blocks - f.free_blocks);
+    let mut grown = None;
+    for errno in [libc::ENOSPC, libc::EIO] {
+        env.inject_fault(Some(Fault {
+            after: 0,
+            errno,
+            file: Some("pool".into()),
+            syncs_only: false,
+        }));
+        let r = s.write(f.ino, 0, &vec![2u8; 32 * BS]);
+        assert!(env.fault_fired(), "the fault must hit the write's pwrite");
+        assert!(r.is_err(), "{r:?}");
+        assert_eq!(s.getattr(f.ino)?.size, 16 * BS as u64);
+        assert_eq!(s.read_to_vec(f.ino, 0, 16 * BS as u64)?, vec![1u8; 16 * BS]);
+        // The second failure reuses the blocks the first gave back.
+        let now = pool_blocks(&s)?;
+        assert_eq!(
+            *grown.get_or_insert(now),
+            now,
+            "the failed write's blocks were given back"
+        );
+    }
+    s.commit()?;
+    assert!(s.check()?.is_clean(), "no block leaked");
+    // And the next write takes them.
+    s.write(f.ino, 0, &vec![2u8; 32 * BS])?;
+    assert_eq!(Some(pool_blocks(&s)?), grown);
+    s.commit()?;
+    assert_eq!(s.read_to_vec(f.ino, 0, 32 * BS as u64)?, vec![2u8; 32 * BS]);
+    assert!(s.check()?.is_clean());
+    Ok(())
+}
+
 per_engine!(
     one_failing_operation_keeps_everyone_elses_acknowledged_changes,
     a_failed_commit_loses_nothing_and_counts_for_fsync,
@@ -301,4 +434,7 @@ per_engine!(
     a_block_under_a_pinned_read_is_never_rewritten_in_place,
     uncommitted_metadata_stays_bounded_without_periodic_commits,
     operations_go_on_while_a_commit_syncs_the_pool,
+    operations_go_on_while_a_large_write_reaches_the_pool,
+    a_commit_waits_for_a_large_write_in_flight,
+    a_large_write_that_fails_at_the_pool_changes_nothing,
 );

@@ -32,6 +32,22 @@ impl Mapping {
     }
 }
 
+/// A write split in two by [`Ctx::plan_write`]: file blocks `fb..` get the new pool blocks
+/// `run`, and the file reaches at least `end` bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WritePlan {
+    pub fb: u64,
+    pub run: BlockRun,
+    pub end: u64,
+}
+
+impl WritePlan {
+    /// Where the write's bytes go in the pool.
+    pub fn pos(&self, bs: u64) -> u64 {
+        self.run.start.pos(bs)
+    }
+}
+
 /// Where the bytes of a write come from.
 pub(crate) enum Source<'a> {
     Bytes(&'a [u8]),
@@ -324,6 +340,70 @@ impl Ctx<'_> {
 
     /// Write `len` bytes from `src` at byte `off` of the file. Blocks allocated in the open
     /// transaction and not shared are rewritten in place; all others are redirected to new blocks.
+    /// Whether a write may overwrite mapping `m` in place: its pool blocks were allocated in
+    /// this transaction (no commit references them), no read is copying from them, and no other
+    /// file shares them.
+    fn rewritable(&self, m: &Mapping) -> Result<bool> {
+        Ok(m.lower == 0
+            && self.mem.txn_alloc().contains_all(m.pool_run())
+            && !self.mem.pins.overlaps(m.pool_run())
+            && !self.is_shared(m.pool_run())?)
+    }
+
+    /// The first half of a write whose bytes go to the pool without the store lock
+    /// (`Store::write_with`): if `[off, off+len)` is whole blocks and none of them may be
+    /// overwritten in place, allocate new blocks for all of them (after the block before, to
+    /// continue its extent) and return where the bytes go. Nothing maps the new blocks yet, so
+    /// nothing reads them before [`Ctx::map_planned`] does; no commit runs in between
+    /// (`Inner::inflight`). `None`: the write is done whole by [`Ctx::write_data`].
+    ///
+    /// Whole blocks only: a partial block carries bytes of its old block over, which another
+    /// write to that block between the two halves could change.
+    pub fn plan_write(&mut self, ino: InodeNo, off: u64, len: u64) -> Result<Option<WritePlan>> {
+        let bs = self.bs;
+        let end = match off.checked_add(len) {
+            Some(e) if len > 0 && e <= MAX_FILE_SIZE && off % bs == 0 && e % bs == 0 => e,
+            _ => return Ok(None),
+        };
+        let (first, n) = (off / bs, len / bs);
+        let from = first.saturating_sub(1);
+        let around = self.extents_over(ino, from, first + n - from)?;
+        for m in clip(&around, first, n) {
+            if self.rewritable(&m)? {
+                return Ok(None);
+            }
+        }
+        let hint = if first > 0 {
+            clip(&around, first - 1, 1)
+                .first()
+                .filter(|m| m.lower == 0)
+                .map(|m| BlockNo(m.phys) + 1)
+        } else {
+            None
+        };
+        let new = self.alloc(n, hint)?;
+        Ok(Some(WritePlan {
+            fb: first,
+            run: BlockRun::new(new, n),
+            end,
+        }))
+    }
+
+    /// The second half of a planned write, once its bytes are in `plan.run`: map the new blocks
+    /// over what the file had there, release that, and grow the size.
+    pub fn map_planned(
+        &mut self,
+        ino: InodeNo,
+        rec: &mut InodeRecord,
+        plan: &WritePlan,
+    ) -> Result<()> {
+        let removed = self.unmap(ino, rec, plan.fb, plan.run.len)?;
+        self.release_mappings(&removed)?;
+        self.map(ino, rec, plan.fb, plan.run.start, plan.run.len)?;
+        rec.size = rec.size.max(plan.end);
+        Ok(())
+    }
+
     pub fn write_data(
         &mut self,
         ino: InodeNo,
@@ -361,11 +441,7 @@ impl Ctx<'_> {
             if m.fb > pos {
                 push_new_run(&mut runs, pos, m.fb - pos);
             }
-            let in_place = m.lower == 0
-                && self.mem.txn_alloc().contains_all(m.pool_run())
-                && !self.mem.pins.overlaps(m.pool_run())
-                && !self.is_shared(m.pool_run())?;
-            if in_place {
+            if self.rewritable(m)? {
                 runs.push((m.fb, m.len, Some(BlockNo(m.phys))));
             } else {
                 push_new_run(&mut runs, m.fb, m.len);

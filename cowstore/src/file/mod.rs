@@ -5,6 +5,6 @@ mod data;
 mod dedupe;
 
 pub use data::MAX_FILE_SIZE;
-pub(crate) use data::{require_regular, touch_data, Source};
+pub(crate) use data::{require_regular, touch_data, Source, WritePlan};
 pub(crate) use dedupe::dedupe_file;
 pub use dedupe::{DedupeIndex, DedupeStats, BATCH_BYTES as DEDUPE_BATCH_BYTES};

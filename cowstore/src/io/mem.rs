@@ -96,11 +96,14 @@ pub struct MemEnv {
     gate: Arc<SyncGate>,
 }
 
-/// Syncs of one file held back until released (see [`MemEnv::hold_syncs`]).
+/// Syncs of one file, or its writes of at least some length, held back until released (see
+/// [`MemEnv::hold_syncs`], [`MemEnv::hold_writes`]).
 #[derive(Debug, Default)]
 struct SyncGate {
     /// The file whose syncs wait, and how many syncs have reached the gate since it was set.
     held: parking_lot::Mutex<Option<(String, u64)>>,
+    /// The file whose writes of at least this many bytes wait, and how many have arrived.
+    held_writes: parking_lot::Mutex<Option<(String, usize, u64)>>,
     changed: parking_lot::Condvar,
 }
 
@@ -184,6 +187,36 @@ impl MemEnv {
     /// Let the held syncs (and all later ones) go on.
     pub fn release_syncs(&self) {
         *self.gate.held.lock() = None;
+        self.gate.changed.notify_all();
+    }
+
+    /// Hold every write of at least `min_len` bytes to `file` until [`MemEnv::release_writes`]
+    /// (a write that arrives waits, outside every other lock of the environment).
+    pub fn hold_writes(&self, file: &str, min_len: usize) {
+        *self.gate.held_writes.lock() = Some((file.to_string(), min_len, 0));
+    }
+
+    /// Wait until `n` writes have reached the gate set by [`MemEnv::hold_writes`], at most
+    /// `timeout`; returns whether they did.
+    pub fn wait_held_writes(&self, n: u64, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut held = self.gate.held_writes.lock();
+        while held.as_ref().is_some_and(|(_, _, got)| *got < n) {
+            if self
+                .gate
+                .changed
+                .wait_until(&mut held, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        held.as_ref().is_none_or(|(_, _, got)| *got >= n)
+    }
+
+    /// Let the held writes (and all later ones) go on.
+    pub fn release_writes(&self) {
+        *self.gate.held_writes.lock() = None;
         self.gate.changed.notify_all();
     }
 
@@ -420,6 +453,21 @@ impl FileIo for MemFile {
     }
 
     fn write_at(&self, data: &[u8], off: u64) -> io::Result<()> {
+        let mut held = self.gate.held_writes.lock();
+        let holds = |h: &Option<(String, usize, u64)>| {
+            h.as_ref()
+                .is_some_and(|(f, min, _)| *f == self.name && data.len() >= *min)
+        };
+        if holds(&held) {
+            if let Some((_, _, got)) = held.as_mut() {
+                *got += 1;
+            }
+            self.gate.changed.notify_all();
+            while holds(&held) {
+                self.gate.changed.wait(&mut held);
+            }
+        }
+        drop(held);
         self.mutate(MemOp::Write {
             file: self.name.clone(),
             off,

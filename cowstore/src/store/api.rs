@@ -4,7 +4,7 @@
 use super::txn::Inner;
 use crate::codec::{decode, InodeRecord};
 use crate::error::{Error, Result};
-use crate::file::{require_regular, touch_data, Source, MAX_FILE_SIZE};
+use crate::file::{require_regular, touch_data, Source, WritePlan, MAX_FILE_SIZE};
 use crate::io::FileIo;
 use crate::ns::acl::{self, Cred};
 use crate::ns::{check_flags, Change, NAME_MAX};
@@ -845,26 +845,83 @@ impl Store {
         privs: Privs<'_>,
     ) -> Result<(usize, bool)> {
         let _lower = self.hold_lower(ino, &self.edge_blocks(off, data.len() as u64))?;
+        let (bs, len) = (self.inner.bs, data.len() as u64);
+        if len >= SPLIT_WRITE_MIN && off % bs == 0 && len % bs == 0 {
+            return self.write_split(ino, off, data, privs);
+        }
         self.inner.write(|cx| {
-            let mut rec = cx.get_inode(ino)?;
-            require_regular(&rec)?;
-            check_flags(
-                &rec,
-                Change::Write {
-                    at_eof: off == rec.size,
-                },
-            )?;
-            cx.write_data(ino, &mut rec, off, data.len() as u64, &Source::Bytes(data))?;
-            let dropped = match privs {
-                Privs::KilledBy(cred) => {
-                    touch_data(&mut rec);
-                    kill_privs(cx, ino, &mut rec, cred)?
-                }
-                Privs::Writeback => false,
-            };
-            cx.put_inode(ino, &rec)?;
-            Ok((data.len(), dropped))
+            let rec = writable(cx, ino, off)?;
+            write_whole(cx, ino, rec, off, data, privs)
         })
+    }
+
+    /// A write of whole blocks that all need new ones (past the end of the file, over committed
+    /// or shared blocks, into a hole), with its bytes written to the pool while the store lock
+    /// is let go: other operations, and other such writes, go on meanwhile (a 1 MiB `pwrite`
+    /// is most of the time a write holds the lock). Three steps: the blocks are allocated
+    /// (`Ctx::plan_write`), the bytes written to them, and they are mapped
+    /// (`Ctx::map_planned`), each step an operation of its own. Nothing maps the blocks before
+    /// the last step, so nothing reads them half written, and `inflight` keeps commits out
+    /// until it is done, so no commit holds them allocated and unmapped. If the bytes or the
+    /// mapping fail, the blocks go back and the file is unchanged.
+    ///
+    /// A write with a block in its range that may be rewritten in place (cheaper under the
+    /// lock) is done whole by the first operation.
+    fn write_split(
+        &self,
+        ino: InodeNo,
+        off: u64,
+        data: &[u8],
+        privs: Privs<'_>,
+    ) -> Result<(usize, bool)> {
+        let bs = self.inner.bs;
+        let inflight = self.inner.inflight.read();
+        let (planned, mut commit_due) = self.inner.op_deferring_commit(true, |cx| {
+            let rec = writable(cx, ino, off)?;
+            match cx.plan_write(ino, off, data.len() as u64)? {
+                Some(plan) => Ok(FirstHalf::Planned(plan)),
+                None => write_whole(cx, ino, rec, off, data, privs).map(FirstHalf::Done),
+            }
+        });
+        let result = match planned {
+            Ok(FirstHalf::Planned(plan)) => {
+                let wrote = self
+                    .inner
+                    .pool
+                    .write_at(data, plan.pos(bs))
+                    .map_err(Error::from_io);
+                let (mapped, due) = match wrote {
+                    Ok(()) => self.inner.op_deferring_commit(false, |cx| {
+                        let mut rec = writable(cx, ino, off)?;
+                        cx.map_planned(ino, &mut rec, &plan)?;
+                        let dropped = written(cx, ino, &mut rec, privs)?;
+                        Ok((data.len(), dropped))
+                    }),
+                    Err(e) => (Err(e), false),
+                };
+                commit_due |= due;
+                if mapped.is_err() {
+                    // Nothing maps the new blocks: give them back.
+                    let (r, due) = self
+                        .inner
+                        .op_deferring_commit(false, |cx| cx.release_blocks(plan.run));
+                    commit_due |= due;
+                    if let Err(e) = r {
+                        log::error!(
+                            "pool blocks {} of a failed write stay allocated (fsck --repair \
+                             frees them): {e}",
+                            plan.run
+                        );
+                    }
+                }
+                mapped
+            }
+            Ok(FirstHalf::Done(done)) => Ok(done),
+            Err(e) => Err(e),
+        };
+        drop(inflight);
+        self.inner.commit_if_due(commit_due);
+        result
     }
 
     /// fallocate(2) by root (tools and tests).
@@ -1150,6 +1207,67 @@ fn setattr_change(set: &SetAttr) -> Change {
     } else {
         Change::TouchTimes
     }
+}
+
+/// The shortest write `Store::write_with` splits so that its bytes reach the pool without the
+/// store lock. Below it the second operation (taking the lock again, finding the extents again)
+/// costs more than the `pwrite` it takes out of the lock: fio 4 KiB random writes, 1 / 4 jobs,
+/// ran 20% / 13% slower split, while 1 MiB sequential writes with 4 jobs ran 54% faster.
+const SPLIT_WRITE_MIN: u64 = 64 << 10;
+
+/// The inode of a file about to be written at `off`, if it may be.
+fn writable(cx: &mut Ctx<'_>, ino: InodeNo, off: u64) -> Result<InodeRecord> {
+    let rec = cx.get_inode(ino)?;
+    require_regular(&rec)?;
+    check_flags(
+        &rec,
+        Change::Write {
+            at_eof: off == rec.size,
+        },
+    )?;
+    Ok(rec)
+}
+
+/// What the first operation of `Store::write_split` did.
+enum FirstHalf {
+    /// Allocated the blocks for the bytes to go to.
+    Planned(WritePlan),
+    /// The whole write (bytes written, whether privileges were dropped).
+    Done((usize, bool)),
+}
+
+/// A write in one operation (`rec`: the file's record, checked by [`writable`]): the bytes go to
+/// the pool under the store lock.
+fn write_whole(
+    cx: &mut Ctx<'_>,
+    ino: InodeNo,
+    mut rec: InodeRecord,
+    off: u64,
+    data: &[u8],
+    privs: Privs<'_>,
+) -> Result<(usize, bool)> {
+    cx.write_data(ino, &mut rec, off, data.len() as u64, &Source::Bytes(data))?;
+    let dropped = written(cx, ino, &mut rec, privs)?;
+    Ok((data.len(), dropped))
+}
+
+/// After a write's bytes are in the file: its times and privileges as `privs` says, and the
+/// record stored. Returns whether setuid/setgid bits were dropped.
+fn written(
+    cx: &mut Ctx<'_>,
+    ino: InodeNo,
+    rec: &mut InodeRecord,
+    privs: Privs<'_>,
+) -> Result<bool> {
+    let dropped = match privs {
+        Privs::KilledBy(cred) => {
+            touch_data(rec);
+            kill_privs(cx, ino, rec, cred)?
+        }
+        Privs::Writeback => false,
+    };
+    cx.put_inode(ino, rec)?;
+    Ok(dropped)
 }
 
 /// What a write does to the written file's privileges.

@@ -253,6 +253,7 @@ impl Store {
                 in_doubt: None,
             }),
             commit_lock: Mutex::new(()),
+            inflight: parking_lot::RwLock::new(()),
             read_only: opts.read_only,
             frozen: AtomicBool::new(false),
             freeze_pending: AtomicBool::new(false),

@@ -12,7 +12,7 @@ use crate::space::RangeSet;
 use crate::store::ctx::{state_delta, Ctx, TxnMem, STATE_KEY};
 use crate::superblock::Superblock;
 use crate::types::{BlockNo, BlockRun};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -48,6 +48,11 @@ pub(crate) struct Inner {
     pub pool: Arc<dyn FileIo>,
     pub state: Mutex<TxnState>,
     pub(super) commit_lock: Mutex<()>,
+    /// Held shared by every write whose bytes go to the pool with the state lock released
+    /// (`Store::write_with`): from the allocation of its blocks until they are mapped. A
+    /// commit takes it exclusively, so it never makes durable blocks that are allocated but
+    /// not yet written or mapped (they would be neither free nor referenced).
+    pub(super) inflight: RwLock<()>,
     /// Opened read-only: nothing is ever written to the store's files.
     pub read_only: bool,
     /// Made read-only while open (`Store::set_read_only`, a `mount -o remount,ro`): every
@@ -111,13 +116,29 @@ impl Inner {
     }
 
     fn write_op<T>(&self, check: bool, f: impl FnOnce(&mut Ctx<'_>) -> Result<T>) -> Result<T> {
+        let (result, commit_due) = self.op_deferring_commit(check, f);
+        self.commit_if_due(commit_due);
+        result
+    }
+
+    /// Run one operation (see [`Inner::write`]); returns its result and whether a commit is due
+    /// after it, for [`Inner::commit_if_due`]. For a caller that holds `inflight`, and so must
+    /// not commit before it lets it go. `check`: refuse the operation if the store is read-only
+    /// (the second half of a split write, which the first half's check admitted, passes false).
+    pub(crate) fn op_deferring_commit<T>(
+        &self,
+        check: bool,
+        f: impl FnOnce(&mut Ctx<'_>) -> Result<T>,
+    ) -> (Result<T>, bool) {
         let mut st = self.state.lock();
         // Checked under the state lock, which `Store::set_read_only` takes to set `frozen`: an
         // operation either ran before (and the commit that follows has it) or is refused.
         if check && self.is_read_only() {
-            return Err(Error::ReadOnly);
+            return (Err(Error::ReadOnly), false);
         }
-        self.resolve_doubt(&mut st)?;
+        if let Err(e) = self.resolve_doubt(&mut st) {
+            return (Err(e), false);
+        }
         let TxnState {
             snap, delta, mem, ..
         } = &mut *st;
@@ -144,15 +165,19 @@ impl Inner {
         // pages for everything it touches before the commit frees the old ones. And keep the
         // uncommitted changes held in memory bounded.
         mem.ops_since_commit += 1;
-        let commit_now = (mem.low_space && mem.ops_since_commit >= LOW_SPACE_COMMIT_EVERY)
+        let due = (mem.low_space && mem.ops_since_commit >= LOW_SPACE_COMMIT_EVERY)
             || delta.bytes() > self.max_dirty_bytes;
-        drop(st);
-        if commit_now && !self.is_read_only() {
+        (result, due)
+    }
+
+    /// The commit an operation found due (see [`Inner::op_deferring_commit`]); its failure is the commit's, not
+    /// the operation's, and is logged (the next commit tries again).
+    pub(crate) fn commit_if_due(&self, due: bool) {
+        if due && !self.is_read_only() {
             if let Err(e) = self.commit(false) {
                 log::warn!("commit of a full transaction failed: {e}");
             }
         }
-        result
     }
 
     /// This store's registry of blocks being punched (tests hold blocks in it).
@@ -230,6 +255,9 @@ impl Inner {
         }
         let _one_at_a_time = self.commit_lock.lock();
         self.presync_pool(closing)?;
+        // Every split write finishes first (its blocks mapped), and none starts until the state
+        // lock is let go below.
+        let writes = self.inflight.write();
         let mut st = self.state.lock();
         if !st.mem.dirty && !closing {
             // Nothing changed since the last commit: that includes what a freeze waits for.
@@ -335,6 +363,7 @@ impl Inner {
         let to_punch = punch_now(mem, self.bs, all);
         let punching = mem.punching.start(&to_punch);
         drop(st);
+        drop(writes);
         for &r in punching.runs() {
             if let Err(e) = self.pool.punch(r.start.pos(self.bs), r.len * self.bs) {
                 log::warn!("punching freed pool blocks {r}: {e}");

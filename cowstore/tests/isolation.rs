@@ -41,6 +41,20 @@ fn fault(after: u64, errno: i32) -> Option<Fault> {
     })
 }
 
+/// Run `f` on a thread of its own; returns its handle and whether it finished within `timeout`.
+fn spawn_timed<T: Send + 'static>(
+    timeout: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> (std::thread::JoinHandle<T>, bool) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let r = f();
+        let _ = done_tx.send(());
+        r
+    });
+    (h, done_rx.recv_timeout(timeout).is_ok())
+}
+
 fn one_failing_operation_keeps_everyone_elses_acknowledged_changes() -> Result<()> {
     // Regression (issue 10, defect 1): any I/O error or corruption inside an operation rolled
     // back the whole shared transaction: files and directories created (and acknowledged) by
@@ -258,22 +272,14 @@ fn operations_go_on_while_a_commit_syncs_the_pool() -> Result<()> {
     };
     let held = env.wait_held_syncs(1, std::time::Duration::from_secs(10));
     // While the pool's sync is held: other operations run and finish.
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let worker = {
+    let (worker, ran) = {
         let s = s.clone();
-        std::thread::spawn(move || {
-            let r = (|| {
-                let g = s.create_open(InodeNo::ROOT, b"g", 0o644, ME)?;
-                s.write(g.ino, 0, b"written during the commit")?;
-                s.read_to_vec(f.ino, 0, 4)
-            })();
-            let _ = done_tx.send(());
-            r
+        spawn_timed(std::time::Duration::from_secs(10), move || {
+            let g = s.create_open(InodeNo::ROOT, b"g", 0o644, ME)?;
+            s.write(g.ino, 0, b"written during the commit")?;
+            s.read_to_vec(f.ino, 0, 4)
         })
     };
-    let ran = done_rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .is_ok();
     env.release_syncs();
     assert!(held, "the commit never synced the pool");
     assert!(ran, "operations waited for the commit's pool sync");
@@ -308,26 +314,18 @@ fn operations_go_on_while_a_large_write_reaches_the_pool() -> Result<()> {
         std::thread::spawn(move || s.write(f.ino, 32 * BS as u64, &vec![2u8; 64 * BS]))
     };
     let held = env.wait_held_writes(1, std::time::Duration::from_secs(10));
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let other = {
+    let (other, ran) = {
         let s = s.clone();
-        std::thread::spawn(move || {
-            let r = (|| {
-                let g = s.create_open(InodeNo::ROOT, b"g", 0o644, ME)?;
-                s.write(g.ino, 0, b"written meanwhile")?;
-                // The write in flight is not visible yet: old bytes, old size.
-                Ok::<_, Error>((
-                    s.read_to_vec(f.ino, 32 * BS as u64, 4)?,
-                    s.getattr(f.ino)?.size,
-                ))
-            })();
-            let _ = done_tx.send(());
-            r
+        spawn_timed(std::time::Duration::from_secs(10), move || {
+            let g = s.create_open(InodeNo::ROOT, b"g", 0o644, ME)?;
+            s.write(g.ino, 0, b"written meanwhile")?;
+            // The write in flight is not visible yet: old bytes, old size.
+            Ok::<_, Error>((
+                s.read_to_vec(f.ino, 32 * BS as u64, 4)?,
+                s.getattr(f.ino)?.size,
+            ))
         })
     };
-    let ran = done_rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .is_ok();
     env.release_writes();
     assert!(held, "the large write never reached the pool");
     assert!(ran, "operations waited for a large write's pool I/O");
@@ -358,18 +356,10 @@ fn a_commit_waits_for_a_large_write_in_flight() -> Result<()> {
         std::thread::spawn(move || s.write(f.ino, 0, &vec![3u8; 32 * BS]))
     };
     assert!(env.wait_held_writes(1, std::time::Duration::from_secs(10)));
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let committer = {
+    let (committer, early) = {
         let s = s.clone();
-        std::thread::spawn(move || {
-            let r = s.commit();
-            let _ = done_tx.send(());
-            r
-        })
+        spawn_timed(std::time::Duration::from_millis(300), move || s.commit())
     };
-    let early = done_rx
-        .recv_timeout(std::time::Duration::from_millis(300))
-        .is_ok();
     env.release_writes();
     assert!(
         !early,

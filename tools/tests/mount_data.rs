@@ -261,12 +261,7 @@ fn killed_daemon_leaves_enotconn_then_a_clean_store() -> TestResult {
         h.write_all_at(&data, 0)?;
         h.sync_all()?;
     }
-    let pid = m.pid.take().ok_or("no daemon pid")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
-    reap(pid, Duration::from_secs(10))?;
+    m.kill_daemon()?;
     assert_eq!(errno(fs::metadata(&m.mnt)), Some(libc::ENOTCONN));
     assert_eq!(errno(fs::read(&f)), Some(libc::ENOTCONN));
     let out = Command::new("umount").arg("-l").arg(&m.mnt).status()?;

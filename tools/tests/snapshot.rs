@@ -355,12 +355,7 @@ fn sigkill_during_a_snapshot_leaves_nothing_or_everything() -> TestResult {
             .args(["snapshot", path_str(&src), path_str(&dst)])
             .spawn()?;
         std::thread::sleep(Duration::from_millis(delay));
-        let pid = m.pid.take().ok_or("no daemon pid")?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )?;
-        reap(pid, Duration::from_secs(10))?;
+        m.kill_daemon()?;
         let status = child.wait()?;
         eprintln!("snapshot killed after {delay} ms: {status}");
         lazy_umount(&m.mnt);

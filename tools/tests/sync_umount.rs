@@ -11,12 +11,7 @@ use std::time::{Duration, Instant};
 
 /// SIGKILL the daemon, reap it, and detach what is left of its mount.
 fn kill_daemon(m: &mut Mount) -> TestResult {
-    let pid = m.pid.take().ok_or("no daemon pid")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
-    reap(pid, Duration::from_secs(10))?;
+    m.kill_daemon()?;
     lazy_umount(&m.mnt);
     Ok(())
 }

@@ -208,12 +208,7 @@ fn cowfs_sync_commits_writes_still_in_the_page_cache() -> TestResult {
     sync.go()?;
     // The daemon dies with the file open and never closed: only what the commit made durable
     // is in the store.
-    let pid = m.pid.take().ok_or("no daemon pid")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
-    reap(pid, Duration::from_secs(10))?;
+    m.kill_daemon()?;
     lazy_umount(&m.mnt);
     drop(f);
     let store = Store::open(&m.store, &StoreOptions::default())?;
@@ -332,12 +327,7 @@ fn a_close_costs_no_flush_round_trip_under_the_writeback_cache() -> TestResult {
     );
     // The daemon dies without unmounting: only what reached it before is in the store.
     run_ok(&["sync", path_str(&m.mnt)])?;
-    let pid = m.pid.take().ok_or("no daemon pid")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
-    reap(pid, Duration::from_secs(10))?;
+    m.kill_daemon()?;
     lazy_umount(&m.mnt);
     let store = Store::open(&m.store, &StoreOptions::default())?;
     for (name, data) in &files {

@@ -107,6 +107,26 @@ struct SyncGate {
     changed: parking_lot::Condvar,
 }
 
+impl SyncGate {
+    /// Wait until the gate `held` (one of this gate's) is released or `reached` says enough
+    /// I/O has arrived at it, at most `timeout`; returns whether one of those happened.
+    fn wait<T>(
+        &self,
+        held: &parking_lot::Mutex<Option<T>>,
+        reached: impl Fn(&T) -> bool,
+        timeout: std::time::Duration,
+    ) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut h = held.lock();
+        while h.as_ref().is_some_and(|t| !reached(t)) {
+            if self.changed.wait_until(&mut h, deadline).timed_out() {
+                break;
+            }
+        }
+        h.as_ref().is_none_or(reached)
+    }
+}
+
 fn lock_mem(m: &Mutex<MemShared>) -> MutexGuard<'_, MemShared> {
     m.lock()
 }
@@ -169,19 +189,8 @@ impl MemEnv {
     /// Wait until `n` syncs have reached the gate set by [`MemEnv::hold_syncs`], at most
     /// `timeout`; returns whether they did.
     pub fn wait_held_syncs(&self, n: u64, timeout: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut held = self.gate.held.lock();
-        while held.as_ref().is_some_and(|(_, got)| *got < n) {
-            if self
-                .gate
-                .changed
-                .wait_until(&mut held, deadline)
-                .timed_out()
-            {
-                break;
-            }
-        }
-        held.as_ref().is_none_or(|(_, got)| *got >= n)
+        self.gate
+            .wait(&self.gate.held, |(_, got)| *got >= n, timeout)
     }
 
     /// Let the held syncs (and all later ones) go on.
@@ -199,19 +208,8 @@ impl MemEnv {
     /// Wait until `n` writes have reached the gate set by [`MemEnv::hold_writes`], at most
     /// `timeout`; returns whether they did.
     pub fn wait_held_writes(&self, n: u64, timeout: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut held = self.gate.held_writes.lock();
-        while held.as_ref().is_some_and(|(_, _, got)| *got < n) {
-            if self
-                .gate
-                .changed
-                .wait_until(&mut held, deadline)
-                .timed_out()
-            {
-                break;
-            }
-        }
-        held.as_ref().is_none_or(|(_, _, got)| *got >= n)
+        self.gate
+            .wait(&self.gate.held_writes, |(_, _, got)| *got >= n, timeout)
     }
 
     /// Let the held writes (and all later ones) go on.

@@ -132,6 +132,18 @@ impl Mount {
             .ok_or_else(|| format!("no counter {name}").into())
     }
 
+    /// SIGKILL the daemon and reap it; the mount is left behind (ENOTCONN) for the caller to
+    /// look at or detach (`lazy_umount`).
+    pub fn kill_daemon(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+        let pid = self.pid.take().ok_or("no daemon pid")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        reap(pid, Duration::from_secs(10))?;
+        Ok(())
+    }
+
     /// `cowfs umount`, which returns once the daemon has exited; then reap it.
     pub fn umount(&mut self) -> Result<(), Box<dyn std::error::Error>> {
         run_ok(&["umount", path_str(&self.mnt)])?;

@@ -338,8 +338,6 @@ impl Ctx<'_> {
         Ok(out)
     }
 
-    /// Write `len` bytes from `src` at byte `off` of the file. Blocks allocated in the open
-    /// transaction and not shared are rewritten in place; all others are redirected to new blocks.
     /// Whether a write may overwrite mapping `m` in place: its pool blocks were allocated in
     /// this transaction (no commit references them), no read is copying from them, and no other
     /// file shares them.
@@ -404,6 +402,8 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Write `len` bytes from `src` at byte `off` of the file. Blocks allocated in the open
+    /// transaction and not shared are rewritten in place; all others are redirected to new blocks.
     pub fn write_data(
         &mut self,
         ino: InodeNo,

@@ -1212,7 +1212,8 @@ fn setattr_change(set: &SetAttr) -> Change {
 /// The shortest write `Store::write_with` splits so that its bytes reach the pool without the
 /// store lock. Below it the second operation (taking the lock again, finding the extents again)
 /// costs more than the `pwrite` it takes out of the lock: fio 4 KiB random writes, 1 / 4 jobs,
-/// ran 20% / 13% slower split, while 1 MiB sequential writes with 4 jobs ran 54% faster.
+/// ran 20% / 13% slower split. Split 1 MiB writes leave the lock to others: `stat` latency
+/// beside two 1 MiB writers fell from 755 µs-8.7 ms to ~290 µs (median; docs/bench/README.md).
 const SPLIT_WRITE_MIN: u64 = 64 << 10;
 
 /// The inode of a file about to be written at `off`, if it may be.

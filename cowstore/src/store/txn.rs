@@ -170,8 +170,8 @@ impl Inner {
         (result, due)
     }
 
-    /// The commit an operation found due (see [`Inner::op_deferring_commit`]); its failure is the commit's, not
-    /// the operation's, and is logged (the next commit tries again).
+    /// The commit an operation found due (see [`Inner::op_deferring_commit`]). Its failure is
+    /// the commit's, not the operation's, and is logged (the next commit tries again).
     pub(crate) fn commit_if_due(&self, due: bool) {
         if due && !self.is_read_only() {
             if let Err(e) = self.commit(false) {

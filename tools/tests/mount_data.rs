@@ -300,12 +300,7 @@ fn plain_umount_commits_and_closes() -> TestResult {
     // SIGTERM to the daemon also unmounts and commits
     m.mount(&["commit=0"])?;
     fs::write(m.path("second"), b"2")?;
-    let pid = m.pid.take().ok_or("no daemon pid")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
-    reap(pid, Duration::from_secs(10))?;
+    m.signal_daemon(nix::sys::signal::Signal::SIGTERM)?;
     let store = Store::open(&m.store, &StoreOptions::default())?;
     assert!(store.lookup(InodeNo::ROOT, b"second").is_ok());
     store.close()?;

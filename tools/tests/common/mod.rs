@@ -135,11 +135,16 @@ impl Mount {
     /// SIGKILL the daemon and reap it; the mount is left behind (ENOTCONN) for the caller to
     /// look at or detach (`lazy_umount`).
     pub fn kill_daemon(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+        self.signal_daemon(nix::sys::signal::Signal::SIGKILL)
+    }
+
+    /// Send the daemon `sig` and reap it (it exits on SIGTERM too, unmounting first).
+    pub fn signal_daemon(
+        &mut self,
+        sig: nix::sys::signal::Signal,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let pid = self.pid.take().ok_or("no daemon pid")?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)?;
         reap(pid, Duration::from_secs(10))?;
         Ok(())
     }
